@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` runs the main job, `make test` the tests.
+# Both create the virtual environment in .venv and install the project on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint crd install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of torch first: an unpinned resolve would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[trainer,dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ltx-extend validate examples/*.yaml examples/*.json
+	$(BIN)/ltx-extend crd
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ltx-extend crd --check crds/ltxextendtrainings.yaml
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+crd: $(STAMP)
+	$(BIN)/ltx-extend crd --output crds/ltxextendtrainings.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,143 @@
+"""`ltx-extend`: the user's command line.
+
+Subcommands import what they need when they run, so `ltx-extend validate` and
+`ltx-extend crd` start without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .outcomes import ExitCode
+
+
+def _load_documents(path: Path) -> list[Any]:
+    import yaml
+
+    with path.open(encoding="utf-8") as stream:
+        return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+
+
+def _describe_valid(label: str, spec: Any) -> list[str]:
+    from .billing import billable_units, cost
+
+    units = billable_units(spec.number_of_steps, succeeded=True)
+    width, height = spec.frame_size
+    lines = [
+        f"{label}: valid",
+        f"  {spec.number_of_steps} steps at rank {spec.rank}, "
+        f"{spec.number_of_frames} frames at {spec.frame_rate} fps, {width}×{height}, "
+        f"suffix {spec.conditioning_frames} frames ({spec.suffix_latent_frames} latent), "
+        f"audio {'on' if spec.with_audio else 'off'}, "
+        f"{len(spec.validation)} validation sample(s)",
+    ]
+    for field, (requested, used) in spec.snapped().items():
+        lines.append(f"  {field} {requested} is snapped down to {used} (8k+1 frames)")
+    lines.append(f"  bills {units} units (${cost(units)}) if it succeeds, 0 if it fails")
+    return lines
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .resource import KIND, parse_resource
+    from .spec import SpecError, parse_spec
+
+    worst = ExitCode.SUCCESS
+    for path in args.files:
+        try:
+            documents = _load_documents(path)
+        except OSError as exc:
+            print(f"{path}: cannot be read: {exc.strerror}", file=sys.stderr)
+            worst = ExitCode.INVALID_INPUT
+            continue
+        except yaml.YAMLError as exc:
+            print(f"{path}: is not valid YAML or JSON: {exc}", file=sys.stderr)
+            worst = ExitCode.INVALID_INPUT
+            continue
+        if not documents:
+            print(f"{path}: holds no document", file=sys.stderr)
+            worst = ExitCode.INVALID_INPUT
+        for doc in documents:
+            is_resource = isinstance(doc, dict) and ("kind" in doc or "apiVersion" in doc)
+            try:
+                if is_resource:
+                    name, spec = parse_resource(doc)
+                    label = f"{path}: {KIND}/{name}"
+                else:  # a bare spec or an extend-suffix request body
+                    spec, label = parse_spec(doc), f"{path}: request"
+            except SpecError as exc:
+                where = f"{KIND}/{(doc.get('metadata') or {}).get('name')}" if is_resource else (
+                    "request")
+                print(f"{path}: {where} is invalid:", file=sys.stderr)
+                for problem in exc.problems:
+                    print(f"  - {problem}", file=sys.stderr)
+                worst = ExitCode.INVALID_INPUT
+                continue
+            print("\n".join(_describe_valid(label, spec)))
+    return worst
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .crd import render_crd
+
+    text = render_crd()
+    if args.check:
+        try:
+            current = args.check.read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"{args.check}: cannot be read: {exc.strerror}", file=sys.stderr)
+            return ExitCode.INTERNAL_ERROR
+        if current != text:
+            print(f"{args.check} is stale: run `make crd` to regenerate it", file=sys.stderr)
+            return ExitCode.INTERNAL_ERROR
+        print(f"{args.check} is up to date")
+    elif args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.SUCCESS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ltx-extend",
+        description="Train LTX-2.3 LoRAs that extend video backward in time.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser(
+        "validate",
+        help="check LtxExtendTraining resources or extend-suffix request JSON",
+        description="Check resources (YAML, several documents allowed) or request bodies "
+        "(JSON, camelCase or snake_case) against every rule, without a cluster.",
+    )
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(func=cmd_validate)
+
+    crd = sub.add_parser(
+        "crd",
+        help="print the CustomResourceDefinition generated from the spec model",
+    )
+    crd_dest = crd.add_mutually_exclusive_group()
+    crd_dest.add_argument("-o", "--output", type=Path, help="write it to this file")
+    crd_dest.add_argument(
+        "--check", type=Path, metavar="FILE", help="fail if FILE differs from the generated CRD"
+    )
+    crd.set_defaults(func=cmd_crd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

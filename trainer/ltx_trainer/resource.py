@@ -1,0 +1,152 @@
+"""The LtxExtendTraining resource: identity, status shape and whole-object parsing."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .rules import Rule
+from .spec import SpecError, TrainingSpec, parse_spec
+
+GROUP = "ltx-training.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LtxExtendTraining"
+PLURAL = "ltxextendtrainings"
+SINGULAR = "ltxextendtraining"
+SHORT_NAMES = ["ltxt"]
+CATEGORIES = ["ltx", "training"]
+
+#: Child Jobs are named <name>-<stage>; a Job name is at most 63 characters.
+JOB_STAGES = ("prepare", "train")
+MAX_NAME_LENGTH = 63 - len("-prepare")
+
+Phase = Literal["Pending", "Preparing", "Training", "Uploading", "Succeeded", "Failed", "Suspended"]
+PHASES: tuple[str, ...] = Phase.__args__
+
+NAME_LENGTH = Rule(
+    field="metadata.name",
+    check=lambda o: len(o["metadata"]["name"]) <= MAX_NAME_LENGTH,
+    message=lambda o: (
+        f"metadata.name ({o['metadata']['name']!r}) must be at most {MAX_NAME_LENGTH} "
+        "characters so that its Job names fit in 63"
+    ),
+    cel=f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+    message_cel=(
+        "'metadata.name (\\'' + self.metadata.name + '\\') must be at most "
+        f"{MAX_NAME_LENGTH} characters so that its Job names fit in 63'"
+    ),
+)
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True)
+
+
+class Condition(StatusModel):
+    """A condition as the Kubernetes API conventions define it."""
+
+    type: str = Field(description="Validated, DatasetReady, Training, Succeeded, Failed or "
+                      "Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field("", description="One CamelCase word for the last transition.")
+    message: str = Field("", description="Human-readable details of the last transition.")
+    last_transition_time: str | None = Field(
+        None, description="When the condition last changed status (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        None, description="The spec generation the condition was set for."
+    )
+
+
+class Progress(StatusModel):
+    """Training progress, pulled from the trainer while it runs."""
+
+    stage: str | None = Field(None, description="The trainer's current stage.")
+    step: int | None = Field(None, description="Optimization steps done.")
+    total_steps: int | None = Field(None, description="Optimization steps in all.")
+    percent: float | None = Field(None, description="Percent of the steps done.")
+    loss: float | None = Field(None, description="Latest training loss.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds to the end.")
+    summary: str | None = Field(None, description="step/total for printer columns.")
+    last_update_time: str | None = Field(None, description="When progress was last read.")
+
+
+class Billing(StatusModel):
+    """What the training billed; written exactly once, when it finishes."""
+
+    units: int = Field(description="Billable units: max(100, steps) on success, 0 otherwise.")
+    steps: int = Field(description="Optimization steps completed.")
+    cost: str | None = Field(None, description="Cost in dollars at the configured unit price.")
+    billed_time: str | None = Field(None, description="When the units were recorded.")
+
+
+class Artifacts(StatusModel):
+    """Where the outputs are."""
+
+    lora_file: str | None = Field(None, description="The trained LoRA (.safetensors).")
+    config_file: str | None = Field(None, description="JSON of the settings inference needs.")
+    video: str | None = Field(None, description="The combined validation reel.")
+    debug_dataset: str | None = Field(None, description="Archive of the preprocessed data.")
+
+
+class Jobs(StatusModel):
+    """Names of the child Jobs."""
+
+    prepare: str | None = Field(None, description="The prepare (CPU) Job.")
+    train: str | None = Field(None, description="The train (GPU) Job.")
+
+
+class Effective(StatusModel):
+    """Values in effect where the spec's were normalised (frame counts snapped to 8k+1)."""
+
+    number_of_frames: int | None = Field(None, description="numberOfFrames as used.")
+    validation_number_of_frames: int | None = Field(
+        None, description="validationNumberOfFrames as used."
+    )
+
+
+class TrainingStatus(StatusModel):
+    """Status of an LtxExtendTraining, written only by the operator."""
+
+    phase: Phase | None = Field(None, description="One-word summary of the conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions, one per type."
+    )
+    progress: Progress | None = Field(None, description="Training progress.")
+    billing: Billing | None = Field(None, description="What the training billed.")
+    artifacts: Artifacts | None = Field(None, description="Output URLs.")
+    effective: Effective | None = Field(None, description="Normalised values in effect.")
+    jobs: Jobs | None = Field(None, description="Child Job names.")
+    observed_generation: int | None = Field(None, description="Last spec generation acted on.")
+    start_time: str | None = Field(None, description="When the first Job started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the training finished.")
+
+
+def parse_resource(obj: Any) -> tuple[str, TrainingSpec]:
+    """Validate a whole LtxExtendTraining object; returns (name, spec) or raises SpecError."""
+    if not isinstance(obj, dict):
+        raise SpecError(["the document must be a mapping (a Kubernetes object)"])
+    problems = []
+    if obj.get("apiVersion") != API_VERSION:
+        problems.append(f"apiVersion ({obj.get('apiVersion')!r}) must be {API_VERSION!r}")
+    if obj.get("kind") != KIND:
+        problems.append(f"kind ({obj.get('kind')!r}) must be {KIND!r}")
+    name = (obj.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        problems.append("metadata.name is required")
+    elif message := NAME_LENGTH.violation(obj):
+        problems.append(message)
+    if not isinstance(obj.get("spec"), dict):
+        problems.append("spec is required and must be a mapping of fields")
+    else:
+        try:
+            spec = parse_spec(obj["spec"])
+        except SpecError as exc:
+            problems += [f"spec.{p}" for p in exc.problems]
+    if problems:
+        raise SpecError(problems)
+    return name, spec
+

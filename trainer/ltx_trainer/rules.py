@@ -1,0 +1,145 @@
+"""Cross-field rules, each defined once for every layer.
+
+A rule reads the object as the Kubernetes API server stores it (camelCase keys,
+defaults applied, frame counts *not* snapped), so that its Python check and its
+CEL expression judge exactly the same thing. The pydantic model runs the Python
+side; the CRD generator writes the CEL side into `x-kubernetes-validations`; the
+test suite evaluates both and shows they agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Latent frames are 8× compressed in time; a clip holds 8k+1 pixel frames.
+TEMPORAL_COMPRESSION = 8
+
+
+def snap_frames(requested: int) -> int:
+    """Snap a frame count down to the nearest valid 8k+1 count (96 → 89)."""
+    return requested - (requested - 1) % TEMPORAL_COMPRESSION
+
+
+def snap_frames_cel(expr: str) -> str:
+    """`snap_frames` written in CEL, over the integer expression `expr`."""
+    return f"({expr} - ({expr} - 1) % {TEMPORAL_COMPRESSION})"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule with a Python and a CEL form that must agree.
+
+    `field` is the camelCase field the error is reported on (the CRD's fieldPath);
+    `check`/`message` take the stored object; `cel`/`message_cel` are their CEL forms
+    over `self`.
+    """
+
+    field: str
+    check: Callable[[Mapping[str, Any]], bool]
+    message: Callable[[Mapping[str, Any]], str]
+    cel: str
+    message_cel: str
+
+    def violation(self, obj: Mapping[str, Any]) -> str | None:
+        return None if self.check(obj) else self.message(obj)
+
+    def crd_validation(self) -> dict[str, Any]:
+        return {
+            "rule": self.cel,
+            "messageExpression": self.message_cel,
+            "fieldPath": f".{self.field}",
+            "reason": "FieldValueInvalid",
+        }
+
+
+def _suffix_shorter_than(frames_field: str) -> Rule:
+    """The clean suffix may not cover the whole clip: a lead-in must be left."""
+    snapped = snap_frames_cel(f"self.{frames_field}")
+
+    def message(obj: Mapping[str, Any]) -> str:
+        requested = obj[frames_field]
+        shown = str(snap_frames(requested))
+        if snap_frames(requested) != requested:
+            shown += f", snapped down from {requested}"
+        return (
+            f"conditioningFrames ({obj['conditioningFrames']}) must be smaller than "
+            f"{frames_field} ({shown}): the suffix may not cover the whole clip, "
+            "there must be a lead-in left to generate"
+        )
+
+    return Rule(
+        field="conditioningFrames",
+        check=lambda o: o["conditioningFrames"] < snap_frames(o[frames_field]),
+        message=message,
+        cel=f"self.conditioningFrames < {snapped}",
+        message_cel=(
+            f"'conditioningFrames (' + string(self.conditioningFrames) + ') must be smaller "
+            f"than {frames_field} (' + string({snapped}) + "
+            f"({snapped} != self.{frames_field} ? ', snapped down from ' + "
+            f"string(self.{frames_field}) : '') + '): the suffix may not cover the whole "
+            "clip, there must be a lead-in left to generate'"
+        ),
+    )
+
+
+def _url_scheme(field: str, schemes: tuple[str, ...]) -> Rule:
+    # The value is never echoed: URLs may carry credentials or signed query strings.
+    names = ", ".join(f"{s}://" for s in schemes[:-1]) + f" or {schemes[-1]}://"
+    text = f"{field} must be an {names} URL"  # "an http…", "an s3…"
+    pattern = "^(" + "|".join(schemes) + ")://[^\\\\s]+$"
+    return Rule(
+        field=field,
+        check=lambda o: _matches_scheme(o.get(field), schemes),
+        message=lambda o: text,
+        cel=f"!has(self.{field}) || self.{field}.matches('{pattern}')",
+        message_cel=repr(text),
+    )
+
+
+def _matches_scheme(url: Any, schemes: tuple[str, ...]) -> bool:
+    if url is None:
+        return True
+    scheme, sep, rest = str(url).partition("://")
+    return bool(sep) and scheme in schemes and bool(rest) and not any(c.isspace() for c in rest)
+
+
+CONDITIONING_FRAMES_MULTIPLE_OF_8 = Rule(
+    field="conditioningFrames",
+    check=lambda o: o["conditioningFrames"] % TEMPORAL_COMPRESSION == 0,
+    message=lambda o: (
+        f"conditioningFrames ({o['conditioningFrames']}) must be a multiple of 8 "
+        "(8, 16, 24, …)"
+    ),
+    cel=f"self.conditioningFrames % {TEMPORAL_COMPRESSION} == 0",
+    message_cel=(
+        "'conditioningFrames (' + string(self.conditioningFrames) + ') must be a "
+        "multiple of 8 (8, 16, 24, …)'"
+    ),
+)
+
+SUFFIX_SHORTER_THAN_TRAINING_CLIP = _suffix_shorter_than("numberOfFrames")
+SUFFIX_SHORTER_THAN_VALIDATION_CLIP = _suffix_shorter_than("validationNumberOfFrames")
+
+TRAINING_DATA_URL = _url_scheme("trainingDataUrl", ("http", "https", "s3", "file"))
+VALIDATION_VIDEO_URL = _url_scheme("videoUrl", ("http", "https", "s3", "file"))
+MODEL_URL = _url_scheme("url", ("s3", "file"))
+OUTPUT_URL = _url_scheme("url", ("s3", "file"))
+
+MODEL_SOURCE_EXACTLY_ONE = Rule(
+    field="claimName",
+    check=lambda o: (o.get("claimName") is None) != (o.get("url") is None),
+    message=lambda o: "exactly one of claimName (a PVC) or url (a store prefix) must be set",
+    cel="has(self.claimName) != has(self.url)",
+    message_cel="'exactly one of claimName (a PVC) or url (a store prefix) must be set'",
+)
+
+TOLERATION_EXISTS_HAS_NO_VALUE = Rule(
+    field="value",
+    check=lambda o: o.get("operator") != "Exists" or not o.get("value"),
+    message=lambda o: "a toleration with operator Exists must not set a value",
+    cel="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || "
+    "self.value == ''",
+    message_cel="'a toleration with operator Exists must not set a value'",
+)
