@@ -20,7 +20,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ltx-extend validate examples/*.yaml examples/*.json
-	$(BIN)/ltx-extend crd
+	$(BIN)/ltx-extend crd --check crds/ltxextendtrainings.yaml
+	$(BIN)/ltx-extend sample-data .demo
+	$(BIN)/ltx-extend prepare .demo/sample-training.yaml --work .demo/work
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +36,4 @@ crd: $(STAMP)
 	$(BIN)/ltx-extend crd --output crds/ltxextendtrainings.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

@@ -80,3 +80,25 @@ def test_crd_check_detects_a_stale_file(tmp_path, capsys):
     assert "is stale" in capsys.readouterr().err
     assert main(["crd", "--output", str(stale)]) == ExitCode.SUCCESS
     assert main(["crd", "--check", str(stale)]) == ExitCode.SUCCESS
+
+
+def test_sample_data_and_local_prepare(tmp_path, capsys):
+    assert main(["sample-data", str(tmp_path / "demo")]) == ExitCode.SUCCESS
+    spec = tmp_path / "demo" / "sample-training.yaml"
+    assert main(["validate", str(spec)]) == ExitCode.SUCCESS
+    work = tmp_path / "work"
+    assert main(["prepare", str(spec), "--work", str(work)]) == ExitCode.SUCCESS
+    out = capsys.readouterr().out
+    assert "prepared 12 sample(s) of 25 frames at 24 fps, 512×512, with audio; " \
+           "1 validation clip(s)" in out
+    assert (work / "dataset" / "manifest.json").is_file()
+    assert (work / "debug_dataset.zip").is_file()
+
+
+def test_prepare_reports_the_outcome_class(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"training_data_url": "file:///nonexistent/clips.zip"}')
+    assert main(["prepare", str(spec), "--work", str(tmp_path / "w")]) == \
+        ExitCode.DOWNLOAD_FAILURE
+    assert "prepare failed (DownloadFailed): could not read the training data" in \
+        capsys.readouterr().err

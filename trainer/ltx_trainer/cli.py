@@ -82,6 +82,89 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return worst
 
 
+def _one_spec(path: Path) -> Any:
+    """The spec in a file holding one resource or one request body; raises SpecError."""
+    import yaml
+
+    from .resource import parse_resource
+    from .spec import SpecError, parse_spec
+
+    try:
+        documents = _load_documents(path)
+    except OSError as exc:
+        raise SpecError([f"{path} cannot be read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{path} is not valid YAML or JSON: {exc}"]) from None
+    if len(documents) != 1:
+        raise SpecError([f"{path} must hold exactly one resource or request"])
+    doc = documents[0]
+    if isinstance(doc, dict) and ("kind" in doc or "apiVersion" in doc):
+        return parse_resource(doc)[1]
+    return parse_spec(doc)
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
+    from .outcomes import Outcome
+    from .spec import SpecError
+
+    _setup_logging()
+    try:
+        spec = _one_spec(args.spec)
+    except SpecError as exc:
+        print(f"{args.spec} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
+              file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    policy = FetchPolicy(allow_file_urls=True,
+                         allow_private_networks=args.allow_private_networks)
+    try:
+        manifest = prepare_dataset(spec, args.work, PrepareSettings(fetch=policy))
+    except Outcome as exc:
+        print(f"prepare failed ({exc.reason}): {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    dataset = args.work / "dataset"
+    print(f"prepared {len(manifest['samples'])} sample(s) of {manifest['frames']} frames at "
+          f"{manifest['frameRate']} fps, {manifest['width']}×{manifest['height']}"
+          f"{', with audio' if manifest['withAudio'] else ''}; "
+          f"{len(manifest['validation'])} validation clip(s)")
+    for warning in manifest["warnings"]:
+        print(f"  warning: {warning}")
+    print(f"dataset: {dataset}\nmanifest: {dataset / 'manifest.json'}")
+    if spec.debug_dataset:
+        print(f"debug archive: {args.work / 'debug_dataset.zip'}")
+    return ExitCode.SUCCESS
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .resource import API_VERSION, KIND
+    from .sample_data import write_closing_clip, write_sample_dataset
+
+    archive = write_sample_dataset(args.dest).resolve()
+    closing = write_closing_clip(args.dest).resolve()
+    spec_path = args.dest / "sample-training.yaml"
+    resource = {
+        "apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "sample-lead-in"},
+        "spec": {"trainingDataUrl": archive.as_uri(), "triggerPhrase": "LEADIN",
+                 "numberOfSteps": 100, "numberOfFrames": 25, "resolution": "low",
+                 "withAudio": True, "debugDataset": True,
+                 "validation": [{"prompt": "LEADIN a square glides in",
+                                 "videoUrl": closing.as_uri()}],
+                 "validationNumberOfFrames": 25, "validationResolution": "low"},
+    }
+    spec_path.write_text(yaml.safe_dump(resource, sort_keys=False), encoding="utf-8")
+    print(f"wrote {archive}\nwrote {closing}\nwrote {spec_path}")
+    return ExitCode.SUCCESS
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from .crd import render_crd
 
@@ -131,6 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", type=Path, metavar="FILE", help="fail if FILE differs from the generated CRD"
     )
     crd.set_defaults(func=cmd_crd)
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="run the prepare stage locally: fetch, check and fit the dataset",
+        description="Fetch the training data and validation clips of SPEC, check them and "
+        "fit them into WORK/dataset with a manifest. file:// URLs are allowed.",
+    )
+    prepare.add_argument("spec", type=Path, metavar="SPEC")
+    prepare.add_argument("--work", type=Path, required=True, help="work directory")
+    prepare.add_argument("--allow-private-networks", action="store_true",
+                         help="allow http(s) URLs on loopback or private addresses")
+    prepare.set_defaults(func=cmd_prepare)
+
+    sample = sub.add_parser(
+        "sample-data",
+        help="write a small sample dataset (captioned clips with audio) and a spec for it",
+    )
+    sample.add_argument("dest", type=Path, metavar="DIR")
+    sample.set_defaults(func=cmd_sample_data)
     return parser
 
 

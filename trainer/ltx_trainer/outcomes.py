@@ -11,3 +11,28 @@ class ExitCode(IntEnum):
     USAGE = 2  # argparse's own code for a malformed command line
     INVALID_INPUT = 3  # the API's HTTP 422 class: bills 0
     DOWNLOAD_FAILURE = 4  # bills 0
+
+
+class Outcome(Exception):
+    """A failure with a user-facing message and the outcome class it belongs to."""
+
+    exit_code = ExitCode.INTERNAL_ERROR
+    reason = "InternalError"
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
+class InvalidInput(Outcome):
+    """The request or its data cannot be trained on (the API's 422)."""
+
+    exit_code = ExitCode.INVALID_INPUT
+    reason = "InvalidInput"
+
+
+class DownloadFailure(Outcome):
+    """The dataset or a validation clip could not be fetched."""
+
+    exit_code = ExitCode.DOWNLOAD_FAILURE
+    reason = "DownloadFailed"

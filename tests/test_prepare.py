@@ -1,0 +1,233 @@
+"""The prepare stage on real clips made with PyAV."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media_factory import make_clip, read_frames
+
+from ltx_trainer.dataset import TOO_SHORT, FetchPolicy, PrepareSettings, prepare_dataset
+from ltx_trainer.dataset.media import probe, read_wav
+from ltx_trainer.outcomes import InvalidInput
+from ltx_trainer.spec import parse_spec
+from ltx_trainer.suffix import AUDIO_SAMPLE_RATE
+
+LOCAL = PrepareSettings(fetch=FetchPolicy(allow_file_urls=True))
+
+
+def zip_clips(dest: Path, clips: dict[str, Path], captions: dict[str, str] | None = None
+              ) -> Path:
+    with zipfile.ZipFile(dest, "w") as archive:
+        for name, path in clips.items():
+            archive.write(path, name)
+        for name, text in (captions or {}).items():
+            archive.writestr(name, text)
+    return dest
+
+
+def spec_for(archive: Path, **fields):
+    base = {"trainingDataUrl": archive.as_uri(), "numberOfFrames": 25, "resolution": "low",
+            "aspectRatio": "16:9", "validationResolution": "low"}
+    return parse_spec({**base, **fields})
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "ntsc": make_clip(d / "ntsc.mp4", 2.0, fps=Fraction(24000, 1001), size=(320, 180)),
+        "pal": make_clip(d / "pal.mov", 2.0, fps=25, size=(180, 320)),  # portrait
+        "sixty": make_clip(d / "sixty.mkv", 1.5, fps=60, size=(203, 117)),  # odd size
+        "avi": make_clip(d / "thirty.avi", 2.0, fps=30, size=(160, 96)),
+        "silent": make_clip(d / "silent.mp4", 2.0, fps=30, audio=False),
+        "short": make_clip(d / "short.mp4", 0.5, fps=24),
+        "sync": make_clip(d / "sync.mp4", 3.0, fps=30, flash_at=2.5),
+        "scenes": make_clip(d / "scenes.mp4", 9.0, fps=24, cuts=(3.0, 6.0)),
+    }
+
+
+def test_fits_every_rate_and_shape_to_the_bucket(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {
+        "ntsc.mp4": clips["ntsc"], "portrait/pal.mov": clips["pal"],
+        "sixty.mkv": clips["sixty"], "thirty.avi": clips["avi"]},
+        {"ntsc.txt": "a  square\nglides", "portrait/pal.txt": "portrait clip"})
+    spec = spec_for(archive, triggerPhrase="LEADIN", numberOfFrames=31, frameRate=24)
+    manifest = prepare_dataset(spec, tmp_path / "work", LOCAL)
+    dataset = tmp_path / "work" / "dataset"
+    assert json.loads((dataset / "manifest.json").read_text()) == manifest
+    by_source = {s["source"]: s for s in manifest["samples"]}
+    assert set(by_source) == {"ntsc.mp4", "portrait/pal.mov", "sixty.mkv", "thirty.avi"}
+    assert by_source["ntsc.mp4"]["caption"] == "LEADIN a square glides"
+    assert by_source["portrait/pal.mov"]["caption"] == "LEADIN portrait clip"
+    assert by_source["sixty.mkv"]["caption"] == "LEADIN"  # no caption: the trigger alone
+    for sample in manifest["samples"]:
+        frames = read_frames(dataset / sample["video"])
+        assert frames.shape == (25, 288, 512, 3)  # 31 snaps down to 25; low 16:9
+        info = probe(dataset / sample["video"])
+        assert info.frame_rate == 24
+        assert sample["suffix"]["firstSuffixFrame"] == 17
+        assert sample["audio"] is None  # withAudio off: audio ignored
+        # the window ends at the clip's end
+        assert sample["window"][1] == pytest.approx(probe(clips_path(clips, sample)).end,
+                                                    abs=1e-3)
+    assert any("at least 10 are recommended" in w for w in manifest["warnings"])
+
+
+def clips_path(clips: dict[str, Path], sample: dict) -> Path:
+    name = Path(sample["source"]).name
+    return next(p for p in clips.values() if p.name == name)
+
+
+def test_all_too_short_is_the_reference_error(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["short"], "b.mp4": clips["short"]})
+    with pytest.raises(InvalidInput) as info:
+        prepare_dataset(spec_for(archive, numberOfFrames=89), tmp_path / "work", LOCAL)
+    assert info.value.message == TOO_SHORT == "All training videos are too short to be trainable"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == []
+
+
+def test_short_clips_are_skipped_and_reported(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["short"], "b.mp4": clips["ntsc"]})
+    manifest = prepare_dataset(spec_for(archive), tmp_path / "work", LOCAL)
+    assert [s["source"] for s in manifest["samples"]] == ["b.mp4"]
+    assert manifest["skipped"] == [{"source": "a.mp4", "reason": "too short"}]
+
+
+def test_auto_scale_stretches_short_clips(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["short"]})
+    spec = spec_for(archive, autoScaleInput=True, withAudio=True, numberOfFrames=41)
+    manifest = prepare_dataset(spec, tmp_path / "work", LOCAL)
+    [sample] = manifest["samples"]
+    assert sample["stretch"] == pytest.approx((41 / 24) / 0.5, rel=1e-3)
+    assert len(read_frames(tmp_path / "work/dataset" / sample["video"])) == 41
+    audio, rate = read_wav(tmp_path / "work/dataset" / sample["audio"]["path"])
+    assert rate == AUDIO_SAMPLE_RATE and audio.shape == (2, round(41 / 24 * rate))
+    assert sample["audio"]["stretched"] is True
+    assert np.abs(audio).max() == pytest.approx(10 ** (-1 / 20), abs=2e-3)  # -1 dBFS peak
+
+
+@pytest.mark.parametrize("preserve_pitch", [True, False])
+def test_audio_and_video_stay_in_sync(tmp_path, clips, preserve_pitch):
+    archive = zip_clips(tmp_path / "d.zip", {"sync.mp4": clips["sync"]})
+    spec = spec_for(archive, withAudio=True, numberOfFrames=49, frameRate=24,
+                    autoScaleInput=True, audioPreservePitch=preserve_pitch)
+    manifest = prepare_dataset(spec, tmp_path / "work", LOCAL)
+    for sample in manifest["samples"]:
+        frames = read_frames(tmp_path / "work/dataset" / sample["video"])
+        audio, rate = read_wav(tmp_path / "work/dataset" / sample["audio"]["path"])
+        brightness = frames.mean(axis=(1, 2, 3))
+        if brightness.max() < 200:
+            continue  # this window does not hold the flash
+        flash = int(np.argmax(brightness)) / 24
+        click = int(np.argmax(np.abs(audio[0]) > 0.3)) / rate
+        assert abs(flash - click) <= 1 / 24, (flash, click)
+        assert sample["suffix"]["closingAudioWindow"] == pytest.approx([41 / 24, 49 / 24],
+                                                                       abs=1e-5)
+        break
+    else:
+        pytest.fail("no window holds the sync marker")
+
+
+def test_with_audio_refuses_silent_clips_by_name(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"ok.mp4": clips["ntsc"],
+                                             "sub/silent.mp4": clips["silent"]})
+    with pytest.raises(InvalidInput) as info:
+        prepare_dataset(spec_for(archive, withAudio=True), tmp_path / "work", LOCAL)
+    assert info.value.message == ("withAudio is on, but these clips have no audio track: "
+                                  "sub/silent.mp4. Every training and validation clip must "
+                                  "contain one.")
+    # without audio extension the same dataset is fine and silent
+    manifest = prepare_dataset(spec_for(archive), tmp_path / "work2", LOCAL)
+    assert len(manifest["samples"]) == 2
+
+
+def test_validation_clips(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["ntsc"]})
+    spec = spec_for(archive, withAudio=True, conditioningFrames=16, validationNumberOfFrames=57,
+                    validationFrameRate=24, validation=[
+                        {"prompt": "lead in", "videoUrl": clips["pal"].as_uri()}])
+    manifest = prepare_dataset(spec, tmp_path / "work", LOCAL)
+    [entry] = manifest["validation"]
+    frames = read_frames(tmp_path / "work/dataset" / entry["video"])
+    assert frames.shape == (57, 512, 512, 3)  # validation: low, 1:1 by default
+    assert entry["paddedFrames"] == 57 - 48  # a 2 s clip holds 48 frames at 24 fps
+    assert entry["suffix"]["firstSuffixFrame"] == 41
+    audio, rate = read_wav(tmp_path / "work/dataset" / entry["audio"]["path"])
+    assert audio.shape[1] == round(57 / 24 * rate)
+
+
+def test_short_validation_clip_is_refused_before_fitting(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["ntsc"]})
+    spec = spec_for(archive, conditioningFrames=16, validationFrameRate=24,
+                    validation=[{"prompt": "p", "videoUrl": clips["short"].as_uri()}])
+    with pytest.raises(InvalidInput) as info:
+        prepare_dataset(spec, tmp_path / "work", LOCAL)
+    assert info.value.message == (
+        "The validation clip 1 must be at least conditioningFrames (16) frames long at "
+        "validationFrameRate (24 fps); it has 12. Provide a longer closing clip or lower "
+        "conditioningFrames.")
+
+
+def test_silent_validation_clip_with_audio(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["ntsc"]})
+    spec = spec_for(archive, withAudio=True,
+                    validation=[{"prompt": "p", "videoUrl": clips["silent"].as_uri()}])
+    with pytest.raises(InvalidInput, match="no audio track: validation clip 1"):
+        prepare_dataset(spec, tmp_path / "work", LOCAL)
+
+
+def test_corrupt_clips_are_skipped_with_a_warning(tmp_path, clips):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(clips["ntsc"].read_bytes()[:2000])
+    archive = zip_clips(tmp_path / "d.zip", {"good.mp4": clips["ntsc"], "broken.mp4": broken})
+    manifest = prepare_dataset(spec_for(archive), tmp_path / "work", LOCAL)
+    assert [s["source"] for s in manifest["samples"]] == ["good.mp4"]
+    assert any(w.startswith("skipped broken.mp4: it cannot be decoded")
+               for w in manifest["warnings"])
+    only_broken = zip_clips(tmp_path / "e.zip", {"broken.mp4": broken})
+    with pytest.raises(InvalidInput, match="contains no usable video"):
+        prepare_dataset(spec_for(only_broken), tmp_path / "work2", LOCAL)
+
+
+def test_no_video_at_all(tmp_path):
+    archive = zip_clips(tmp_path / "d.zip", {}, {"readme.txt": "hello"})
+    with pytest.raises(InvalidInput, match="contains no video"):
+        prepare_dataset(spec_for(archive), tmp_path / "work", LOCAL)
+
+
+def test_scene_splitting_makes_samples_per_scene(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"scenes.mp4": clips["scenes"]},
+                        {"scenes.txt": "three shots"})
+    split = spec_for(archive, splitInputDurationThreshold=5.0, numberOfFrames=49)
+    manifest = prepare_dataset(split, tmp_path / "work", LOCAL)
+    ends = sorted(round(s["window"][1], 1) for s in manifest["samples"])
+    assert ends == [3.0, 6.0, 9.0]  # one window closing each shot: no suffix spans a cut
+    assert {s["caption"] for s in manifest["samples"]} == {"three shots"}
+    whole = spec_for(archive, splitInputIntoScenes=False, numberOfFrames=49)
+    ends = sorted(s["window"][1] for s in prepare_dataset(
+        whole, tmp_path / "work2", LOCAL)["samples"])
+    # 9 s hold four 49-frame windows, tiled back from the end without overlap
+    assert ends == pytest.approx([9 - 3 * 49 / 24, 9 - 2 * 49 / 24, 9 - 49 / 24, 9], abs=1e-3)
+
+
+def test_debug_dataset_archive(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["ntsc"]})
+    prepare_dataset(spec_for(archive, debugDataset=True, withAudio=True), tmp_path / "work",
+                    LOCAL)
+    with zipfile.ZipFile(tmp_path / "work" / "debug_dataset.zip") as debug:
+        names = set(debug.namelist())
+        manifest = json.loads(debug.read("manifest.json"))
+    assert {manifest["samples"][0]["video"], manifest["samples"][0]["audio"]["path"]} <= names
+
+
+def test_nothing_is_written_outside_the_work_directory(tmp_path, clips):
+    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["ntsc"]})
+    before = set(tmp_path.iterdir())
+    prepare_dataset(spec_for(archive), tmp_path / "work", LOCAL)
+    assert set(tmp_path.iterdir()) - before == {tmp_path / "work"}
+    assert {p.name for p in (tmp_path / "work").iterdir()} == {"dataset"}
