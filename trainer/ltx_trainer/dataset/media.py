@@ -136,6 +136,7 @@ def fit_video(source: Path, dest: Path, window: Window, size: tuple[int, int],
             nonlocal written
             graph.push(frame)
             fitted = graph.pull()
+            fitted.pict_type = av.video.frame.PictureType.NONE  # let x264 place keyframes
             for _ in range(copies):
                 fitted.pts, fitted.time_base = written, encoder.codec_context.time_base
                 for packet in encoder.encode(fitted):

@@ -14,6 +14,7 @@ long clip from dominating the dataset.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -66,7 +67,12 @@ def detect_scenes(path: Path, clip: media.ClipInfo) -> list[tuple[float, float]]
 
     manager = SceneManager()
     manager.add_detector(ContentDetector())
-    manager.detect_scenes(open_video(str(path), backend="pyav"))
+    video = open_video(str(path), backend="pyav")
+    try:
+        manager.detect_scenes(video)
+    finally:
+        del video  # closes the decoder now, before any fitting starts
+        gc.collect()
     spans = [(s.seconds, e.seconds) for s, e in manager.get_scene_list()]
     return spans or [(clip.start, clip.end)]
 
