@@ -165,6 +165,14 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from .model.tiny import write_tiny_model
+
+    path = write_tiny_model(args.dest, seed=args.seed)
+    print(f"wrote a tiny random LTX-2 model to {path}")
+    return ExitCode.SUCCESS
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from .crd import render_crd
 
@@ -233,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("dest", type=Path, metavar="DIR")
     sample.set_defaults(func=cmd_sample_data)
+
+    tiny = sub.add_parser(
+        "tiny-model",
+        help="write a tiny random model of the LTX-2 classes (for tests and quick starts)",
+    )
+    tiny.add_argument("dest", type=Path, metavar="DIR")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_model)
     return parser
 
 
