@@ -77,7 +77,7 @@ def build_components(seed: int = 0) -> dict[str, object]:
         audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=2,
         audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2,
         caption_channels=hidden, rope_double_precision=False, rope_type="split",
-        vae_scale_factors=(8, 32, 32),
+        vae_scale_factors=(8, 32, 32), perturbed_attn=True,  # STG, as in LTX-2.3
     )
     torch.manual_seed(seed + 2)
     connectors = LTX2TextConnectors(

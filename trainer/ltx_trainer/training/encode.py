@@ -105,8 +105,10 @@ def load_index(cache_dir: Path, dataset_dir: Path) -> dict[str, Any] | None:
 
 
 def encode_dataset(dataset_dir: Path, cache_dir: Path, model_dir: Path, device: torch.device,
-                   *, with_audio: bool, max_sequence_length: int) -> dict[str, Any]:
-    """Encode every sample and caption into `cache_dir`; returns the cache index."""
+                   *, with_audio: bool, max_sequence_length: int,
+                   negative_prompt: str = "") -> dict[str, Any]:
+    """Encode every sample, caption, validation prompt and the negative prompt into
+    `cache_dir`; returns the cache index."""
     if (index := load_index(cache_dir, dataset_dir)) is not None:
         log.info("latent cache found: %d samples, not encoding again", len(index["samples"]))
         return index
@@ -130,16 +132,22 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path, model_dir: Path, device: 
                         "suffix": sample["suffix"]})
         log.info("encoded %s", sample["id"])
     del vae, audio_vae
-    captions = sorted({s["caption"] for s in manifest["samples"]})
+    captions = sorted({s["caption"] for s in manifest["samples"]}
+                      | {v["prompt"] for v in manifest["validation"]} | {negative_prompt})
     for key, embeds in encode_texts(model_dir, captions, device, max_sequence_length).items():
         save_file({"embeds": embeds}, cache_dir / "text" / f"{key}.safetensors")
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     index = {"manifest": _manifest_hash(dataset_dir), "withAudio": with_audio,
-             "maxSequenceLength": max_sequence_length, "samples": samples}
+             "maxSequenceLength": max_sequence_length, "samples": samples,
+             "negative": text_key(negative_prompt)}
     (cache_dir / INDEX).write_text(json.dumps(index, indent=1))  # written last: the marker
     return index
+
+
+def load_text(cache_dir: Path, text: str) -> torch.Tensor:
+    return load_file(cache_dir / "text" / f"{text_key(text)}.safetensors")["embeds"]
 
 
 def load_sample(cache_dir: Path, sample: dict[str, Any]) -> dict[str, torch.Tensor]:

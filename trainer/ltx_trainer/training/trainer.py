@@ -48,6 +48,8 @@ class TrainSettings:
     max_sequence_length: int = 1024
     log_every: int = 25
     gradient_checkpointing: bool | None = None  # None: on GPU only
+    preview_every: int = 0  # 0: previews only at the end
+    preview_steps: int = 30
 
 
 @dataclass
@@ -65,6 +67,7 @@ class TrainResult:
     config_file: Path
     steps: int
     losses: list[float] = field(default_factory=list)
+    video: Path | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -223,7 +226,8 @@ class Trainer:
         yardstick, unlike the per-step losses whose sigma changes each step."""
         index = encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir,
                                self.device, with_audio=self.spec.with_audio,
-                               max_sequence_length=self.settings.max_sequence_length)
+                               max_sequence_length=self.settings.max_sequence_length,
+                               negative_prompt=self.spec.validation_negative_prompt)
         if not hasattr(self, "transformer"):
             self._load()
             self._resume()
@@ -278,7 +282,8 @@ class Trainer:
         spec, settings = self.spec, self.settings
         index = encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir, self.device,
                                with_audio=spec.with_audio,
-                               max_sequence_length=settings.max_sequence_length)
+                               max_sequence_length=settings.max_sequence_length,
+                               negative_prompt=spec.validation_negative_prompt)
         samples = index["samples"]
         self._load()
         start, losses = self._resume()
@@ -305,11 +310,33 @@ class Trainer:
             self._report(bar, step + 1, total, losses[-1], rate)
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total:
                 self._checkpoint(step + 1, losses)
+            if settings.preview_every and (step + 1) % settings.preview_every == 0 \
+                    and step + 1 < total:
+                self.render_previews(dataset_dir, self.work_dir / "previews"
+                                     / f"step-{step + 1:06d}.mp4")
             if stop_after is not None and step + 1 >= stop_after and step + 1 < total:
                 bar.close()
                 raise Interrupted(f"stopped after step {step + 1}")
         bar.close()
-        return self._write_outputs(total, losses)
+        result = self._write_outputs(total, losses)
+        result.video = self.render_previews(dataset_dir,
+                                            self.work_dir / "outputs" / "validation_reel.mp4")
+        return result
+
+    def render_previews(self, dataset_dir: Path, dest: Path) -> Path | None:
+        """The validation reel with the LoRA as it is now (None without validation)."""
+        from ..preview.run import load_preview_models, render_reel
+
+        if not self.spec.validation:
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        models = load_preview_models(self.model_dir, self.transformer, self.connectors,
+                                     self.device, self.spec.with_audio)
+        path = render_reel(self.spec, dataset_dir, self.work_dir / "cache", models, dest,
+                           steps=self.settings.preview_steps, seed=self.settings.seed,
+                           max_sequence_length=self.settings.max_sequence_length)
+        log.info("validation reel %s", path)
+        return path
 
     def _report(self, bar: Any, step: int, total: int, loss: float, rate: float) -> None:
         bar.update(1)

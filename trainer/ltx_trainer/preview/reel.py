@@ -1,0 +1,95 @@
+"""The validation reel: for each sample, the generated lead-in then the real closing
+clip, each part labelled, with audio when the training had it; H.264 + AAC so that
+browsers and players open it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+REEL_AUDIO_RATE = 48_000
+
+
+@dataclass
+class ReelPart:
+    lead_in: np.ndarray  # (frames, h, w, 3) generated
+    closing: np.ndarray  # (frames, h, w, 3) real
+    prompt: str
+    lead_in_audio: np.ndarray | None = None  # (channels, samples) at lead_in_rate
+    lead_in_rate: int | None = None
+    closing_audio: np.ndarray | None = None
+    closing_rate: int | None = None
+
+
+def label(frames: np.ndarray, text: str) -> np.ndarray:
+    """Burn a caption band into the top of every frame."""
+    height, width = frames.shape[1:3]
+    size = max(10, height // 24)
+    font = ImageFont.load_default(size=size)
+    band = size + size // 2
+    out = frames.copy()
+    for i, frame in enumerate(out):
+        image = Image.fromarray(frame)
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((0, 0, width, band), fill=(0, 0, 0))
+        draw.text((size // 2, size // 4), text, fill=(255, 255, 255), font=font)
+        out[i] = np.asarray(image)
+    return out
+
+
+def _resample(audio: np.ndarray, rate: int, frames: int) -> np.ndarray:
+    """To the reel's rate and exactly `frames` samples (linear; these are previews)."""
+    if audio.size == 0:
+        return np.zeros((2, frames), np.float32)
+    grid = np.linspace(0, audio.shape[1] - 1, max(1, round(audio.shape[1] * REEL_AUDIO_RATE
+                                                                / rate)))
+    out = np.stack([np.interp(grid, np.arange(audio.shape[1]), c) for c in audio[:2]])
+    if out.shape[0] == 1:
+        out = np.repeat(out, 2, axis=0)
+    out = out[:, :frames]
+    return np.pad(out, ((0, 0), (0, frames - out.shape[1]))).astype(np.float32)
+
+
+def write_reel(parts: list[ReelPart], dest: Path, fps: int) -> Path:
+    """Write the reel; every part is at `fps` and the same size."""
+    height, width = parts[0].lead_in.shape[1:3]
+    with_audio = all(p.lead_in_audio is not None for p in parts)
+    partial = dest.with_name(dest.name + ".part.mp4")
+    with av.open(str(partial), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = out.add_stream("aac", rate=REEL_AUDIO_RATE, layout="stereo") if with_audio \
+            else None
+        audio_pts = 0
+        for part in parts:
+            clips = [label(part.lead_in, f"GENERATED lead-in: {part.prompt}"[:90]),
+                     label(part.closing, "REAL closing clip")]
+            for frame in np.concatenate(clips):
+                for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    out.mux(packet)
+            if audio is not None:
+                samples = [_resample(a, r, round(len(c) / fps * REEL_AUDIO_RATE))
+                           for a, r, c in ((part.lead_in_audio, part.lead_in_rate, part.lead_in),
+                                           (part.closing_audio, part.closing_rate,
+                                            part.closing))]
+                track = np.concatenate(samples, axis=1)
+                for start in range(0, track.shape[1], 1024):
+                    chunk = av.AudioFrame.from_ndarray(
+                        np.ascontiguousarray(track[:, start:start + 1024]), format="fltp",
+                        layout="stereo")
+                    chunk.sample_rate, chunk.pts = REEL_AUDIO_RATE, audio_pts
+                    chunk.time_base = Fraction(1, REEL_AUDIO_RATE)
+                    audio_pts += chunk.samples
+                    for packet in audio.encode(chunk):
+                        out.mux(packet)
+        for stream in (video, audio):
+            if stream is not None:
+                for packet in stream.encode(None):
+                    out.mux(packet)
+    partial.replace(dest)
+    return dest
