@@ -173,6 +173,34 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
+def cmd_extend(args: argparse.Namespace) -> int:
+    from .model.loader import default_device, resolve_model_dir
+    from .outcomes import Outcome
+    from .preview.extend import ExtendRequest, extend_clip
+    from .rules import snap_frames
+    from .spec import DEFAULT_NEGATIVE_PROMPT, FRAME_SIZES
+
+    _setup_logging()
+    if (args.resolution, args.aspect) not in FRAME_SIZES:
+        print("--resolution must be low, medium or high and --aspect 16:9, 1:1 or 9:16",
+              file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    request = ExtendRequest(
+        model=args.model, lora=args.lora, clip=args.clip,
+        prompt=args.prompt, output=args.output, frames=snap_frames(args.frames), fps=args.fps,
+        resolution=args.resolution, aspect=args.aspect, audio=args.audio,
+        conditioning_frames=args.conditioning_frames,
+        negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, steps=args.steps,
+        stg_scale=args.stg_scale, seed=args.seed)
+    try:
+        path = extend_clip(request, default_device(), resolve_model_dir)
+    except (Outcome, ValueError, FileNotFoundError) as exc:
+        print(f"extend failed: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    print(f"wrote {path}")
+    return ExitCode.SUCCESS
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from .crd import render_crd
 
@@ -249,6 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dest", type=Path, metavar="DIR")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_model)
+
+    extend = sub.add_parser(
+        "extend",
+        help="extend a closing clip backward in time with a trained LoRA",
+        description="Generate the lead-in to CLIP: its last conditioning frames are kept and "
+        "the frames before them are generated. Writes an H.264 (+AAC) file.",
+    )
+    extend.add_argument("--model", type=Path, help="diffusers model folder (default: tiny)")
+    extend.add_argument("--lora", type=Path, help="the trained LoRA (.safetensors)")
+    extend.add_argument("--clip", type=Path, required=True, help="the closing clip")
+    extend.add_argument("--prompt", required=True)
+    extend.add_argument("--negative-prompt")
+    extend.add_argument("--output", type=Path, required=True)
+    extend.add_argument("--frames", type=int, default=89, help="output frames (8k+1)")
+    extend.add_argument("--fps", type=int, default=24)
+    extend.add_argument("--resolution", default="high")
+    extend.add_argument("--aspect", default="1:1")
+    extend.add_argument("--audio", action="store_true", help="extend the audio too")
+    extend.add_argument("--conditioning-frames", type=int,
+                        help="suffix frames kept (default: the LoRA's)")
+    extend.add_argument("--steps", type=int, default=30)
+    extend.add_argument("--stg-scale", type=float, default=1.0)
+    extend.add_argument("--seed", type=int, default=0)
+    extend.set_defaults(func=cmd_extend)
     return parser
 
 

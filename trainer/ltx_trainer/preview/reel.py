@@ -55,41 +55,58 @@ def _resample(audio: np.ndarray, rate: int, frames: int) -> np.ndarray:
     return np.pad(out, ((0, 0), (0, frames - out.shape[1]))).astype(np.float32)
 
 
-def write_reel(parts: list[ReelPart], dest: Path, fps: int) -> Path:
-    """Write the reel; every part is at `fps` and the same size."""
-    height, width = parts[0].lead_in.shape[1:3]
-    with_audio = all(p.lead_in_audio is not None for p in parts)
+def write_video(frames: np.ndarray, fps: int, dest: Path, audio: np.ndarray | None = None,
+                sample_rate: int | None = None) -> Path:
+    """H.264 (+ AAC when `audio` is given) that browsers and players open; written to a
+    side file and moved into place whole."""
     partial = dest.with_name(dest.name + ".part.mp4")
-    with av.open(str(partial), "w") as out:
-        video = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        audio = out.add_stream("aac", rate=REEL_AUDIO_RATE, layout="stereo") if with_audio \
-            else None
-        audio_pts = 0
-        for part in parts:
-            clips = [label(part.lead_in, f"GENERATED lead-in: {part.prompt}"[:90]),
-                     label(part.closing, "REAL closing clip")]
-            for frame in np.concatenate(clips):
-                for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    out.mux(packet)
-            if audio is not None:
-                samples = [_resample(a, r, round(len(c) / fps * REEL_AUDIO_RATE))
-                           for a, r, c in ((part.lead_in_audio, part.lead_in_rate, part.lead_in),
-                                           (part.closing_audio, part.closing_rate,
-                                            part.closing))]
-                track = np.concatenate(samples, axis=1)
-                for start in range(0, track.shape[1], 1024):
-                    chunk = av.AudioFrame.from_ndarray(
-                        np.ascontiguousarray(track[:, start:start + 1024]), format="fltp",
-                        layout="stereo")
-                    chunk.sample_rate, chunk.pts = REEL_AUDIO_RATE, audio_pts
-                    chunk.time_base = Fraction(1, REEL_AUDIO_RATE)
-                    audio_pts += chunk.samples
-                    for packet in audio.encode(chunk):
-                        out.mux(packet)
-        for stream in (video, audio):
-            if stream is not None:
-                for packet in stream.encode(None):
-                    out.mux(packet)
+    try:
+        _encode(frames, fps, partial, audio, sample_rate)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(dest)
     return dest
+
+
+def _encode(frames: np.ndarray, fps: int, path: Path, audio: np.ndarray | None,
+            sample_rate: int | None) -> None:
+    height, width = frames.shape[1:3]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        # every stream is added before the first packet is muxed
+        stream = out.add_stream("aac", rate=REEL_AUDIO_RATE, layout="stereo") \
+            if audio is not None else None
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        if stream is not None:
+            track = _resample(audio, sample_rate, round(len(frames) / fps * REEL_AUDIO_RATE))
+            for start in range(0, track.shape[1], 1024):
+                chunk = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(track[:, start:start + 1024]), format="fltp",
+                    layout="stereo")
+                chunk.sample_rate, chunk.pts = REEL_AUDIO_RATE, start
+                chunk.time_base = Fraction(1, REEL_AUDIO_RATE)
+                for packet in stream.encode(chunk):
+                    out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+
+
+def write_reel(parts: list[ReelPart], dest: Path, fps: int) -> Path:
+    """Write the reel; every part is at `fps` and the same size."""
+    frames, tracks = [], []
+    with_audio = all(p.lead_in_audio is not None for p in parts)
+    for part in parts:
+        frames += [label(part.lead_in, f"GENERATED lead-in: {part.prompt}"[:90]),
+                   label(part.closing, "REAL closing clip")]
+        if with_audio:
+            tracks += [_resample(a, r, round(len(c) / fps * REEL_AUDIO_RATE))
+                       for a, r, c in ((part.lead_in_audio, part.lead_in_rate, part.lead_in),
+                                       (part.closing_audio, part.closing_rate, part.closing))]
+    audio = np.concatenate(tracks, axis=1) if with_audio else None
+    return write_video(np.concatenate(frames), fps, dest, audio, REEL_AUDIO_RATE)

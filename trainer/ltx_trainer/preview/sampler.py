@@ -41,6 +41,7 @@ class Extension:
     frames: np.ndarray  # (frames, height, width, 3) uint8
     audio: np.ndarray | None  # (channels, samples) float32
     sample_rate: int | None
+    latents: torch.Tensor | None = None  # final packed video latents (1, tokens, channels)
 
 
 def _pipeline() -> Any:
@@ -120,7 +121,8 @@ def extend_backward(
             hidden_states=video.repeat(batch, 1, 1).to(device, dtype),
             audio_hidden_states=audio.repeat(batch, 1, 1).to(device, dtype),
             encoder_hidden_states=text[0], audio_encoder_hidden_states=text[1],
-            timestep=v_t.repeat(batch, 1).to(device), audio_timestep=a_t.repeat(batch, 1).to(device),
+            timestep=v_t.repeat(batch, 1).to(device),
+            audio_timestep=a_t.repeat(batch, 1).to(device),
             sigma=torch.full((batch,), float(t), device=device),
             encoder_attention_mask=text[2], audio_encoder_attention_mask=text[2],
             num_frames=frames, height=height, width=width, fps=suffix.frame_rate,
@@ -150,9 +152,9 @@ def extend_backward(
 
     decoded = _decode_video(models.vae, pipe._unpack_latents(video, frames, height, width))
     if not with_audio:
-        return Extension(decoded, None, None)
+        return Extension(decoded, None, None, video)
     waveform, rate = _decode_audio(models, audio, audio_frames)
-    return Extension(decoded, waveform, rate)
+    return Extension(decoded, waveform, rate, video)
 
 
 def _decode_video(vae: Any, latents: torch.Tensor) -> np.ndarray:

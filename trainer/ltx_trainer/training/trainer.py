@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_TYPE = "extend-suffix"
 LORA_PREFIX = "diffusion_model."
+CONFIG_METADATA_KEY = "ltx_extend_config"
 #: Attention projections of the video, audio and cross-modal attentions.
 LORA_TARGETS = (r"transformer_blocks\.\d+\.(attn1|attn2|audio_attn1|audio_attn2|"
                 r"audio_to_video_attn|video_to_audio_attn)\.(to_q|to_k|to_v|to_out\.0)")
@@ -351,7 +352,9 @@ class Trainer:
         out = self.work_dir / "outputs"
         out.mkdir(parents=True, exist_ok=True)
         config = training_config(spec, self.model_dir, self.settings)
+        # flat entries for tools that list metadata, and the whole config as one JSON entry
         metadata = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
+        metadata[CONFIG_METADATA_KEY] = json.dumps(config)
         lora_file = out / "lora.safetensors"
         save_file(lora_state_dict(self.transformer), lora_file, metadata=metadata)
         config_file = out / "config.json"

@@ -1,0 +1,136 @@
+"""The backward-extension sampler, guidance, the reel and `ltx-extend extend`."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+from media_factory import make_clip
+
+from ltx_trainer.cli import main
+from ltx_trainer.model.loader import load_component
+from ltx_trainer.outcomes import ExitCode
+from ltx_trainer.preview.reel import ReelPart, write_reel
+from ltx_trainer.preview.sampler import Models, extend_backward, stg_blocks
+from ltx_trainer.suffix import SuffixWindow
+from ltx_trainer.training.encode import encode_texts, encode_video, read_video, text_key
+
+CPU = torch.device("cpu")
+SUFFIX = SuffixWindow(25, 24, 8)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, tmp_path_factory):
+    models = Models(*(load_component(tiny_model, n, CPU) for n in (
+        "transformer", "connectors", "vae", "audio_vae", "vocoder", "scheduler")))
+    texts = encode_texts(tiny_model, ["a square glides in", ""], CPU, 32)
+    clip = make_clip(tmp_path_factory.mktemp("clip") / "closing.mp4", 25 / 24, fps=24,
+                     size=(128, 128))
+    video = read_video(clip)
+    rate = models.audio_vae.config.sample_rate
+    t = np.arange(round(25 / 24 * rate)) / rate
+    audio = torch.from_numpy(np.stack([0.3 * np.sin(2 * np.pi * 330 * t)] * 2).astype(np.float32))
+    return models, texts, video, audio, clip
+
+
+def run(setup, **overrides):
+    models, texts, video, audio, _ = setup
+    kwargs = dict(suffix=SUFFIX, with_audio=True, steps=3, stg_scale=1.0, seed=0,
+                  max_sequence_length=32)
+    kwargs.update(overrides)
+    return extend_backward(models, video, audio, texts[text_key("a square glides in")],
+                           texts[text_key("")], **kwargs)
+
+
+def test_output_shape_determinism_and_kept_suffix(setup):
+    models, _, video, _, _ = setup
+    first, again, other = run(setup), run(setup), run(setup, seed=1)
+    assert first.frames.shape == (25, 128, 128, 3) and first.frames.dtype == np.uint8
+    assert np.array_equal(first.frames, again.frames)  # deterministic for a seed
+    assert not np.array_equal(first.frames, other.frames)
+    # the suffix latents are the input's own, exactly; the lead-in is generated
+    from diffusers import LTX2Pipeline
+
+    clean = LTX2Pipeline._pack_latents(encode_video(models.vae, video).unsqueeze(0))
+    per_frame = clean.shape[1] // SUFFIX.latent_frames
+    start = SUFFIX.first_suffix_latent * per_frame
+    assert torch.equal(first.latents[:, start:], clean[:, start:])
+    assert not torch.allclose(first.latents[:, :start], clean[:, :start], atol=1e-2)
+
+
+def test_audio_exactly_when_asked(setup):
+    with_audio, without = run(setup), run(setup, with_audio=False)
+    assert without.audio is None
+    assert with_audio.audio.shape[0] == 2
+    assert with_audio.audio.shape[1] / with_audio.sample_rate == pytest.approx(25 / 24, abs=0.05)
+
+
+def test_cfg_and_stg_change_the_output_and_stg_zero_skips_its_pass(setup):
+    models = setup[0]
+    calls = []
+    hook = models.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs.get("spatio_temporal_guidance_blocks")),
+        with_kwargs=True)
+    try:
+        with_stg = run(setup, stg_scale=1.0)
+        stg_calls, calls[:] = list(calls), []
+        no_stg = run(setup, stg_scale=0.0)
+        plain_calls, calls[:] = list(calls), []
+        no_cfg = run(setup, stg_scale=0.0, guidance_scale=1.0)
+    finally:
+        hook.remove()
+    assert len(stg_calls) == 6 and stg_calls.count(stg_blocks(2)) == 3  # 3 steps × (cfg, stg)
+    assert len(plain_calls) == 3 and all(b is None for b in plain_calls)
+    assert not np.array_equal(with_stg.frames, no_stg.frames)
+    assert not np.array_equal(no_stg.frames, no_cfg.frames)
+
+
+def test_reel_decodes_with_streams_duration_and_size(setup, tmp_path):
+    result = run(setup)
+    cut = SUFFIX.first_suffix_frame
+    part = ReelPart(lead_in=result.frames[:cut], closing=result.frames[cut:], prompt="p",
+                    lead_in_audio=result.audio, lead_in_rate=result.sample_rate,
+                    closing_audio=result.audio, closing_rate=result.sample_rate)
+    reel = write_reel([part, part], tmp_path / "reel.mp4", fps=24)
+    with av.open(str(reel)) as container:
+        streams = {s.type: s for s in container.streams}
+        assert set(streams) == {"video", "audio"}
+        assert streams["video"].codec_context.name == "h264"
+        assert streams["audio"].codec_context.name == "aac"
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert container.duration / 1e6 == pytest.approx(50 / 24, abs=0.05)
+    assert len(frames) == 50 and frames[0].shape == (128, 128, 3)
+    assert frames[0][:4].mean() < 40  # the label band is drawn on top
+    silent = write_reel([ReelPart(result.frames[:cut], result.frames[cut:], "p")],
+                        tmp_path / "silent.mp4", fps=24)
+    with av.open(str(silent)) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reel.mp4", "silent.mp4"]
+
+
+def test_extend_command(setup, tiny_model, tmp_path):
+    clip = setup[4]
+    out = tmp_path / "extended.mp4"
+    assert main(["extend", "--model", str(tiny_model), "--clip", str(clip), "--prompt",
+                 "a square glides in", "--output", str(out), "--frames", "17", "--resolution",
+                 "low", "--audio", "--steps", "2"]) == ExitCode.SUCCESS
+    with av.open(str(out)) as container:
+        assert {s.type for s in container.streams} == {"video", "audio"}
+        assert container.streams.video[0].frames == 17
+
+
+def test_extend_refuses_a_short_clip_before_loading_any_model(tmp_path, capsys):
+    short = make_clip(tmp_path / "short.mp4", 0.2, fps=24, size=(64, 64))
+    assert main(["extend", "--model", str(tmp_path / "no-model-here"), "--clip", str(short),
+                 "--prompt", "p", "--output", str(tmp_path / "o.mp4"),
+                 "--conditioning-frames", "16"]) == ExitCode.INVALID_INPUT
+    assert "The clip must be at least conditioningFrames (16) frames long at 24 fps" in \
+        capsys.readouterr().err
+
+
+def test_extend_names_a_missing_model_folder(setup, tmp_path, capsys):
+    assert main(["extend", "--model", str(tmp_path / "nowhere"), "--clip", str(setup[4]),
+                 "--prompt", "p", "--output", str(tmp_path / "o.mp4"), "--frames", "17",
+                 "--resolution", "low"]) == ExitCode.INVALID_INPUT
+    assert "is not a diffusers model folder (no model_index.json)" in capsys.readouterr().err

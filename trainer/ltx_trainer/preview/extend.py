@@ -1,0 +1,104 @@
+"""`ltx-extend extend`: extend a closing clip backward with a trained LoRA."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..dataset.media import Undecodable, probe, read_wav
+from ..dataset.prepare import fit_closing_clip
+from ..outcomes import InvalidInput
+from ..spec import DEFAULT_NEGATIVE_PROMPT, frame_size
+from ..suffix import SuffixWindow
+from ..training.encode import encode_texts, read_video, text_key
+from .reel import write_video
+from .sampler import Models, extend_backward
+
+
+@dataclass
+class ExtendRequest:
+    model: Path | None  # None: the tiny model
+    lora: Path | None
+    clip: Path
+    prompt: str
+    output: Path
+    frames: int = 89
+    fps: int = 24
+    resolution: str = "high"
+    aspect: str = "1:1"
+    audio: bool = False
+    conditioning_frames: int | None = None  # default: the LoRA's
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    steps: int = 30
+    stg_scale: float = 1.0
+    seed: int = 0
+    max_sequence_length: int | None = None  # default: the LoRA's, else 1024
+
+
+def lora_config(lora: Path | None) -> dict:
+    if lora is None:
+        return {}
+    from safetensors import safe_open
+
+    from ..training.trainer import CONFIG_METADATA_KEY
+
+    with safe_open(lora, "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else {}
+
+
+def extend_clip(request: ExtendRequest, device: torch.device,
+                resolve_model: Callable[[Path | None], Path]) -> Path:
+    """Check the clip, then generate; the model folder is resolved only once the input
+    is known to be good."""
+    from ..model.loader import load_component
+
+    config = lora_config(request.lora)
+    cf = request.conditioning_frames or int(config.get("conditioningFrames", 8))
+    length = request.max_sequence_length or int(config.get("maxSequenceLength", 1024))
+    suffix = SuffixWindow(request.frames, request.fps, cf)
+    try:
+        info = probe(request.clip)
+    except Undecodable as exc:
+        raise InvalidInput(f"the clip {request.clip} cannot be decoded ({exc})") from None
+    if math.floor(info.duration * request.fps + 1e-6) < cf:
+        raise InvalidInput(f"The clip must be at least conditioningFrames ({cf}) frames long "
+                           f"at {request.fps} fps")
+    if request.audio and not info.has_audio:
+        raise InvalidInput("--audio needs a clip with an audio track")
+    with tempfile.TemporaryDirectory() as scratch:
+        video_path, wav = Path(scratch) / "closing.mp4", Path(scratch) / "closing.wav"
+        fit_closing_clip(request.clip, info, request.frames, request.fps,
+                         frame_size(request.resolution, request.aspect), video_path,
+                         wav if request.audio else None, normalize=True, preserve_pitch=True)
+        closing = read_video(video_path)
+        audio = torch.from_numpy(read_wav(wav)[0]) if request.audio else None
+    request.model = resolve_model(request.model)
+    texts = encode_texts(request.model, [request.prompt, request.negative_prompt], device, length)
+    transformer = load_component(request.model, "transformer", device)
+    if request.lora is not None:
+        from diffusers import LTX2Pipeline
+
+        state = LTX2Pipeline.lora_state_dict(str(request.lora))
+        transformer.load_lora_adapter(state, prefix="transformer", adapter_name="extend")
+    models = Models(
+        transformer=transformer, connectors=load_component(request.model, "connectors", device),
+        vae=load_component(request.model, "vae", device),
+        audio_vae=load_component(request.model, "audio_vae", device) if request.audio else None,
+        vocoder=load_component(request.model, "vocoder", device) if request.audio else None,
+        scheduler=load_component(request.model, "scheduler", device),
+    )
+    result = extend_backward(
+        models, closing, audio, texts[text_key(request.prompt)],
+        texts[text_key(request.negative_prompt)], suffix=suffix, with_audio=request.audio,
+        steps=request.steps, stg_scale=request.stg_scale, seed=request.seed,
+        max_sequence_length=length)
+    request.output.parent.mkdir(parents=True, exist_ok=True)
+    return write_video(result.frames, request.fps, request.output, result.audio,
+                       result.sample_rate)
