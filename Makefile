@@ -20,9 +20,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ltx-extend validate examples/*.yaml examples/*.json
-	$(BIN)/ltx-extend crd --check crds/ltxextendtrainings.yaml
 	$(BIN)/ltx-extend sample-data .demo
-	$(BIN)/ltx-extend prepare .demo/sample-training.yaml --work .demo/work
+	$(BIN)/ltx-extend train .demo/sample-training.yaml --output file://$(CURDIR)/.demo/output
 
 test: $(STAMP)
 	$(BIN)/ruff check .

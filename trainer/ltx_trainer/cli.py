@@ -201,6 +201,130 @@ def cmd_extend(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
+def _train_settings(args: argparse.Namespace) -> Any:
+    from .training.trainer import TrainSettings
+
+    values = {k: getattr(args, k) for k in ("checkpoint_every", "preview_every",
+                                           "preview_steps", "max_sequence_length", "seed")
+              if getattr(args, k, None) is not None}
+    return TrainSettings(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Prepare → train → previews → publish in one process, on the local machine."""
+    import tempfile
+    import uuid
+
+    from .billing import cost
+    from .dataset import FetchPolicy
+    from .progress import ProgressServer, ProgressState
+    from .runner import JobContext, run_local
+    from .spec import SpecError
+    from .store import open_store
+
+    _setup_logging()
+    try:
+        spec = _one_spec(args.spec)
+    except SpecError as exc:
+        print(f"{args.spec} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
+              file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    output = args.output or (Path.cwd() / "ltx-extend-output").as_uri()
+    try:
+        store = open_store(output)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    name = _resource_name(args.spec)
+    run = f"local/{name}/{uuid.uuid4().hex[:12]}"
+    state = ProgressState()
+    with tempfile.TemporaryDirectory(prefix="ltx-extend-") as scratch:
+        ctx = JobContext(spec=spec, store=store, run=run, work_dir=args.work or Path(scratch),
+                         model_dir=args.model, progress=state,
+                         fetch=FetchPolicy(allow_file_urls=True,
+                                           allow_private_networks=args.allow_private_networks),
+                         train_settings=_train_settings(args))
+        if args.progress_port is not None:
+            with ProgressServer(state, args.progress_port, host="127.0.0.1") as server:
+                print(f"progress: http://127.0.0.1:{server.port}/progress", file=sys.stderr)
+                results = run_local(ctx)
+        else:
+            results = run_local(ctx)
+    final = results[-1]
+    if final.outcome != "Succeeded":
+        print(f"{final.stage} failed ({final.reason}): {final.message}", file=sys.stderr)
+        print("billable units: 0", file=sys.stderr)
+        return final.exitCode
+    print(f"run: {store.url(run)}")
+    for label, key in (("LoRA", "loraFile"), ("config", "configFile"),
+                       ("validation reel", "video"), ("debug dataset", "debugDataset")):
+        if key in final.artifacts:
+            print(f"{label}: {final.artifacts[key]}")
+    print(f"billable units: {final.billableUnits} (${cost(final.billableUnits)})")
+    return ExitCode.SUCCESS
+
+
+def _resource_name(path: Path) -> str:
+    import yaml
+
+    try:
+        doc = _load_documents(path)[0]
+        return str((doc.get("metadata") or {}).get("name") or path.stem)
+    except (yaml.YAMLError, OSError, IndexError, AttributeError):
+        return path.stem
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """One stage, as the operator's Jobs run it."""
+    import json
+    import os
+
+    from .dataset import FetchPolicy
+    from .progress import ProgressServer, ProgressState
+    from .runner import JobContext, Result, run_stage
+    from .spec import SpecError, parse_spec
+    from .store import open_store
+
+    _setup_logging()
+    termination = args.termination_log
+    if termination is None:
+        default = Path(os.environ.get("LTX_EXTEND_TERMINATION_LOG", "/dev/termination-log"))
+        termination = default if default.parent.is_dir() and os.access(default.parent,
+                                                                        os.W_OK) else None
+    raw = args.spec_json or os.environ.get("LTX_EXTEND_SPEC", "")
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text(encoding="utf-8")
+    try:
+        store = open_store(args.store or os.environ["LTX_EXTEND_STORE"])
+    except (KeyError, ValueError) as exc:
+        print(f"the artifact store is not set or not valid: {exc}", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
+    run = args.run or os.environ.get("LTX_EXTEND_RUN", "")
+    state = ProgressState()
+    try:
+        spec = parse_spec(json.loads(raw))
+    except (SpecError, json.JSONDecodeError) as exc:
+        message = "; ".join(exc.problems) if isinstance(exc, SpecError) else (
+            f"the spec is not valid JSON: {exc}")
+        result = Result(args.stage, "Failed", "InvalidSpec", message,
+                        int(ExitCode.INVALID_INPUT))
+        from .runner import _write_result
+
+        _write_result(JobContext(spec=None, store=store, run=run, work_dir=Path("."),
+                                 termination_log=termination), result)
+        print(message, file=sys.stderr)
+        return result.exitCode
+    ctx = JobContext(
+        spec=spec, store=store, run=run, work_dir=args.work, model_dir=args.model,
+        fetch=FetchPolicy(allow_file_urls=args.allow_file_urls,
+                          allow_private_networks=args.allow_private_networks),
+        termination_log=termination, progress=state, train_settings=_train_settings(args))
+    with ProgressServer(state, args.progress_port):
+        result = run_stage(args.stage, ctx)
+    print(result.termination_message())
+    return result.exitCode
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from .crd import render_crd
 
@@ -301,6 +425,48 @@ def build_parser() -> argparse.ArgumentParser:
     extend.add_argument("--stg-scale", type=float, default=1.0)
     extend.add_argument("--seed", type=int, default=0)
     extend.set_defaults(func=cmd_extend)
+
+    def training_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", type=Path, help="diffusers model folder (default: tiny)")
+        p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+        p.add_argument("--preview-every", type=int, help="steps between previews (0: end)")
+        p.add_argument("--preview-steps", type=int, help="denoising steps of a preview")
+        p.add_argument("--max-sequence-length", type=int, help="text tokens (default 1024)")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--allow-private-networks", action="store_true",
+                       help="allow http(s) URLs on loopback or private addresses")
+
+    train = sub.add_parser(
+        "train",
+        help="train locally: prepare, train, previews and publish in one process",
+        description="Run a whole training on this machine. With no --model the tiny model "
+        "is used (written on first use); with no --output, ./ltx-extend-output.",
+    )
+    train.add_argument("spec", type=Path, metavar="SPEC")
+    train.add_argument("--output", help="file:// or s3:// artifact store URL")
+    train.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
+    train.add_argument("--progress-port", type=int, help="serve /progress and /metrics")
+    training_options(train)
+    train.set_defaults(func=cmd_train)
+
+    job = sub.add_parser(
+        "job",
+        help="run one stage as the operator's Jobs do (prepare or train)",
+        description="Run one stage with the spec as JSON. Exit codes: 0 success, 1 internal "
+        "error, 3 invalid input, 4 download failure. The result goes to the store and the "
+        "termination log.",
+    )
+    job.add_argument("stage", choices=["prepare", "train"])
+    job.add_argument("--spec-json", help="the spec as JSON, or @FILE (env LTX_EXTEND_SPEC)")
+    job.add_argument("--store", help="artifact store URL (env LTX_EXTEND_STORE)")
+    job.add_argument("--run", help="<namespace>/<name>/<uid> (env LTX_EXTEND_RUN)")
+    job.add_argument("--work", type=Path, default=Path("/tmp/ltx-extend"))
+    job.add_argument("--termination-log", type=Path,
+                     help="default /dev/termination-log when writable")
+    job.add_argument("--progress-port", type=int, default=8080)
+    job.add_argument("--allow-file-urls", action="store_true")
+    training_options(job)
+    job.set_defaults(func=cmd_job)
     return parser
 
 

@@ -74,6 +74,14 @@ class TrainResult:
 ProgressCallback = Callable[[Progress], None]
 
 
+@dataclass
+class TrainerHooks:
+    """Called as the run goes, so a job can mirror its state to the artifact store."""
+
+    cache_ready: Callable[[Path], None] | None = None
+    checkpoint_saved: Callable[[Path], None] | None = None
+
+
 class Interrupted(Exception):
     """Raised when a run is told to stop after a number of steps (tests, preemption drills)."""
 
@@ -156,10 +164,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class Trainer:
     def __init__(self, spec: TrainingSpec, model_dir: Path, work_dir: Path,
                  device: torch.device, settings: TrainSettings | None = None,
-                 progress: ProgressCallback | None = None):
+                 progress: ProgressCallback | None = None, hooks: TrainerHooks | None = None):
         self.spec, self.model_dir, self.work_dir = spec, model_dir, work_dir
         self.device, self.settings = device, settings or TrainSettings()
         self.progress = progress
+        self.hooks = hooks or TrainerHooks()
         self.checkpoints = Checkpoints(work_dir / "checkpoints", self.settings.keep_checkpoints)
 
     # -- model ---------------------------------------------------------------------------
@@ -277,6 +286,8 @@ class Trainer:
                  "losses": losses}
         path = self.checkpoints.save(step, state, lora_state_dict(self.transformer))
         log.info("checkpoint %s", path.name)
+        if self.hooks.checkpoint_saved is not None:
+            self.hooks.checkpoint_saved(path)
 
     # -- the loop ------------------------------------------------------------------------
     def train(self, dataset_dir: Path, stop_after: int | None = None) -> TrainResult:
@@ -285,6 +296,8 @@ class Trainer:
                                with_audio=spec.with_audio,
                                max_sequence_length=settings.max_sequence_length,
                                negative_prompt=spec.validation_negative_prompt)
+        if self.hooks.cache_ready is not None:
+            self.hooks.cache_ready(self.work_dir / "cache")
         samples = index["samples"]
         self._load()
         start, losses = self._resume()

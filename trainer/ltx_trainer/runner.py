@@ -1,0 +1,184 @@
+"""The job runner: the prepare and train stages as the operator's Jobs run them, and
+both in one process for a local run.
+
+Every exit path, failures included, leaves a result: a JSON manifest in the artifact
+store (`<run>/result-<stage>.json`) and the pod's termination message (at most 4 KiB).
+The process exit code tells the outcome class (see `outcomes.ExitCode`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .billing import billable_units
+from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
+from .outcomes import ExitCode, Outcome
+from .progress import ProgressState
+from .spec import TrainingSpec
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_TERMINATION_BYTES = 4096
+STAGES = ("prepare", "train")
+
+
+@dataclass
+class Result:
+    stage: str
+    outcome: str  # Succeeded | Failed
+    reason: str
+    message: str
+    exitCode: int
+    stepsCompleted: int = 0
+    billableUnits: int = 0
+    artifacts: dict[str, str] = field(default_factory=dict)
+    downloadUrls: dict[str, str] = field(default_factory=dict)
+
+    def termination_message(self) -> str:
+        """The result as JSON in at most 4 KiB (download URLs stay in the manifest)."""
+        short = {k: v for k, v in asdict(self).items() if k != "downloadUrls"}
+        text = json.dumps(short)
+        while len(text.encode()) > MAX_TERMINATION_BYTES and short["message"]:
+            short["message"] = short["message"][: len(short["message"]) // 2] + "…"
+            text = json.dumps(short)
+        return text
+
+
+@dataclass
+class JobContext:
+    spec: TrainingSpec
+    store: Store
+    run: str  # "<namespace>/<name>/<uid>": the resource's folder in the store
+    work_dir: Path
+    model_dir: Path | None = None
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    termination_log: Path | None = None
+    progress: ProgressState = field(default_factory=ProgressState)
+    train_settings: Any = None
+    device: Any = None
+
+
+def run_stage(stage: str, ctx: JobContext) -> Result:
+    """Run one stage; never raises: every outcome becomes a Result, written out."""
+    try:
+        result = {"prepare": _prepare, "train": _train}[stage](ctx)
+    except Outcome as exc:
+        result = Result(stage, "Failed", exc.reason, exc.message, int(exc.exit_code))
+    except Exception as exc:  # an internal error: reported, logged in full, bills 0
+        log.error("internal error in the %s stage:\n%s", stage, traceback.format_exc())
+        result = Result(stage, "Failed", "InternalError",
+                        f"internal error in the {stage} stage: {type(exc).__name__}: {exc}",
+                        int(ExitCode.INTERNAL_ERROR))
+    ctx.progress.stage("succeeded" if result.outcome == "Succeeded" else "failed")
+    _write_result(ctx, result)
+    return result
+
+
+def _write_result(ctx: JobContext, result: Result) -> None:
+    try:
+        ctx.store.put_json(f"{ctx.run}/result-{result.stage}.json", asdict(result))
+    except Exception as exc:  # the termination message below still carries the result
+        log.error("could not write the result manifest: %s", exc)
+    if ctx.termination_log is not None:
+        try:
+            ctx.termination_log.write_text(result.termination_message())
+        except OSError as exc:
+            log.error("could not write %s: %s", ctx.termination_log, exc)
+
+
+def _prepare(ctx: JobContext) -> Result:
+    ctx.progress.stage("preparing")
+    work = ctx.work_dir / "prepare"
+    manifest = prepare_dataset(ctx.spec, work, PrepareSettings(fetch=ctx.fetch))
+    ctx.progress.stage("uploading")
+    ctx.store.put_tree(work / "dataset", f"{ctx.run}/dataset")
+    result = Result("prepare", "Succeeded", "DatasetReady",
+                    f"{len(manifest['samples'])} training samples and "
+                    f"{len(manifest['validation'])} validation clips ready",
+                    int(ExitCode.SUCCESS))
+    if ctx.spec.debug_dataset:
+        _publish(ctx, result, "debugDataset", work / "debug_dataset.zip", "debug_dataset.zip")
+    return result
+
+
+def _publish(ctx: JobContext, result: Result, name: str, local: Path, filename: str) -> None:
+    key = f"{ctx.run}/outputs/{filename}"
+    result.artifacts[name] = ctx.store.put_file(local, key)
+    result.downloadUrls[name] = ctx.store.download_url(key)
+
+
+def _latest_checkpoint(ctx: JobContext) -> str | None:
+    prefix = f"{ctx.run}/checkpoints/"
+    complete = sorted({k[len(prefix):].split("/")[0] for k in ctx.store.keys(prefix)
+                       if k.endswith("/state.pt")})
+    return complete[-1] if complete else None
+
+
+def _train(ctx: JobContext) -> Result:
+    import torch
+
+    from .model.loader import default_device, resolve_model_dir
+    from .training.trainer import Trainer, TrainerHooks, TrainSettings
+
+    ctx.progress.stage("downloading")
+    work = ctx.work_dir / "train"
+    if ctx.store.get_tree(f"{ctx.run}/dataset", work / "dataset") == 0:
+        raise RuntimeError("no prepared dataset in the store: the prepare stage must run first")
+    if ctx.store.get_tree(f"{ctx.run}/cache", work / "cache"):
+        log.info("latent cache downloaded")
+    latest = _latest_checkpoint(ctx)
+    if latest is not None:
+        ctx.store.get_tree(f"{ctx.run}/checkpoints/{latest}", work / "checkpoints" / latest)
+        log.info("checkpoint %s downloaded", latest)
+    model_dir = resolve_model_dir(ctx.model_dir)
+
+    def upload_cache(cache: Path) -> None:
+        if not ctx.store.keys(f"{ctx.run}/cache/index.json"):
+            ctx.store.put_tree(cache, f"{ctx.run}/cache")
+
+    def upload_checkpoint(path: Path) -> None:
+        ctx.store.put_tree(path, f"{ctx.run}/checkpoints/{path.name}")
+
+    def report(progress: Any) -> None:
+        ctx.progress.step(progress.step, progress.total, progress.loss,
+                          progress.steps_per_second, progress.eta_seconds)
+
+    ctx.progress.stage("training")
+    device = ctx.device or default_device()
+    trainer = Trainer(ctx.spec, model_dir, work, device, ctx.train_settings or TrainSettings(),
+                      progress=report, hooks=TrainerHooks(upload_cache, upload_checkpoint))
+    trained = trainer.train(work / "dataset")
+    ctx.progress.stage("uploading")
+    units = billable_units(trained.steps, succeeded=True)
+    result = Result("train", "Succeeded", "Succeeded",
+                    f"trained {trained.steps} steps; final loss {trained.losses[-1]:.4f}",
+                    int(ExitCode.SUCCESS), stepsCompleted=trained.steps, billableUnits=units)
+    _publish(ctx, result, "loraFile", trained.lora_file, "lora.safetensors")
+    _publish(ctx, result, "configFile", trained.config_file, "config.json")
+    if trained.video is not None:
+        _publish(ctx, result, "video", trained.video, "validation_reel.mp4")
+    del trainer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def run_local(ctx: JobContext) -> list[Result]:
+    """Prepare then train in one process (the quick start). Stops at the first failure."""
+    results = []
+    for stage in STAGES:
+        results.append(run_stage(stage, ctx))
+        if results[-1].outcome != "Succeeded":
+            break
+    if results[-1].outcome == "Succeeded":
+        # what the stages published (debug archive, LoRA, config, reel) in one result
+        for earlier in results[:-1]:
+            results[-1].artifacts = {**earlier.artifacts, **results[-1].artifacts}
+            results[-1].downloadUrls = {**earlier.downloadUrls, **results[-1].downloadUrls}
+    return results

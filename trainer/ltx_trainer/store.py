@@ -1,0 +1,196 @@
+"""The artifact store: `file://` folders and S3-compatible object storage (minio client).
+
+Per resource: `<prefix>/<namespace>/<name>/<uid>/{dataset,cache,checkpoints,outputs}`
+plus the stage results; the uid keeps a re-created resource of the same name from ever
+touching an earlier one's files. Uploads retry with backoff; large files go up in
+parts (the minio client's multipart upload). Download URLs are presigned HTTPS with a
+configurable lifetime, or under a configurable public base URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PART_SIZE = 64 * 2**20
+
+
+def _retry(what: str, action: Callable[[], T], attempts: int = 4, backoff: float = 1.0) -> T:
+    import urllib3
+    from minio.error import S3Error
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except (urllib3.exceptions.HTTPError, OSError, S3Error) as exc:
+            if isinstance(exc, S3Error) and exc.code in ("NoSuchKey", "NoSuchBucket",
+                                                         "AccessDenied"):
+                raise
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (%s), retrying %d/%d", what, type(exc).__name__, attempt,
+                        attempts)
+            time.sleep(backoff * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+class Store(ABC):
+    """Keys are '/'-separated paths under the store's root."""
+
+    @abstractmethod
+    def put_file(self, local: Path, key: str) -> str:
+        """Upload `local` as `key`, whole or not at all; returns the key's URL."""
+
+    @abstractmethod
+    def get_file(self, key: str, local: Path) -> bool:
+        """Download `key` to `local`; False when there is no such key."""
+
+    @abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """Every key that starts with `prefix`, sorted."""
+
+    @abstractmethod
+    def url(self, key: str) -> str:
+        """The key's store URL (file:// or s3://)."""
+
+    def download_url(self, key: str) -> str:
+        return self.url(key)
+
+    # shared helpers
+    def put_json(self, key: str, value: Any) -> str:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tmp:
+            json.dump(value, tmp, indent=2)
+        try:
+            return self.put_file(Path(tmp.name), key)
+        finally:
+            os.unlink(tmp.name)
+
+    def get_json(self, key: str) -> Any | None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / "value.json"
+            return json.loads(local.read_text()) if self.get_file(key, local) else None
+
+    def put_tree(self, local: Path, prefix: str) -> None:
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                self.put_file(path, f"{prefix}/{path.relative_to(local).as_posix()}")
+
+    def get_tree(self, prefix: str, local: Path) -> int:
+        keys = self.keys(prefix + "/")
+        for key in keys:
+            self.get_file(key, local / key[len(prefix) + 1:])
+        return len(keys)
+
+
+class FileStore(Store):
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"key {key!r} leaves the store")
+        return path
+
+    def put_file(self, local: Path, key: str) -> str:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".part")
+        shutil.copyfile(local, partial)
+        partial.replace(dest)
+        return self.url(key)
+
+    def get_file(self, key: str, local: Path) -> bool:
+        source = self._path(key)
+        if not source.is_file():
+            return False
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, local)
+        return True
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.root.resolve()
+        found = []
+        start = self._path(prefix.rstrip("/")) if prefix.strip("/") else base
+        if start.is_dir():
+            found = [p.relative_to(base).as_posix() for p in start.rglob("*")
+                     if p.is_file() and not p.name.endswith(".part")]
+        return sorted(k for k in found if k.startswith(prefix))
+
+    def url(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str, client: Any,
+                 presign_seconds: int = 7 * 24 * 3600, public_base_url: str | None = None):
+        self.bucket, self.prefix, self.client = bucket, prefix.strip("/"), client
+        self.presign_seconds, self.public_base_url = presign_seconds, public_base_url
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, local: Path, key: str) -> str:
+        _retry(f"upload of {key}", lambda: self.client.fput_object(
+            self.bucket, self._key(key), str(local), part_size=PART_SIZE))
+        return self.url(key)
+
+    def get_file(self, key: str, local: Path) -> bool:
+        from minio.error import S3Error
+
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _retry(f"download of {key}", lambda: self.client.fget_object(
+                self.bucket, self._key(key), str(local)))
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return False
+            raise
+        return True
+
+    def keys(self, prefix: str) -> list[str]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        objects = _retry(f"listing of {prefix}", lambda: list(
+            self.client.list_objects(self.bucket, prefix=full, recursive=True)))
+        return sorted(o.object_name[strip:] for o in objects)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def download_url(self, key: str) -> str:
+        if self.public_base_url:
+            return f"{self.public_base_url.rstrip('/')}/{self._key(key)}"
+        return self.client.presigned_get_object(
+            self.bucket, self._key(key), expires=timedelta(seconds=self.presign_seconds))
+
+
+def open_store(url: str, env: dict[str, str] | None = None) -> Store:
+    """A store for `file:///path` or `s3://bucket/prefix` (settings from the environment:
+    see `ltx_trainer.s3`; `LTX_EXTEND_PRESIGN_SECONDS`, `LTX_EXTEND_PUBLIC_BASE_URL`)."""
+    env = dict(os.environ) if env is None else env
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return FileStore(Path(parts.path))
+    if parts.scheme == "s3" and parts.netloc:
+        from .s3 import client_from_env
+
+        return S3Store(parts.netloc, parts.path, client_from_env(env),
+                       presign_seconds=int(env.get("LTX_EXTEND_PRESIGN_SECONDS", 7 * 24 * 3600)),
+                       public_base_url=env.get("LTX_EXTEND_PUBLIC_BASE_URL") or None)
+    raise ValueError(f"the artifact store must be a file:// or s3://bucket URL, not {url!r}")
