@@ -103,6 +103,18 @@ def _one_spec(path: Path) -> Any:
     return parse_spec(doc)
 
 
+def _spec_or_report(path: Path) -> Any | None:
+    """The spec in `path`, or None after printing every problem with it."""
+    from .spec import SpecError
+
+    try:
+        return _one_spec(path)
+    except SpecError as exc:
+        print(f"{path} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
+              file=sys.stderr)
+        return None
+
+
 def _setup_logging() -> None:
     import logging
 
@@ -113,14 +125,10 @@ def _setup_logging() -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
     from .outcomes import Outcome
-    from .spec import SpecError
 
     _setup_logging()
-    try:
-        spec = _one_spec(args.spec)
-    except SpecError as exc:
-        print(f"{args.spec} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
-              file=sys.stderr)
+    spec = _spec_or_report(args.spec)
+    if spec is None:
         return ExitCode.INVALID_INPUT
     policy = FetchPolicy(allow_file_urls=True,
                          allow_private_networks=args.allow_private_networks)
@@ -219,15 +227,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .dataset import FetchPolicy
     from .progress import ProgressServer, ProgressState
     from .runner import JobContext, run_local
-    from .spec import SpecError
     from .store import open_store
 
     _setup_logging()
-    try:
-        spec = _one_spec(args.spec)
-    except SpecError as exc:
-        print(f"{args.spec} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
-              file=sys.stderr)
+    spec = _spec_or_report(args.spec)
+    if spec is None:
         return ExitCode.INVALID_INPUT
     output = args.output or (Path.cwd() / "ltx-extend-output").as_uri()
     try:
