@@ -1,0 +1,1 @@
+"""ltx-extend operator: LtxExtendTraining resources → prepare and train Jobs."""

@@ -1,0 +1,213 @@
+"""Kopf handlers: each does one thing; the state lives in the resource's status and
+its child Jobs, never in memory, so a restarted operator carries on where it was."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from typing import Any
+
+import kopf
+
+from ltx_trainer.billing import billable_units, cost
+from ltx_trainer.resource import GROUP, PLURAL, VERSION
+from ltx_trainer.spec import SpecError, TrainingSpec, parse_spec
+
+from . import kube, metrics
+from .jobs import MANAGED_BY, STAGE_LABEL, TRAINING_LABEL, build_job, job_name
+from .settings import OperatorSettings
+from .status import is_finished, now, set_condition
+
+log = logging.getLogger(__name__)
+SETTINGS = OperatorSettings.from_env()
+
+
+def configure(settings: OperatorSettings) -> None:
+    global SETTINGS
+    SETTINGS = settings
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.scanning.disabled = True
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Kopf's own bookkeeping goes to annotations under our prefix, never into our status
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    metrics.serve(SETTINGS.metrics_port)
+
+
+def _fail(body: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """The status of a training that ended before training completed: bills 0."""
+    status = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    conditions = set_condition(status.get("conditions"), "Failed", True, reason, message,
+                               generation)
+    if reason == "InvalidSpec":
+        conditions = set_condition(conditions, "Validated", False, reason, message, generation)
+    metrics.OUTCOMES.labels(reason=reason).inc()
+    return {"phase": "Failed", "conditions": conditions, "completionTime": now(),
+            "billing": status.get("billing") or {"units": 0, "steps": 0, "cost": "0.00",
+                                                 "billedTime": now()}}
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def create_prepare_job(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch,
+                       **_: Any) -> None:
+    """Validate the spec and start the prepare Job (no GPU)."""
+    generation = meta.get("generation")
+    try:
+        parsed = parse_spec(dict(spec))
+    except SpecError as exc:
+        message = "; ".join(exc.problems)
+        patch.status.update(_fail(dict(body), "InvalidSpec", message))
+        kopf.warn(body, reason="InvalidSpec", message=message)
+        return
+    job = build_job("prepare", dict(body), parsed, SETTINGS)
+    kopf.adopt(job, owner=body)
+    if kube.create_job(job):
+        metrics.JOBS_CREATED.labels(stage="prepare").inc()
+    conditions = set_condition(body.status.get("conditions"), "Validated", True, "Valid",
+                               "the spec is valid", generation)
+    patch.status.update({
+        "phase": "Suspended" if parsed.suspend else "Preparing",
+        "conditions": conditions, "observedGeneration": generation,
+        "startTime": body.status.get("startTime") or now(),
+        "jobs": {"prepare": job["metadata"]["name"]},
+        "effective": {"numberOfFrames": parsed.number_of_frames,
+                      "validationNumberOfFrames": parsed.validation_number_of_frames},
+    })
+    kopf.info(body, reason="PrepareStarted", message=f"Job {job['metadata']['name']} created")
+
+
+def _finished(job: dict[str, Any]) -> tuple[str, str] | None:
+    """('Complete' | 'Failed', reason) once the Job has finished."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return condition["type"], condition.get("reason") or condition["type"]
+    return None
+
+
+def _result(namespace: str, job: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The trainer's result from the newest pod's termination message, and how the
+    container ended (e.g. OOMKilled)."""
+    for pod in reversed(kube.job_pods(namespace, job)):
+        for state in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (state.get("state") or {}).get("terminated") or {}
+            if terminated:
+                try:
+                    return json.loads(terminated.get("message") or ""), terminated.get("reason")
+                except json.JSONDecodeError:
+                    return None, terminated.get("reason")
+    return None, None
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
+def job_changed(body: kopf.Body, type: str, **_: Any) -> None:
+    """Move the owning training on when one of its Jobs finishes."""
+    if type == "DELETED":
+        return
+    finished = _finished(dict(body))
+    labels = body.metadata.get("labels") or {}
+    name, stage = labels.get(TRAINING_LABEL), labels.get(STAGE_LABEL)
+    if finished is None or name is None:
+        return
+    namespace = body.metadata["namespace"]
+    training = kube.get_training(namespace, name)
+    if training is None or is_finished(training.get("status")):
+        return  # deleted, or already settled (a replayed event bills nothing twice)
+    outcome, job_reason = finished
+    result, container_reason = _result(namespace, body.metadata["name"])
+    if outcome == "Failed":
+        reason = (result or {}).get("reason") or (
+            "OOMKilled" if container_reason == "OOMKilled" else job_reason)
+        message = (result or {}).get("message") or f"the {stage} Job failed: {job_reason}"
+        kube.patch_training_status(namespace, name, _fail(training, reason, message))
+        kopf.warn(training, reason=reason, message=message)
+        return
+    spec = parse_spec(training["spec"])
+    if stage == "prepare":
+        _start_training(training, spec, result or {})
+    else:
+        _succeed(training, spec, result or {})
+
+
+def _start_training(training: dict[str, Any], spec: TrainingSpec, result: dict[str, Any]
+                    ) -> None:
+    meta = training["metadata"]
+    job = build_job("train", training, spec, SETTINGS)
+    kopf.adopt(job, owner=training)
+    if kube.create_job(job):
+        metrics.JOBS_CREATED.labels(stage="train").inc()
+        kopf.info(training, reason="TrainingStarted",
+                  message=f"dataset ready; Job {job['metadata']['name']} created")
+    status = training.get("status") or {}
+    generation = meta.get("generation")
+    conditions = set_condition(status.get("conditions"), "DatasetReady", True, "DatasetReady",
+                               result.get("message", "dataset prepared"), generation)
+    conditions = set_condition(conditions, "Training", True, "Started", "training started",
+                               generation)
+    kube.patch_training_status(meta["namespace"], meta["name"], {
+        "phase": "Suspended" if spec.suspend else "Training", "conditions": conditions,
+        "jobs": {**(status.get("jobs") or {}), "train": job["metadata"]["name"]},
+        "artifacts": {**(status.get("artifacts") or {}), **(result.get("artifacts") or {})},
+        "progress": {"step": 0, "totalSteps": spec.number_of_steps, "percent": 0.0,
+                     "summary": f"0/{spec.number_of_steps}", "lastUpdateTime": now()},
+    })
+
+
+def _succeed(training: dict[str, Any], spec: TrainingSpec, result: dict[str, Any]) -> None:
+    meta, status = training["metadata"], training.get("status") or {}
+    generation = meta.get("generation")
+    steps = int(result.get("stepsCompleted") or spec.number_of_steps)
+    patch: dict[str, Any] = {
+        "phase": "Succeeded", "completionTime": now(),
+        "artifacts": {**(status.get("artifacts") or {}), **(result.get("artifacts") or {})},
+        "progress": {"step": steps, "totalSteps": spec.number_of_steps, "percent": 100.0,
+                     "summary": f"{steps}/{spec.number_of_steps}", "lastUpdateTime": now()},
+    }
+    conditions = set_condition(status.get("conditions"), "Training", False, "Completed",
+                               result.get("message", "training completed"), generation)
+    patch["conditions"] = set_condition(conditions, "Succeeded", True, "Succeeded",
+                                        "the LoRA is ready", generation)
+    if not status.get("billing"):  # billed once per resource, whatever replays happen
+        units = billable_units(steps, succeeded=True)
+        patch["billing"] = {"units": units, "steps": steps, "billedTime": now(),
+                            "cost": str(cost(units, SETTINGS.price_per_unit))}
+        metrics.BILLABLE_UNITS.inc(units)
+        metrics.STEPS_TRAINED.inc(steps)
+        kopf.info(training, reason="Billed", message=f"{units} billable units")
+    metrics.OUTCOMES.labels(reason="Succeeded").inc()
+    kube.patch_training_status(meta["namespace"], meta["name"], patch)
+    kopf.info(training, reason="Succeeded", message="training succeeded")
+
+
+def _training_running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == "Training"
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.progress_interval, when=_training_running)
+def pull_progress(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
+    """Pull /progress from the train pod (no API credentials in the pod)."""
+    pods = kube.job_pods(meta["namespace"], job_name(meta["name"], "train"))
+    address = next((p["status"].get("podIP") for p in reversed(pods)
+                    if (p.get("status") or {}).get("phase") == "Running"
+                    and p["status"].get("podIP")), None)
+    if address is None:
+        return
+    try:
+        url = f"http://{address}:{SETTINGS.progress_port}/progress"
+        with urllib.request.urlopen(url, timeout=3) as response:
+            progress = json.loads(response.read())
+    except (OSError, ValueError):
+        return
+    total, step = progress.get("total") or 0, progress.get("step") or 0
+    new = {"stage": progress.get("stage"), "step": step, "totalSteps": total,
+           "loss": progress.get("loss"), "etaSeconds": progress.get("etaSeconds"),
+           "percent": round(100 * step / total, 1) if total else None,
+           "summary": f"{step}/{total}"}
+    old = {k: v for k, v in (body.status.get("progress") or {}).items() if k in new}
+    if old != new:  # status is patched only when something changed
+        patch.status["progress"] = {**new, "lastUpdateTime": now()}
