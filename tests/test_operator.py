@@ -16,7 +16,9 @@ import kmock
 import pytest
 import pytest_asyncio
 
+# timer intervals are read when the handlers module loads
 os.environ.setdefault("LTX_OPERATOR_PROGRESS_INTERVAL", "0.5")
+os.environ.setdefault("LTX_OPERATOR_TTL_INTERVAL", "0.5")
 os.environ.setdefault("LTX_OPERATOR_METRICS_PORT", "0")
 
 import kopf
@@ -43,6 +45,22 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 class Cluster:
     def __init__(self, url: str, session: aiohttp.ClientSession):
         self.url, self.session = url, session
+        self.operator: threading.Thread | None = None
+        self.stop = threading.Event()
+
+    def start_operator(self) -> None:
+        # The operator gets its own thread and event loop, as Kopf's embedding guide says:
+        # on shutdown it cancels every task of its loop, which must not be the test's.
+        self.stop = threading.Event()
+        stop = self.stop
+        self.operator = threading.Thread(target=lambda: asyncio.run(
+            kopf.operator(clusterwide=True, stop_flag=stop)), daemon=True)
+        self.operator.start()
+
+    async def stop_operator(self) -> None:
+        self.stop.set()
+        await asyncio.to_thread(self.operator.join, 20)
+        assert not self.operator.is_alive(), "the operator did not stop"
 
     async def request(self, method: str, path: str, body: Any = None,
                       content_type: str = "application/merge-patch+json") -> Any:
@@ -114,19 +132,12 @@ async def cluster() -> AsyncIterator[Cluster]:
             emulator.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced,
                                                          verbs=VERBS, subresources={"status"})
         kube.configure(client.ApiClient(client.Configuration(host=SERVER["url"])))
-        handlers.configure(OperatorSettings(store_url="s3://runs", progress_interval=0.5,
-                                            metrics_port=0))
-        # The operator gets its own thread and event loop, as Kopf's embedding guide says:
-        # on shutdown it cancels every task of its loop, which must not be the test's.
-        stop = threading.Event()
-        operator = threading.Thread(target=lambda: asyncio.run(
-            kopf.operator(clusterwide=True, stop_flag=stop)), daemon=True)
-        operator.start()
+        handlers.configure(OperatorSettings(store_url="s3://runs", metrics_port=0))
         async with aiohttp.ClientSession() as session:
-            yield Cluster(SERVER["url"], session)
-        stop.set()
-        await asyncio.to_thread(operator.join, 20)
-        assert not operator.is_alive(), "the operator did not stop"
+            cluster = Cluster(SERVER["url"], session)
+            cluster.start_operator()
+            yield cluster
+            await cluster.stop_operator()
 
 
 SPEC = {"trainingDataUrl": "s3://datasets/clips.zip", "numberOfSteps": 2000, "gpus": 2,
@@ -256,3 +267,87 @@ async def test_progress_is_pulled_from_the_train_pod(cluster):
         progress = await cluster.until(progressed)
     assert (progress["summary"], progress["percent"], progress["loss"]) == ("500/2000", 25.0,
                                                                             0.25)
+
+
+async def test_suspend_and_resume_the_active_job(cluster):
+    await cluster.apply("pause", SPEC)
+    await cluster.until(lambda: _has(cluster, "pause-prepare"))
+    await cluster.until(lambda: _phase(cluster, "pause", "Preparing"))
+    await cluster.request("PATCH", f"{TRAININGS}/pause", {"spec": {"suspend": True}})
+    training = await cluster.until(lambda: _phase(cluster, "pause", "Suspended"))
+    assert (await cluster.jobs())["pause-prepare"]["spec"]["suspend"] is True
+    assert any(c["type"] == "Suspended" and c["status"] == "True"
+               for c in training["status"]["conditions"])
+    await cluster.request("PATCH", f"{TRAININGS}/pause", {"spec": {"suspend": False}})
+    await cluster.until(lambda: _phase(cluster, "pause", "Preparing"))
+    assert (await cluster.jobs())["pause-prepare"]["spec"]["suspend"] is False
+
+
+async def test_ttl_deletes_the_finished_resource(cluster):
+    await cluster.apply("brief", {**SPEC, "conditioningFrames": 12,
+                                  "ttlSecondsAfterFinished": 0})
+
+    async def gone() -> bool:
+        listed = await cluster.request("GET", TRAININGS)
+        return not any(i["metadata"]["name"] == "brief" for i in listed.get("items", []))
+    await cluster.until(gone)
+
+
+async def test_an_operator_restart_mid_run_converges_and_bills_once(cluster):
+    await cluster.apply("steady", SPEC)
+    await cluster.until(lambda: _has(cluster, "steady-prepare"))
+    await cluster.stop_operator()
+    await cluster.finish("steady-prepare", True, {"outcome": "Succeeded"})  # while it is down
+    cluster.start_operator()
+    await cluster.until(lambda: _has(cluster, "steady-train"))
+    await cluster.stop_operator()
+    await cluster.finish("steady-train", True, {"outcome": "Succeeded", "stepsCompleted": 2000})
+    cluster.start_operator()
+    training = await cluster.until(lambda: _phase(cluster, "steady", "Succeeded"))
+    billing = training["status"]["billing"]
+    await cluster.stop_operator()
+    cluster.start_operator()  # every Job event is replayed to the new operator
+    await asyncio.sleep(1.5)
+    training = await cluster.training("steady")
+    assert training["status"]["billing"] == billing and billing["units"] == 2000
+    assert set(await cluster.jobs()) == {"steady-prepare", "steady-train"}
+
+
+async def test_metrics_are_served_over_http(cluster):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ltx_operator import metrics
+
+    def scrape(port: int) -> dict[str, float]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+            text = response.read().decode()
+        return {f"{s.name}{sorted(s.labels.items())}": s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    port = _free_port()
+    metrics.serve(port)
+    before = scrape(port)
+    await cluster.apply("counted", SPEC)
+    await cluster.until(lambda: _has(cluster, "counted-prepare"))
+    await cluster.finish("counted-prepare", True, {"outcome": "Succeeded"})
+    await cluster.until(lambda: _has(cluster, "counted-train"))
+    await cluster.finish("counted-train", True, {"outcome": "Succeeded", "stepsCompleted": 2000})
+    await cluster.until(lambda: _phase(cluster, "counted", "Succeeded"))
+    after = scrape(port)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("ltx_operator_jobs_created_total[('stage', 'train')]") == 1
+    assert delta("ltx_operator_billable_units_total[]") == 2000
+    assert delta("ltx_operator_outcomes_total[('reason', 'Succeeded')]") == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

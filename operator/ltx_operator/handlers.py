@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.request
+from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -115,9 +118,22 @@ def job_changed(body: kopf.Body, type: str, **_: Any) -> None:
     if finished is None or name is None:
         return
     namespace = body.metadata["namespace"]
+    # Events of a training's two Jobs are handled concurrently (after a restart both
+    # replay at once): one at a time per training, each reading the status afresh.
+    with _LOCKS[namespace, name]:
+        _settle_job(body, namespace, name, stage, finished)
+
+
+_LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+def _settle_job(body: kopf.Body, namespace: str, name: str, stage: str,
+                finished: tuple[str, str]) -> None:
     training = kube.get_training(namespace, name)
     if training is None or is_finished(training.get("status")):
         return  # deleted, or already settled (a replayed event bills nothing twice)
+    if stage == "prepare" and (training.get("status") or {}).get("jobs", {}).get("train"):
+        return  # the train Job exists already: the prepare result was taken
     outcome, job_reason = finished
     result, container_reason = _result(namespace, body.metadata["name"])
     if outcome == "Failed":
@@ -211,3 +227,40 @@ def pull_progress(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **_: Any)
     old = {k: v for k, v in (body.status.get("progress") or {}).items() if k in new}
     if old != new:  # status is patched only when something changed
         patch.status["progress"] = {**new, "lastUpdateTime": now()}
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend")
+def suspend_or_resume(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, old: Any, new: Any,
+                      patch: kopf.Patch, **_: Any) -> None:
+    """Suspend the active Job (batch/v1 `suspend`) or resume it."""
+    status = body.status
+    if is_finished(dict(status)) or bool(old) == bool(new):  # absent counts as false
+        return
+    jobs = status.get("jobs") or {}
+    active = jobs.get("train") or jobs.get("prepare")
+    if active:
+        kube.patch_job(meta["namespace"], active, {"spec": {"suspend": bool(new)}})
+    generation = meta.get("generation")
+    patch.status["conditions"] = set_condition(
+        status.get("conditions"), "Suspended", bool(new), "Suspended" if new else "Resumed",
+        f"Job {active} {'suspended' if new else 'resumed'}", generation)
+    patch.status["phase"] = "Suspended" if new else (
+        "Training" if jobs.get("train") else "Preparing")
+    kopf.info(body, reason="Suspended" if new else "Resumed",
+                message=f"Job {active} {'suspended' if new else 'resumed'}")
+
+
+def _expired(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    ttl = spec.get("ttlSecondsAfterFinished")
+    done = status.get("completionTime")
+    if ttl is None or not done or not is_finished(dict(status)):
+        return False
+    finished = datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - finished).total_seconds() >= ttl
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.ttl_interval, when=_expired)
+def delete_after_ttl(meta: kopf.Meta, **_: Any) -> None:
+    """`ttlSecondsAfterFinished`: delete the finished resource and, with it, its Jobs."""
+    log.info("%s/%s: TTL after finish reached, deleting", meta["namespace"], meta["name"])
+    kube.delete_training(meta["namespace"], meta["name"])

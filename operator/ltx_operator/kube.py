@@ -73,3 +73,24 @@ def job_pods(namespace: str, job: str) -> list[dict[str, Any]]:
     found = [api().sanitize_for_serialization(p) for p in pods.items]
     found = [p for p in found if (p["metadata"].get("labels") or {}).get("job-name") == job]
     return sorted(found, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+
+
+def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> bool:
+    try:
+        client.BatchV1Api(api()).patch_namespaced_job(name, namespace, patch)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def delete_training(namespace: str, name: str) -> None:
+    """Delete the resource; its Jobs and pods follow through their owner references."""
+    try:
+        client.CustomObjectsApi(api()).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            body=client.V1DeleteOptions(propagation_policy="Background"))
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

@@ -18,6 +18,7 @@ class OperatorSettings(BaseModel):
     gpu_resource_name: str = "nvidia.com/gpu"
     progress_port: int = 8080
     progress_interval: float = 10.0
+    ttl_interval: float = 30.0
     price_per_unit: Decimal = Decimal("0.0061")
     metrics_port: int = 8000
     prepare_cpu: str = "2"
