@@ -24,6 +24,8 @@ from .status import is_finished, now, set_condition
 
 log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
+#: One writer at a time per training within this (single active) operator.
+_LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
 def configure(settings: OperatorSettings) -> None:
@@ -70,18 +72,24 @@ def create_prepare_job(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch:
         return
     job = build_job("prepare", dict(body), parsed, SETTINGS)
     kopf.adopt(job, owner=body)
-    if kube.create_job(job):
-        metrics.JOBS_CREATED.labels(stage="prepare").inc()
     conditions = set_condition(body.status.get("conditions"), "Validated", True, "Valid",
                                "the spec is valid", generation)
-    patch.status.update({
-        "phase": "Suspended" if parsed.suspend else "Preparing",
-        "conditions": conditions, "observedGeneration": generation,
-        "startTime": body.status.get("startTime") or now(),
-        "jobs": {"prepare": job["metadata"]["name"]},
-        "effective": {"numberOfFrames": parsed.number_of_frames,
-                      "validationNumberOfFrames": parsed.validation_number_of_frames},
-    })
+    namespace, name = meta["namespace"], meta["name"]
+    # The status is written before the Job exists (not by Kopf after the handler), so a
+    # Job that ends at once cannot have its outcome overwritten by "Preparing".
+    with _LOCKS[namespace, name]:
+        current = (kube.get_training(namespace, name) or {}).get("status") or {}
+        if not current.get("jobs") and not is_finished(current):  # not on a handler rerun
+            kube.patch_training_status(namespace, name, {
+                "phase": "Suspended" if parsed.suspend else "Preparing",
+                "conditions": conditions, "observedGeneration": generation,
+                "startTime": body.status.get("startTime") or now(),
+                "jobs": {"prepare": job["metadata"]["name"]},
+                "effective": {"numberOfFrames": parsed.number_of_frames,
+                              "validationNumberOfFrames": parsed.validation_number_of_frames},
+            })
+        if kube.create_job(job):
+            metrics.JOBS_CREATED.labels(stage="prepare").inc()
     kopf.info(body, reason="PrepareStarted", message=f"Job {job['metadata']['name']} created")
 
 
@@ -122,9 +130,6 @@ def job_changed(body: kopf.Body, type: str, **_: Any) -> None:
     # replay at once): one at a time per training, each reading the status afresh.
     with _LOCKS[namespace, name]:
         _settle_job(body, namespace, name, stage, finished)
-
-
-_LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
 def _settle_job(body: kopf.Body, namespace: str, name: str, stage: str,
@@ -230,22 +235,27 @@ def pull_progress(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **_: Any)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend")
-def suspend_or_resume(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, old: Any, new: Any,
-                      patch: kopf.Patch, **_: Any) -> None:
+def suspend_or_resume(body: kopf.Body, meta: kopf.Meta, old: Any, new: Any, **_: Any) -> None:
     """Suspend the active Job (batch/v1 `suspend`) or resume it."""
     status = body.status
     if is_finished(dict(status)) or bool(old) == bool(new):  # absent counts as false
         return
-    jobs = status.get("jobs") or {}
-    active = jobs.get("train") or jobs.get("prepare")
-    if active:
-        kube.patch_job(meta["namespace"], active, {"spec": {"suspend": bool(new)}})
-    generation = meta.get("generation")
-    patch.status["conditions"] = set_condition(
-        status.get("conditions"), "Suspended", bool(new), "Suspended" if new else "Resumed",
-        f"Job {active} {'suspended' if new else 'resumed'}", generation)
-    patch.status["phase"] = "Suspended" if new else (
-        "Training" if jobs.get("train") else "Preparing")
+    namespace, name = meta["namespace"], meta["name"]
+    with _LOCKS[namespace, name]:
+        current = (kube.get_training(namespace, name) or {}).get("status") or {}
+        if is_finished(current):
+            return
+        jobs = current.get("jobs") or {}
+        active = jobs.get("train") or jobs.get("prepare")
+        if active:
+            kube.patch_job(namespace, active, {"spec": {"suspend": bool(new)}})
+        kube.patch_training_status(namespace, name, {
+            "phase": "Suspended" if new else ("Training" if jobs.get("train") else "Preparing"),
+            "conditions": set_condition(
+                current.get("conditions"), "Suspended", bool(new),
+                "Suspended" if new else "Resumed",
+                f"Job {active} {'suspended' if new else 'resumed'}", meta.get("generation")),
+        })
     kopf.info(body, reason="Suspended" if new else "Resumed",
                 message=f"Job {active} {'suspended' if new else 'resumed'}")
 
