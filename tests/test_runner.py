@@ -238,3 +238,15 @@ def test_progress_and_metrics_answer_during_a_run(bucket, s3_server, tiny_model,
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_model_can_come_from_the_store(media, tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_dict(media["archive"].as_uri(), withAudio=False,
+                                         model={"url": tiny_model.as_uri()})))
+    assert main(["train", str(spec), "--output", (tmp_path / "out").as_uri(),
+                 *FAST]) == ExitCode.SUCCESS
+    downloaded = list((tmp_path / "cache" / "ltx-extend" / "models").glob("*/model_index.json"))
+    assert len(downloaded) == 1
+    assert "billable units: 100" in capsys.readouterr().out

@@ -72,7 +72,9 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         }
         claim = spec.model.claim_name if spec.model and spec.model.claim_name \
             else settings.model_claim_name
-        if claim:
+        if spec.model and spec.model.url:
+            args += ["--model", spec.model.url]  # the trainer downloads it from the store
+        elif claim:
             sub_path = (spec.model.sub_path if spec.model and spec.model.claim_name
                         else settings.model_sub_path) or ""
             pod["volumes"] = [{"name": "model", "persistentVolumeClaim": {

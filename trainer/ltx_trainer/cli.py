@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     extend.set_defaults(func=cmd_extend)
 
     def training_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", type=Path, help="diffusers model folder (default: tiny)")
+        p.add_argument("--model", help="diffusers model folder or its s3:// / file:// store "
+                       "URL (default: the spec's model.url, else the tiny model)")
         p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
         p.add_argument("--preview-every", type=int, help="steps between previews (0: end)")
         p.add_argument("--preview-steps", type=int, help="denoising steps of a preview")

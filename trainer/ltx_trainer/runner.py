@@ -56,7 +56,7 @@ class JobContext:
     store: Store
     run: str  # "<namespace>/<name>/<uid>": the resource's folder in the store
     work_dir: Path
-    model_dir: Path | None = None
+    model_dir: Path | str | None = None  # a folder, or a store URL of one
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     termination_log: Path | None = None
     progress: ProgressState = field(default_factory=ProgressState)
@@ -136,7 +136,8 @@ def _train(ctx: JobContext) -> Result:
     if latest is not None:
         ctx.store.get_tree(f"{ctx.run}/checkpoints/{latest}", work / "checkpoints" / latest)
         log.info("checkpoint %s downloaded", latest)
-    model_dir = resolve_model_dir(ctx.model_dir)
+    source = ctx.model_dir or (ctx.spec.model.url if ctx.spec.model else None)
+    model_dir = resolve_model_dir(source)
 
     def upload_cache(cache: Path) -> None:
         if not ctx.store.keys(f"{ctx.run}/cache/index.json"):
