@@ -232,15 +232,22 @@ async def test_a_rejected_dataset_fails_with_no_train_job_and_no_bill(cluster, r
     assert set(await cluster.jobs()) == {"short-prepare"}  # no GPU was ever requested
 
 
-async def test_an_out_of_memory_train_pod_fails_the_training(cluster):
+@pytest.mark.parametrize(("container_reason", "job_reason", "reason"), [
+    ("OOMKilled", "BackoffLimitExceeded", "OOMKilled"),
+    ("Error", "DeadlineExceeded", "DeadlineExceeded"),
+    ("Error", "BackoffLimitExceeded", "BackoffLimitExceeded"),
+])
+async def test_a_failed_train_job_fails_the_training_with_its_reason(
+        cluster, container_reason, job_reason, reason):
     await cluster.apply("oom", SPEC)
     await cluster.until(lambda: _has(cluster, "oom-prepare"))
     await cluster.finish("oom-prepare", True, {"outcome": "Succeeded"})
     await cluster.until(lambda: _has(cluster, "oom-train"))
-    await cluster.finish("oom-train", False, None, exit_code=137, reason="OOMKilled")
+    await cluster.finish("oom-train", False, None, exit_code=137, reason=container_reason,
+                         job_reason=job_reason)
     training = await cluster.until(lambda: _phase(cluster, "oom", "Failed"))
     failed = next(c for c in training["status"]["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "OOMKilled" and training["status"]["billing"]["units"] == 0
+    assert failed["reason"] == reason and training["status"]["billing"]["units"] == 0
 
 
 async def test_progress_is_pulled_from_the_train_pod(cluster):
@@ -343,6 +350,9 @@ async def test_metrics_are_served_over_http(cluster):
     assert delta("ltx_operator_jobs_created_total[('stage', 'train')]") == 1
     assert delta("ltx_operator_billable_units_total[]") == 2000
     assert delta("ltx_operator_outcomes_total[('reason', 'Succeeded')]") == 1
+    assert after["ltx_operator_resources[('phase', 'Succeeded')]"] >= 1
+    assert delta("ltx_operator_seconds_to_finish_count[('outcome', 'Succeeded')]") == 1
+    assert delta("ltx_operator_seconds_to_train_job_count[]") == 1
 
 
 def _free_port() -> int:

@@ -115,9 +115,35 @@ def _result(namespace: str, job: str) -> tuple[dict[str, Any] | None, str | None
     return None, None
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def track_phase(body: kopf.Body, type: str, **_: Any) -> None:
+    """Keep the resources-by-phase metric in step with the watch."""
+    key = (body.metadata.get("namespace", ""), body.metadata.get("name", ""))
+    if type == "DELETED":
+        metrics.PHASES.pop(key, None)
+    else:
+        metrics.PHASES[key] = body.status.get("phase") or "Pending"
+
+
+def _age(training: dict[str, Any]) -> float | None:
+    created = training["metadata"].get("creationTimestamp")
+    if not created:
+        return None
+    started = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - started).total_seconds()
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
 def job_changed(body: kopf.Body, type: str, **_: Any) -> None:
     """Move the owning training on when one of its Jobs finishes."""
+    try:
+        _job_changed(body, type)
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(handler="job_changed").inc()
+        raise
+
+
+def _job_changed(body: kopf.Body, type: str) -> None:
     if type == "DELETED":
         return
     finished = _finished(dict(body))
@@ -146,6 +172,8 @@ def _settle_job(body: kopf.Body, namespace: str, name: str, stage: str,
             "OOMKilled" if container_reason == "OOMKilled" else job_reason)
         message = (result or {}).get("message") or f"the {stage} Job failed: {job_reason}"
         kube.patch_training_status(namespace, name, _fail(training, reason, message))
+        if (age := _age(training)) is not None:
+            metrics.TIME_TO_FINISH.labels(outcome="Failed").observe(age)
         kopf.warn(training, reason=reason, message=message)
         return
     spec = parse_spec(training["spec"])
@@ -162,6 +190,8 @@ def _start_training(training: dict[str, Any], spec: TrainingSpec, result: dict[s
     kopf.adopt(job, owner=training)
     if kube.create_job(job):
         metrics.JOBS_CREATED.labels(stage="train").inc()
+        if (age := _age(training)) is not None:
+            metrics.TIME_TO_TRAIN_JOB.observe(age)
         kopf.info(training, reason="TrainingStarted",
                   message=f"dataset ready; Job {job['metadata']['name']} created")
     status = training.get("status") or {}
@@ -201,6 +231,8 @@ def _succeed(training: dict[str, Any], spec: TrainingSpec, result: dict[str, Any
         metrics.STEPS_TRAINED.inc(steps)
         kopf.info(training, reason="Billed", message=f"{units} billable units")
     metrics.OUTCOMES.labels(reason="Succeeded").inc()
+    if (age := _age(training)) is not None:
+        metrics.TIME_TO_FINISH.labels(outcome="Succeeded").observe(age)
     kube.patch_training_status(meta["namespace"], meta["name"], patch)
     kopf.info(training, reason="Succeeded", message="training succeeded")
 

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, start_http_server
+from collections import Counter as Tally
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 JOBS_CREATED = Counter("ltx_operator_jobs_created", "Jobs created", ["stage"])
 OUTCOMES = Counter("ltx_operator_outcomes", "Trainings finished, by reason", ["reason"])
 BILLABLE_UNITS = Counter("ltx_operator_billable_units", "Billable units recorded")
 STEPS_TRAINED = Counter("ltx_operator_steps_trained", "Optimization steps of succeeded runs")
+RECONCILE_ERRORS = Counter("ltx_operator_reconcile_errors", "Handler runs that raised",
+                           ["handler"])
+_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+TIME_TO_TRAIN_JOB = Histogram("ltx_operator_seconds_to_train_job",
+                              "From the resource's creation to its train Job", buckets=_BUCKETS)
+TIME_TO_FINISH = Histogram("ltx_operator_seconds_to_finish",
+                           "From the resource's creation to its outcome", ["outcome"],
+                           buckets=_BUCKETS)
+
+#: phase of each watched resource, fed by the watch itself (derived data, for metrics)
+PHASES: dict[tuple[str, str], str] = {}
+
+
+class _PhaseCollector:
+    def collect(self):
+        family = GaugeMetricFamily("ltx_operator_resources", "Resources by phase",
+                                   labels=["phase"])
+        for phase, count in sorted(Tally(PHASES.values()).items()):
+            family.add_metric([phase], count)
+        yield family
+
+
+REGISTRY.register(_PhaseCollector())
 
 _served: list[int] = []
 
