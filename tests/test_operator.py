@@ -361,3 +361,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def test_deleting_a_running_training_stops_its_jobs_and_bills_nothing(cluster):
+    await cluster.apply("gone", SPEC)
+    await cluster.until(lambda: _has(cluster, "gone-prepare"))
+    await cluster.finish("gone-prepare", True, {"outcome": "Succeeded"})
+    await cluster.until(lambda: _has(cluster, "gone-train"))
+    await cluster.until(lambda: _phase(cluster, "gone", "Training"))
+    training = await cluster.training("gone")
+    assert "ltx-training.io/finalizer" in training["metadata"].get("finalizers", [])
+    assert "billing" not in training["status"]
+    await cluster.request("DELETE", f"{TRAININGS}/gone")
+
+    async def cleaned() -> bool:
+        listed = await cluster.request("GET", TRAININGS)
+        return not await cluster.jobs() and not listed.get("items")
+
+    await cluster.until(cleaned)

@@ -306,3 +306,14 @@ def delete_after_ttl(meta: kopf.Meta, **_: Any) -> None:
     """`ttlSecondsAfterFinished`: delete the finished resource and, with it, its Jobs."""
     log.info("%s/%s: TTL after finish reached, deleting", meta["namespace"], meta["name"])
     kube.delete_training(meta["namespace"], meta["name"])
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def stop_jobs(meta: kopf.Meta, status: kopf.Status, **_: Any) -> None:
+    """A deleted training's Jobs stop now (not only when the garbage collector gets to
+    them); an unfinished run has billed nothing and bills nothing."""
+    for job in (status.get("jobs") or {}).values():
+        if kube.delete_job(meta["namespace"], job):
+            log.info("%s/%s deleted: Job %s stopped", meta["namespace"], meta["name"], job)
+    if not is_finished(dict(status)):
+        metrics.OUTCOMES.labels(reason="Deleted").inc()

@@ -94,3 +94,15 @@ def delete_training(namespace: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def delete_job(namespace: str, name: str) -> bool:
+    """Delete a Job and its pods now; False when it is gone already."""
+    try:
+        client.BatchV1Api(api()).delete_namespaced_job(
+            name, namespace, body=client.V1DeleteOptions(propagation_policy="Background"))
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
