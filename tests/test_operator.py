@@ -16,6 +16,8 @@ import kmock
 import pytest
 import pytest_asyncio
 
+import kube_api
+
 # timer intervals are read when the handlers module loads
 os.environ.setdefault("LTX_OPERATOR_PROGRESS_INTERVAL", "0.5")
 os.environ.setdefault("LTX_OPERATOR_TTL_INTERVAL", "0.5")
@@ -31,7 +33,6 @@ from ltx_trainer.progress import ProgressServer, ProgressState
 TRAININGS = "/apis/ltx-training.io/v1alpha1/namespaces/team/ltxextendtrainings"
 JOBS = "/apis/batch/v1/namespaces/team/jobs"
 PODS = "/api/v1/namespaces/team/pods"
-VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 SERVER: dict[str, str] = {}
 pytestmark = pytest.mark.asyncio
 
@@ -123,14 +124,7 @@ async def cluster() -> AsyncIterator[Cluster]:
     emulator = kmock.KubernetesEmulator()
     async with emulator, kmock.Server(emulator) as server:
         SERVER["url"] = str(server.url).rstrip("/")
-        for key, kind, namespaced in (
-                ("ltx-training.io/v1alpha1/ltxextendtrainings", "LtxExtendTraining", True),
-                ("batch/v1/jobs", "Job", True), ("v1/pods", "Pod", True),
-                ("v1/events", "Event", True), ("v1/namespaces", "Namespace", False),
-                ("apiextensions.k8s.io/v1/customresourcedefinitions",
-                 "CustomResourceDefinition", False)):
-            emulator.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced,
-                                                         verbs=VERBS, subresources={"status"})
+        kube_api.declare(emulator)
         kube.configure(client.ApiClient(client.Configuration(host=SERVER["url"])))
         handlers.configure(OperatorSettings(store_url="s3://runs", metrics_port=0))
         async with aiohttp.ClientSession() as session:

@@ -6,7 +6,6 @@ import av
 import numpy as np
 import pytest
 import torch
-from media_factory import make_clip
 
 from ltx_trainer.cli import main
 from ltx_trainer.model.loader import load_component
@@ -15,6 +14,8 @@ from ltx_trainer.preview.reel import ReelPart, write_reel
 from ltx_trainer.preview.sampler import Models, extend_backward, stg_blocks
 from ltx_trainer.suffix import SuffixWindow
 from ltx_trainer.training.encode import encode_texts, encode_video, read_video, text_key
+
+from media_factory import make_clip
 
 CPU = torch.device("cpu")
 SUFFIX = SuffixWindow(25, 24, 8)

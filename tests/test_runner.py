@@ -15,13 +15,14 @@ from pathlib import Path
 
 import av
 import pytest
-from media_factory import make_clip
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load_file
 
 from ltx_trainer.cli import main
 from ltx_trainer.outcomes import ExitCode
 from ltx_trainer.runner import MAX_TERMINATION_BYTES, Result
+
+from media_factory import make_clip
 
 CLI = str(Path(sys.executable).parent / "ltx-extend")
 FAST = ["--max-sequence-length", "32", "--checkpoint-every", "40", "--preview-steps", "2"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from media_factory import make_clip
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -19,6 +18,8 @@ from ltx_trainer.suffix import SuffixWindow
 from ltx_trainer.training.encode import encode_dataset, load_sample
 from ltx_trainer.training.strategy import prepare_step
 from ltx_trainer.training.trainer import Interrupted, Trainer, TrainSettings
+
+from media_factory import make_clip
 
 CPU = torch.device("cpu")
 SETTINGS = TrainSettings(max_sequence_length=32, checkpoint_every=40)

@@ -23,39 +23,19 @@ from pathlib import Path
 import aiohttp
 import kmock
 
-VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+from procstats import cpu_seconds, peak_rss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+import kube_api
+
 TRAININGS = "/apis/ltx-training.io/v1alpha1/namespaces/bench/ltxextendtrainings"
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _hwm(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 async def main(count: int) -> dict:
     emulator = kmock.KubernetesEmulator()
     async with emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
-        for key, kind, namespaced in (
-                ("ltx-training.io/v1alpha1/ltxextendtrainings", "LtxExtendTraining", True),
-                ("batch/v1/jobs", "Job", True), ("v1/pods", "Pod", True),
-                ("v1/events", "Event", True), ("v1/namespaces", "Namespace", False),
-                ("apiextensions.k8s.io/v1/customresourcedefinitions",
-                 "CustomResourceDefinition", False)):
-            emulator.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced,
-                                                         verbs=VERBS, subresources={"status"})
+        kube_api.declare(emulator)
         scratch = Path(tempfile.mkdtemp())
         kubeconfig = scratch / "kubeconfig"
         kubeconfig.write_text(json.dumps({
@@ -88,16 +68,16 @@ async def main(count: int) -> dict:
                 created = time.perf_counter() - start
                 jobs = 0
                 while jobs < count:
-                    peak = max(peak, _hwm(operator.pid))
+                    peak = max(peak, peak_rss(operator.pid))
                     assert operator.poll() is None, (scratch / "operator.log").read_text()[-3000:]
                     assert time.perf_counter() - start < 600, f"only {jobs} Jobs after 600 s"
                     async with session.get(url + "/apis/batch/v1/namespaces/bench/jobs") as r:
                         jobs = len((await r.json()).get("items", []))
                     await asyncio.sleep(0.5)
                 elapsed = time.perf_counter() - start
-            peak = max(peak, _hwm(operator.pid))
-            operator_cpu = _cpu_seconds(operator.pid)
-            api_cpu = _cpu_seconds(os.getpid())
+            peak = max(peak, peak_rss(operator.pid))
+            operator_cpu = cpu_seconds(operator.pid)
+            api_cpu = cpu_seconds(os.getpid())
         finally:
             operator.terminate()
             try:  # keep serving the API while it shuts down

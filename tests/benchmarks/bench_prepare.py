@@ -24,6 +24,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from procstats import peak_rss
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 FRAMES, RATE, SIZE = 89, 24, (768, 768)
@@ -42,17 +44,6 @@ def make_sources(count: int, seconds: float) -> list[Path]:
     return paths
 
 
-def _hwm(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_measured(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one child process.
 
@@ -63,7 +54,7 @@ def run_measured(cmd: list[str]) -> tuple[float, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, _hwm(proc.pid))
+        peak = max(peak, peak_rss(proc.pid))
         time.sleep(0.005)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
