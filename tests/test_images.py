@@ -1,0 +1,38 @@
+"""The Dockerfiles install what pyproject says each image needs."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def pip_installs(dockerfile: str) -> list[str]:
+    text = (ROOT / "images" / dockerfile).read_text().replace("\\\n", " ")
+    return [line.split("pip install", 1)[1].strip() for line in text.splitlines()
+            if "pip install" in line and not line.lstrip().startswith("#")]
+
+
+def test_operator_image_installs_the_base_dependencies_only():
+    [install] = pip_installs("operator.Dockerfile")
+    assert re.search(r"(^|\s)\.$", install), install  # the project, no extras
+    assert not any(d.startswith("torch") for d in PYPROJECT["project"]["dependencies"])
+
+
+def test_trainer_image_installs_the_trainer_extra_and_the_pinned_torch():
+    installs = pip_installs("trainer.Dockerfile")
+    torch_pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["trainer"]
+                     if d.startswith("torch"))
+    assert any(install.startswith(torch_pin + " ") for install in installs), installs
+    assert "'.[trainer]'" in installs
+
+
+def test_images_run_as_non_root_and_ignore_local_state():
+    for name in ("operator.Dockerfile", "trainer.Dockerfile"):
+        text = (ROOT / "images" / name).read_text()
+        assert "USER 10001" in text and re.search(r"^FROM \S+:\S+", text, re.M)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", ".demo"} <= set(ignored)
