@@ -251,3 +251,20 @@ def test_the_model_can_come_from_the_store(media, tiny_model, tmp_path, monkeypa
     downloaded = list((tmp_path / "cache" / "ltx-extend" / "models").glob("*/model_index.json"))
     assert len(downloaded) == 1
     assert "billable units: 100" in capsys.readouterr().out
+
+
+def test_a_wrong_model_folder_is_refused_before_any_work(media, tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_dict(media["archive"].as_uri())))
+    out = tmp_path / "out"
+    assert main(["train", str(spec), "--output", out.as_uri(), "--model",
+                 str(tmp_path / "no-model")]) == ExitCode.INVALID_INPUT
+    assert "is not a diffusers model folder (no model_index.json)" in capsys.readouterr().err
+    assert not out.exists()  # nothing prepared, nothing written, nothing billed
+
+
+def test_a_job_needs_its_run_folder(tmp_path, capsys):
+    assert main(["job", "prepare", "--spec-json", "{}", "--store", (tmp_path / "s").as_uri(),
+                 "--run", "team/only-two"]) == ExitCode.INTERNAL_ERROR
+    assert "the run must be <namespace>/<name>/<uid>" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

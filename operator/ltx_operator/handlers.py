@@ -8,7 +8,6 @@ import logging
 import threading
 import urllib.request
 from collections import defaultdict
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -20,7 +19,7 @@ from ltx_trainer.spec import SpecError, TrainingSpec, parse_spec
 from . import kube, metrics
 from .jobs import MANAGED_BY, STAGE_LABEL, TRAINING_LABEL, build_job, job_name
 from .settings import OperatorSettings
-from .status import is_finished, now, set_condition
+from .status import is_finished, now, seconds_since, set_condition
 
 log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
@@ -129,8 +128,7 @@ def _age(training: dict[str, Any]) -> float | None:
     created = training["metadata"].get("creationTimestamp")
     if not created:
         return None
-    started = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (datetime.now(UTC) - started).total_seconds()
+    return seconds_since(created)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
@@ -297,8 +295,7 @@ def _expired(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
     done = status.get("completionTime")
     if ttl is None or not done or not is_finished(dict(status)):
         return False
-    finished = datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (datetime.now(UTC) - finished).total_seconds() >= ttl
+    return seconds_since(done) >= ttl
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.ttl_interval, when=_expired)

@@ -8,8 +8,16 @@ from typing import Any
 CONDITION_TYPES = ("Validated", "DatasetReady", "Training", "Succeeded", "Failed", "Suspended")
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # RFC 3339, as Kubernetes writes times
+
+
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def seconds_since(stamp: str) -> float:
+    return (datetime.now(UTC) - datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC)
+            ).total_seconds()
 
 
 def set_condition(conditions: list[dict[str, Any]] | None, type_: str, status: bool, reason: str,

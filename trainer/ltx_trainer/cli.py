@@ -233,6 +233,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _spec_or_report(args.spec)
     if spec is None:
         return ExitCode.INVALID_INPUT
+    if args.model and not args.model.startswith(("s3://", "file://")) and not (
+            Path(args.model) / "model_index.json").is_file():
+        print(f"--model {args.model} is not a diffusers model folder (no model_index.json)",
+              file=sys.stderr)
+        return ExitCode.INVALID_INPUT
     output = args.output or (Path.cwd() / "ltx-extend-output").as_uri()
     try:
         store = open_store(output)
@@ -285,7 +290,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 
     from .dataset import FetchPolicy
     from .progress import ProgressServer, ProgressState
-    from .runner import JobContext, Result, run_stage
+    from .runner import JobContext, Result, run_stage, write_result
     from .spec import SpecError, parse_spec
     from .store import open_store
 
@@ -303,7 +308,10 @@ def cmd_job(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"the artifact store is not set or not valid: {exc}", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
-    run = args.run or os.environ.get("LTX_EXTEND_RUN", "")
+    run = (args.run or os.environ.get("LTX_EXTEND_RUN", "")).strip("/")
+    if run.count("/") != 2 or "" in run.split("/"):
+        print(f"the run must be <namespace>/<name>/<uid>, not {run!r}", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
     state = ProgressState()
     try:
         spec = parse_spec(json.loads(raw))
@@ -312,9 +320,7 @@ def cmd_job(args: argparse.Namespace) -> int:
             f"the spec is not valid JSON: {exc}")
         result = Result(args.stage, "Failed", "InvalidSpec", message,
                         int(ExitCode.INVALID_INPUT))
-        from .runner import _write_result
-
-        _write_result(JobContext(spec=None, store=store, run=run, work_dir=Path("."),
+        write_result(JobContext(spec=None, store=store, run=run, work_dir=Path("."),
                                  termination_log=termination), result)
         print(message, file=sys.stderr)
         return result.exitCode

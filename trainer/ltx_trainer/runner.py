@@ -76,11 +76,11 @@ def run_stage(stage: str, ctx: JobContext) -> Result:
                         f"internal error in the {stage} stage: {type(exc).__name__}: {exc}",
                         int(ExitCode.INTERNAL_ERROR))
     ctx.progress.stage("succeeded" if result.outcome == "Succeeded" else "failed")
-    _write_result(ctx, result)
+    write_result(ctx, result)
     return result
 
 
-def _write_result(ctx: JobContext, result: Result) -> None:
+def write_result(ctx: JobContext, result: Result) -> None:
     try:
         ctx.store.put_json(f"{ctx.run}/result-{result.stage}.json", asdict(result))
     except Exception as exc:  # the termination message below still carries the result

@@ -78,13 +78,6 @@ class Store(ABC):
         finally:
             os.unlink(tmp.name)
 
-    def get_json(self, key: str) -> Any | None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as scratch:
-            local = Path(scratch) / "value.json"
-            return json.loads(local.read_text()) if self.get_file(key, local) else None
-
     def put_tree(self, local: Path, prefix: str) -> None:
         for path in sorted(local.rglob("*")):
             if path.is_file():

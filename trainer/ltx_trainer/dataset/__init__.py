@@ -2,7 +2,7 @@
 
 from .archive import ArchiveLimits
 from .fetch import FetchPolicy
-from .prepare import MANIFEST, TOO_SHORT, PrepareSettings, load_manifest, prepare_dataset
+from .prepare import MANIFEST, TOO_SHORT, PrepareSettings, prepare_dataset
 
 __all__ = ["MANIFEST", "TOO_SHORT", "ArchiveLimits", "FetchPolicy", "PrepareSettings",
-           "load_manifest", "prepare_dataset"]
+           "prepare_dataset"]

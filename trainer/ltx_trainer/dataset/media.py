@@ -10,6 +10,7 @@ when fitting changed the duration, peak-normalized and padded to the exact lengt
 from __future__ import annotations
 
 import itertools
+import math
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +24,11 @@ from ..suffix import AUDIO_SAMPLE_RATE
 AUDIO_CHANNELS = 2
 PEAK_TARGET = 10 ** (-1 / 20)  # -1 dBFS
 ENCODER = {"crf": "12", "preset": "veryfast"}
+
+
+def frames_in(seconds: float, rate: float) -> int:
+    """Whole frames a span of `seconds` holds at `rate` (a hair of slack for float error)."""
+    return math.floor(seconds * rate + 1e-6)
 
 
 class Undecodable(Exception):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import re
 import shutil
 import zipfile
@@ -50,7 +49,7 @@ def plan_windows(start: float, end: float, frames: int, frame_rate: int, auto_sc
     """Windows of `frames` frames at `frame_rate` in source seconds [start, end],
     latest first; [] when the span is too short and auto-scaling is off."""
     length = frames / frame_rate
-    available = math.floor((end - start) * frame_rate + 1e-6)
+    available = media.frames_in(end - start, frame_rate)
     if available >= frames:
         count = min(limit, available // frames)
         return [media.Window(end - (k + 1) * length, length, frames, frame_rate)
@@ -128,7 +127,7 @@ def _fetch_validation(spec: TrainingSpec, work: Path, settings: PrepareSettings
             info = media.probe(path)
         except media.Undecodable as exc:
             raise InvalidInput(f"the {what} cannot be decoded ({exc})") from None
-        frames = math.floor(info.duration * spec.validation_frame_rate + 1e-6)
+        frames = media.frames_in(info.duration, spec.validation_frame_rate)
         if frames < spec.conditioning_frames:
             raise InvalidInput(
                 f"The {what} must be at least conditioningFrames ({spec.conditioning_frames}) "
@@ -188,7 +187,7 @@ def fit_closing_clip(source: Path, info: media.ClipInfo, frames: int, rate: int,
     """Fit the last `frames` frames of a closing clip; a shorter clip is padded at the
     front with its first frame (that part is generated anyway). Returns the padded
     frame count and what was recorded about the audio."""
-    available = min(frames, math.floor(info.duration * rate + 1e-6))
+    available = min(frames, media.frames_in(info.duration, rate))
     window = media.Window(info.end - available / rate, available / rate, available, rate)
     pad = frames - available
     media.fit_video(source, video_dest, window, size, pad_front=pad)
@@ -330,5 +329,3 @@ def _write_debug_zip(dataset: Path, dest: Path) -> None:
     partial.replace(dest)
 
 
-def load_manifest(dataset: Path) -> dict[str, Any]:
-    return json.loads((dataset / MANIFEST).read_text(encoding="utf-8"))

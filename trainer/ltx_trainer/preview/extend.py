@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..dataset.media import Undecodable, probe, read_wav
+from ..dataset.media import Undecodable, frames_in, probe, read_wav
 from ..dataset.prepare import fit_closing_clip
 from ..outcomes import InvalidInput
 from ..spec import DEFAULT_NEGATIVE_PROMPT, frame_size
@@ -67,7 +66,7 @@ def extend_clip(request: ExtendRequest, device: torch.device,
         info = probe(request.clip)
     except Undecodable as exc:
         raise InvalidInput(f"the clip {request.clip} cannot be decoded ({exc})") from None
-    if math.floor(info.duration * request.fps + 1e-6) < cf:
+    if frames_in(info.duration, request.fps) < cf:
         raise InvalidInput(f"The clip must be at least conditioningFrames ({cf}) frames long "
                            f"at {request.fps} fps")
     if request.audio and not info.has_audio:

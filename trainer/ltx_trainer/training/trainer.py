@@ -230,14 +230,18 @@ class Trainer:
             )
         return video_pred, audio_pred if self.spec.with_audio else None
 
+    def _encode(self, dataset_dir: Path) -> dict[str, Any]:
+        """The latent cache's index, encoding first if the cache is not there yet."""
+        return encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir, self.device,
+                              with_audio=self.spec.with_audio,
+                              max_sequence_length=self.settings.max_sequence_length,
+                              negative_prompt=self.spec.validation_negative_prompt)
+
     @torch.no_grad()
     def evaluate(self, dataset_dir: Path, draws: int = 8) -> float:
         """Mean loss over every sample at `draws` fixed (sigma, noise) draws: a steady
         yardstick, unlike the per-step losses whose sigma changes each step."""
-        index = encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir,
-                               self.device, with_audio=self.spec.with_audio,
-                               max_sequence_length=self.settings.max_sequence_length,
-                               negative_prompt=self.spec.validation_negative_prompt)
+        index = self._encode(dataset_dir)
         if not hasattr(self, "transformer"):
             self._load()
             self._resume()
@@ -292,10 +296,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def train(self, dataset_dir: Path, stop_after: int | None = None) -> TrainResult:
         spec, settings = self.spec, self.settings
-        index = encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir, self.device,
-                               with_audio=spec.with_audio,
-                               max_sequence_length=settings.max_sequence_length,
-                               negative_prompt=spec.validation_negative_prompt)
+        index = self._encode(dataset_dir)
         if self.hooks.cache_ready is not None:
             self.hooks.cache_ready(self.work_dir / "cache")
         samples = index["samples"]
