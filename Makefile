@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint crd install clean
+.PHONY: demo test e2e lint crd install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ltx-extend crd --check crds/ltxextendtrainings.yaml
 	$(BIN)/python -m pytest
+
+# Only the end-to-end scenarios (operator + trainer Jobs + S3, on this machine); also in `make test`.
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -m e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

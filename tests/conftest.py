@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
+# the API server, the operator and the kubelet-playing harness, as fixtures
+pytest_plugins = ["operator_cluster"]
+
 
 @dataclass
 class S3Server:

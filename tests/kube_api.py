@@ -1,8 +1,23 @@
-"""The Kubernetes API resources a kmock emulator must declare for the operator: ours,
-the ones it manages, and those Kopf waits for before it starts watching."""
+"""The Kubernetes API for the operator's tests: kmock, with the API-server semantics
+the operator relies on and kmock 0.8 leaves out, restored as Kubernetes defines them.
+
+`ApiServer` adds, on every write: `generateName`, `uid`, `creationTimestamp`,
+`generation` (bumped when the spec changes), a cluster-wide `resourceVersion` bumped
+on each write with a 409 when a write names a stale one, the status subresource split
+(a write to `/status` changes only the status, a write to the object never its status),
+and `labelSelector` on lists.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import itertools
+import secrets
+import uuid
+from typing import Any
+
+import aiohttp.web
 import kmock
 
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
@@ -11,12 +26,130 @@ RESOURCES = (
     ("batch/v1/jobs", "Job", True),
     ("v1/pods", "Pod", True),
     ("v1/events", "Event", True),
+    ("v1/secrets", "Secret", True),
     ("v1/namespaces", "Namespace", False),
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
 )
+CREATE, UPDATE, LIST = kmock.action.CREATE, kmock.action.UPDATE, kmock.action.LIST
+#: Resources whose `status` is only written through the status subresource.
+WITH_STATUS = {"ltxextendtrainings", "jobs", "pods"}
 
 
 def declare(emulator: kmock.KubernetesEmulator) -> None:
     for key, kind, namespaced in RESOURCES:
         emulator.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced,
                                                      verbs=VERBS, subresources={"status"})
+
+
+def conflict(message: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=409, reason="Conflict", message=message)
+
+
+def selected(labels: dict[str, str], selector: str) -> bool:
+    """Equality-based label selectors (`a=b,c!=d,e`), as list requests use them."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator with the write semantics of a real API server (see the module)."""
+
+    def _writes(self) -> asyncio.Lock:
+        if "_write_lock" not in self.__dict__:
+            self.__dict__["_write_lock"] = asyncio.Lock()
+            self.__dict__["_versions"] = itertools.count(1)
+        return self.__dict__["_write_lock"]
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.resource is None or request.action not in (CREATE, UPDATE) \
+                or not isinstance(request.data, dict):
+            return await super()._handle(request)
+        async with self._writes():  # the check and the write are one step, as in etcd
+            if request.action == CREATE:
+                self._on_create(request)
+            else:
+                self._on_update(request)
+            return await super()._handle(request)
+
+    def _current(self, request: Any) -> dict[str, Any] | None:
+        key = (request.resource, request.namespace, request.name)
+        obj = self._objects[key] if key in self._objects else None
+        return None if obj is None or obj.deleted else obj.raw
+
+    def _next_version(self) -> str:
+        return str(next(self.__dict__["_versions"]))
+
+    def _on_create(self, request: Any) -> None:
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        if request.namespace and not meta.get("namespace"):
+            meta["namespace"] = request.namespace
+        meta["uid"] = str(uuid.uuid4())
+        meta["resourceVersion"] = self._next_version()
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        if request.resource.plural in WITH_STATUS:
+            request.data.pop("status", None)  # the status is the controllers' to write
+
+    def _on_update(self, request: Any) -> None:
+        current = self._current(request)
+        if current is None:
+            return  # kmock answers 404
+        meta = request.data.get("metadata") or {}
+        sent = meta.get("resourceVersion")
+        if sent and sent != current["metadata"].get("resourceVersion"):
+            raise conflict(f"the object has been modified; please apply your changes to the "
+                           f"latest version (resourceVersion {sent} is stale)")
+        if request.resource.plural in WITH_STATUS:
+            if request.subresource == "status":
+                for key in list(request.data):
+                    if key != "status":
+                        del request.data[key]
+            else:
+                request.data.pop("status", None)
+        data_meta = request.data.setdefault("metadata", {})
+        for key in ("uid", "creationTimestamp", "generation"):
+            data_meta.pop(key, None)  # set by the server only
+        data_meta["resourceVersion"] = self._next_version()
+        if "spec" in request.data and request.subresource != "status" \
+                and _merged(current.get("spec"), request.data["spec"]) != current.get("spec"):
+            data_meta["generation"] = int(current["metadata"].get("generation") or 1) + 1
+
+    async def _serve_list(self, request: Any) -> Any:
+        listed = await super()._serve_list(request)
+        selector = request.params.get("labelSelector")
+        if selector:
+            listed["items"] = [i for i in listed["items"] if selected(
+                (i.get("metadata") or {}).get("labels") or {}, selector)]
+        return listed
+
+
+def _merged(old: Any, patch: Any) -> Any:
+    """JSON merge patch (RFC 7386) of `patch` onto `old`."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(old) if isinstance(old, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merged(result.get(key), value)
+    return result
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

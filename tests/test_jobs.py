@@ -19,13 +19,34 @@ def container(job: dict) -> dict:
 def test_the_model_volume_or_the_model_url():
     job = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip"}), SETTINGS)
     assert container(job)["args"][-2:] == ["--model", "/models/ltx-2.3"]
-    assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {
+    assert volumes(job)["model"]["persistentVolumeClaim"] == {
         "claimName": "models", "readOnly": True}
     from_store = parse_spec({"trainingDataUrl": "s3://d/c.zip",
                              "model": {"url": "s3://models/ltx-2.3"}})
     job = build_job("train", BODY, from_store, SETTINGS)
     assert container(job)["args"][-2:] == ["--model", "s3://models/ltx-2.3"]
-    assert "volumes" not in job["spec"]["template"]["spec"]
+    assert set(volumes(job)) == {"work"}
+
+
+def volumes(job: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_every_pod_works_in_its_own_scratch_volume_with_the_platform_flags():
+    settings = SETTINGS.model_copy(update={"trainer_args": ["--checkpoint-every", "50"]})
+    for stage in ("prepare", "train"):
+        job = build_job(stage, BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip"}), settings)
+        args = container(job)["args"]
+        assert args[args.index("--work") + 1] == "/work"
+        assert args[args.index("--checkpoint-every") + 1] == "50"
+        assert volumes(job)["work"] == {"name": "work", "emptyDir": {}}
+        assert {"name": "work", "mountPath": "/work"} in container(job)["volumeMounts"]
+
+
+def test_trainer_flags_come_from_one_shell_quoted_variable():
+    settings = OperatorSettings.from_env({"LTX_OPERATOR_TRAINER_ARGS":
+                                          "--preview-steps 4 --seed '7'"})
+    assert settings.trainer_args == ["--preview-steps", "4", "--seed", "7"]
 
 
 def test_store_and_credentials_follow_the_spec_or_the_operator():

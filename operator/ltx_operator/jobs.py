@@ -20,6 +20,8 @@ STAGE_LABEL = f"{GROUP}/stage"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 MODEL_MOUNT = "/models"
+#: Scratch space of the pod (the root filesystem is read-only): dataset, cache, checkpoints.
+WORK_MOUNT = "/work"
 
 
 def job_name(name: str, stage: str) -> str:
@@ -42,7 +44,8 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     store = spec.output.url if spec.output and spec.output.url else settings.store_url
     secret = spec.output.secret_name if spec.output and spec.output.secret_name \
         else settings.store_secret
-    args = ["job", stage, "--progress-port", str(settings.progress_port)]
+    args = ["job", stage, "--progress-port", str(settings.progress_port),
+            "--work", WORK_MOUNT, *settings.trainer_args]
     env = [
         {"name": "LTX_EXTEND_SPEC", "value": spec.to_json()},
         {"name": "LTX_EXTEND_STORE", "value": store},
@@ -57,8 +60,10 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     }
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]
+    container["volumeMounts"] = [{"name": "work", "mountPath": WORK_MOUNT}]
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container],
-                           "automountServiceAccountToken": False}
+                           "automountServiceAccountToken": False,
+                           "volumes": [{"name": "work", "emptyDir": {}}]}
     if stage == "prepare":
         container["resources"] = {"requests": {"cpu": settings.prepare_cpu,
                                                "memory": settings.prepare_memory}}
@@ -77,10 +82,10 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         elif claim:
             sub_path = (spec.model.sub_path if spec.model and spec.model.claim_name
                         else settings.model_sub_path) or ""
-            pod["volumes"] = [{"name": "model", "persistentVolumeClaim": {
-                "claimName": claim, "readOnly": True}}]
-            container["volumeMounts"] = [{"name": "model", "mountPath": MODEL_MOUNT,
-                                          "readOnly": True}]
+            pod["volumes"].append({"name": "model", "persistentVolumeClaim": {
+                "claimName": claim, "readOnly": True}})
+            container["volumeMounts"].append({"name": "model", "mountPath": MODEL_MOUNT,
+                                              "readOnly": True})
             args += ["--model", f"{MODEL_MOUNT}/{sub_path}".rstrip("/")]
         if spec.node_selector:
             pod["nodeSelector"] = dict(spec.node_selector)

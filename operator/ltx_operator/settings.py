@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from decimal import Decimal
 
 from pydantic import BaseModel, Field
@@ -25,6 +26,9 @@ class OperatorSettings(BaseModel):
     prepare_memory: str = "8Gi"
     train_cpu: str = "8"
     train_memory: str = "64Gi"
+    trainer_args: list[str] = Field(
+        default_factory=list, description="Extra trainer flags for every Job, e.g. "
+        "--checkpoint-every 100 (env: one shell-quoted string)")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -36,6 +40,8 @@ class OperatorSettings(BaseModel):
                 continue
             if name == "namespaces":
                 values[name] = [n.strip() for n in raw.split(",") if n.strip()]
+            elif name == "trainer_args":
+                values[name] = shlex.split(raw)
             else:
                 values[name] = raw  # pydantic converts numbers and decimals
         return cls.model_validate(values)
