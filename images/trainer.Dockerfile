@@ -3,6 +3,8 @@
 # docker build -f images/trainer.Dockerfile -t ltx-extend-trainer .
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+# The base image is pinned; its distribution's python3 is the one it was built with.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
@@ -13,8 +15,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY trainer trainer
 COPY operator operator
-RUN pip install '.[trainer]'
-RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin trainer
+# the project itself: its dependencies are pinned by pyproject.toml
+# hadolint ignore=DL3013
+RUN pip install '.[trainer]' \
+ && useradd --uid 10001 --create-home --shell /usr/sbin/nologin trainer
 USER 10001
 WORKDIR /home/trainer
 EXPOSE 8080

@@ -26,6 +26,11 @@ def test_the_model_volume_or_the_model_url():
     job = build_job("train", BODY, from_store, SETTINGS)
     assert container(job)["args"][-2:] == ["--model", "s3://models/ltx-2.3"]
     assert set(volumes(job)) == {"work"}
+    from_platform = SETTINGS.model_copy(update={"model_claim_name": None,
+                                                "model_url": "s3://models/ltx-2.3"})
+    job = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip"}),
+                    from_platform)
+    assert container(job)["args"][-2:] == ["--model", "s3://models/ltx-2.3"]
 
 
 def volumes(job: dict) -> dict[str, dict]:
@@ -74,3 +79,34 @@ def test_prepare_asks_no_gpu_and_train_asks_the_spec_gpus():
             train["spec"]["suspend"]) == (5, 7200, True)
     assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
     assert train["spec"]["template"]["metadata"]["labels"]["ltx-training.io/stage"] == "train"
+
+
+def test_platform_defaults_for_gpus_nodes_and_the_store_endpoint():
+    settings = SETTINGS.model_copy(update={
+        "gpu_count": 2, "store_endpoint": "http://minio.storage:9000",
+        "prepare_node_selector": {"pool": "cpu"},
+        "train_node_selector": {"pool": "gpu", "zone": "a"},
+        "train_tolerations": [{"key": "gpu", "operator": "Exists"}]})
+    spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "nodeSelector": {"zone": "b"},
+                       "tolerations": [{"key": "team", "operator": "Exists"}]})
+    prepare = build_job("prepare", BODY, spec, settings)["spec"]["template"]["spec"]
+    assert prepare["nodeSelector"] == {"pool": "cpu"} and "tolerations" not in prepare
+    train_job = build_job("train", BODY, spec, settings)
+    train = train_job["spec"]["template"]["spec"]
+    assert train["nodeSelector"] == {"pool": "gpu", "zone": "b"}  # the spec wins
+    assert [t["key"] for t in train["tolerations"]] == ["gpu", "team"]
+    assert container(train_job)["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    env = {e["name"]: e["value"] for e in container(train_job)["env"]}
+    assert env["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
+    asked = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 4}),
+                      settings)
+    assert container(asked)["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+
+
+def test_node_settings_come_from_json_variables():
+    settings = OperatorSettings.from_env({
+        "LTX_OPERATOR_TRAIN_NODE_SELECTOR": '{"pool": "gpu"}',
+        "LTX_OPERATOR_TRAIN_TOLERATIONS": '[{"key": "gpu", "operator": "Exists"}]',
+        "LTX_OPERATOR_GPU_COUNT": "2"})
+    assert settings.train_node_selector == {"pool": "gpu"} and settings.gpu_count == 2
+    assert settings.train_tolerations == [{"key": "gpu", "operator": "Exists"}]

@@ -270,3 +270,4 @@ async def test_deleting_a_running_training_stops_its_jobs_and_bills_nothing(clus
         return not await cluster.jobs() and not listed.get("items")
 
     await cluster.until(cleaned)
+

@@ -55,7 +55,7 @@ def test_reference_defaults():
         "validation_aspect_ratio": "1:1",
         "stg_scale": 1.0,
         "debug_dataset": False,
-        "gpus": 1,
+        "gpus": None,
         "gpu_resource_name": None,
         "node_selector": {},
         "tolerations": [],

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from ltx_trainer.billing import billable_units, cost
-from ltx_trainer.resource import GROUP, PLURAL, VERSION
+from ltx_trainer.resource import GROUP, KIND, PLURAL, VERSION
 from ltx_trainer.spec import SpecError, TrainingSpec, parse_spec
 
 from . import kube, metrics
@@ -32,9 +32,20 @@ def configure(settings: OperatorSettings) -> None:
     SETTINGS = settings
 
 
+def _log(training: Any, message: str, *args: Any, level: int = logging.INFO) -> None:
+    """A log line about one training: JSON logs carry its namespace/name under
+    `object`, text logs start with them."""
+    meta = training["metadata"]
+    log.log(level, message, *args, extra={"k8s_ref": {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "namespace": meta.get("namespace"),
+        "name": meta.get("name"), "uid": meta.get("uid")}})
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
+    # Events are the transitions the handlers post, not every log line
+    settings.posting.loggers = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Kopf's own bookkeeping goes to annotations under our prefix, never into our status
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -68,6 +79,7 @@ def create_prepare_job(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch:
         message = "; ".join(exc.problems)
         patch.status.update(_fail(dict(body), "InvalidSpec", message))
         kopf.warn(body, reason="InvalidSpec", message=message)
+        _log(body, "invalid spec: %s", message, level=logging.WARNING)
         return
     job = build_job("prepare", dict(body), parsed, SETTINGS)
     kopf.adopt(job, owner=body)
@@ -89,6 +101,7 @@ def create_prepare_job(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch:
             })
         if kube.create_job(job):
             metrics.JOBS_CREATED.labels(stage="prepare").inc()
+            _log(body, "prepare Job %s created", job["metadata"]["name"])
     kopf.info(body, reason="PrepareStarted", message=f"Job {job['metadata']['name']} created")
 
 
@@ -173,6 +186,8 @@ def _settle_job(body: kopf.Body, namespace: str, name: str, stage: str,
         if (age := _age(training)) is not None:
             metrics.TIME_TO_FINISH.labels(outcome="Failed").observe(age)
         kopf.warn(training, reason=reason, message=message)
+        _log(training, "%s Job failed (%s): %s; billed 0 units", stage, reason, message,
+             level=logging.WARNING)
         return
     spec = parse_spec(training["spec"])
     if stage == "prepare":
@@ -192,6 +207,7 @@ def _start_training(training: dict[str, Any], spec: TrainingSpec, result: dict[s
             metrics.TIME_TO_TRAIN_JOB.observe(age)
         kopf.info(training, reason="TrainingStarted",
                   message=f"dataset ready; Job {job['metadata']['name']} created")
+        _log(training, "dataset ready; train Job %s created", job["metadata"]["name"])
     status = training.get("status") or {}
     generation = meta.get("generation")
     conditions = set_condition(status.get("conditions"), "DatasetReady", True, "DatasetReady",
@@ -228,6 +244,7 @@ def _succeed(training: dict[str, Any], spec: TrainingSpec, result: dict[str, Any
         metrics.BILLABLE_UNITS.inc(units)
         metrics.STEPS_TRAINED.inc(steps)
         kopf.info(training, reason="Billed", message=f"{units} billable units")
+        _log(training, "succeeded after %d steps; billed %d units", steps, units)
     metrics.OUTCOMES.labels(reason="Succeeded").inc()
     if (age := _age(training)) is not None:
         metrics.TIME_TO_FINISH.labels(outcome="Succeeded").observe(age)
@@ -287,7 +304,8 @@ def suspend_or_resume(body: kopf.Body, meta: kopf.Meta, old: Any, new: Any, **_:
                 f"Job {active} {'suspended' if new else 'resumed'}", meta.get("generation")),
         })
     kopf.info(body, reason="Suspended" if new else "Resumed",
-                message=f"Job {active} {'suspended' if new else 'resumed'}")
+              message=f"Job {active} {'suspended' if new else 'resumed'}")
+    _log(body, "Job %s %s", active, "suspended" if new else "resumed")
 
 
 def _expired(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
@@ -301,7 +319,7 @@ def _expired(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.ttl_interval, when=_expired)
 def delete_after_ttl(meta: kopf.Meta, **_: Any) -> None:
     """`ttlSecondsAfterFinished`: delete the finished resource and, with it, its Jobs."""
-    log.info("%s/%s: TTL after finish reached, deleting", meta["namespace"], meta["name"])
+    _log({"metadata": meta}, "TTL after finish reached: deleting")
     kube.delete_training(meta["namespace"], meta["name"])
 
 
@@ -311,6 +329,6 @@ def stop_jobs(meta: kopf.Meta, status: kopf.Status, **_: Any) -> None:
     them); an unfinished run has billed nothing and bills nothing."""
     for job in (status.get("jobs") or {}).values():
         if kube.delete_job(meta["namespace"], job):
-            log.info("%s/%s deleted: Job %s stopped", meta["namespace"], meta["name"], job)
+            _log({"metadata": meta}, "deleted: Job %s stopped", job)
     if not is_finished(dict(status)):
         metrics.OUTCOMES.labels(reason="Deleted").inc()

@@ -60,6 +60,8 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     }
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]
+    if settings.store_endpoint:  # `env` wins over the Secret's `envFrom`
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.store_endpoint})
     container["volumeMounts"] = [{"name": "work", "mountPath": WORK_MOUNT}]
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container],
                            "automountServiceAccountToken": False,
@@ -68,12 +70,16 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         container["resources"] = {"requests": {"cpu": settings.prepare_cpu,
                                                "memory": settings.prepare_memory}}
         backoff, deadline = 2, None
+        if settings.prepare_node_selector:
+            pod["nodeSelector"] = dict(settings.prepare_node_selector)
+        if settings.prepare_tolerations:
+            pod["tolerations"] = [dict(t) for t in settings.prepare_tolerations]
     else:
         gpu = spec.gpu_resource_name or settings.gpu_resource_name
+        count = str(spec.gpus or settings.gpu_count)
         container["resources"] = {
-            "requests": {"cpu": settings.train_cpu, "memory": settings.train_memory,
-                         gpu: str(spec.gpus)},
-            "limits": {gpu: str(spec.gpus)},
+            "requests": {"cpu": settings.train_cpu, "memory": settings.train_memory, gpu: count},
+            "limits": {gpu: count},
         }
         claim = spec.model.claim_name if spec.model and spec.model.claim_name \
             else settings.model_claim_name
@@ -87,11 +93,16 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
             container["volumeMounts"].append({"name": "model", "mountPath": MODEL_MOUNT,
                                               "readOnly": True})
             args += ["--model", f"{MODEL_MOUNT}/{sub_path}".rstrip("/")]
-        if spec.node_selector:
-            pod["nodeSelector"] = dict(spec.node_selector)
-        if spec.tolerations:
-            pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
-                                  for t in spec.tolerations]
+        elif settings.model_url:
+            args += ["--model", settings.model_url]
+        node_selector = {**settings.train_node_selector, **spec.node_selector}
+        if node_selector:
+            pod["nodeSelector"] = node_selector
+        tolerations = [*(dict(t) for t in settings.train_tolerations),
+                       *(t.model_dump(by_alias=True, exclude_none=True)
+                         for t in spec.tolerations)]
+        if tolerations:
+            pod["tolerations"] = tolerations
         if spec.priority_class_name:
             pod["priorityClassName"] = spec.priority_class_name
         backoff, deadline = spec.backoff_limit, spec.active_deadline_seconds

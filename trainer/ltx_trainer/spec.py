@@ -289,7 +289,8 @@ class TrainingSpec(SpecModel):
     )
 
     # Kubernetes side
-    gpus: int = Field(1, ge=1, le=8, description="GPUs requested by the train Job (1–8).")
+    gpus: int | None = Field(None, ge=1, le=8, description="GPUs requested by the train Job "
+                             "(1–8); unset uses the operator's default (1 unless configured).")
     gpu_resource_name: str | None = Field(
         None,
         max_length=253,
