@@ -32,7 +32,7 @@ TRAININGS = "/apis/ltx-training.io/v1alpha1/namespaces/bench/ltxextendtrainings"
 
 
 async def main(count: int) -> dict:
-    emulator = kmock.KubernetesEmulator()
+    emulator = kube_api.ApiServer()
     async with emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         kube_api.declare(emulator)
@@ -55,10 +55,7 @@ async def main(count: int) -> dict:
                 async def create(i: int) -> None:
                     body = {"apiVersion": "ltx-training.io/v1alpha1",
                             "kind": "LtxExtendTraining",
-                            "metadata": {"name": f"t{i:04d}", "namespace": "bench",
-                                         "uid": f"uid-{i}", "generation": 1,
-                                         "resourceVersion": "1",
-                                         "creationTimestamp": "2026-11-24T00:00:00Z"},
+                            "metadata": {"name": f"t{i:04d}", "namespace": "bench"},
                             "spec": {"trainingDataUrl": f"s3://d/{i}.zip"}}
                     async with session.post(url + TRAININGS, json=body) as response:
                         await response.read()
