@@ -79,3 +79,12 @@ async def test_lists_honour_label_selectors(api):
     assert await names("stage!=train") == {"k"}
     assert await names("stage") == {"j", "k"}
     assert await names("!stage") == set()
+
+
+async def test_served_requests_leave_the_routing_log(api, api_server):
+    emulator, _ = api_server
+    await api.create(JOBS, JOB)
+    for i in range(50):
+        await api.request("PATCH", f"{JOBS}/j", {"metadata": {"labels": {"n": str(i)}}})
+    assert (await api.request("GET", f"{JOBS}/j"))["metadata"]["labels"]["n"] == "49"
+    assert len(emulator._requests) <= 3  # only what is in flight (e.g. watches) stays
