@@ -45,6 +45,10 @@ def test_every_pod_works_in_its_own_scratch_volume_with_the_platform_flags():
         assert args[args.index("--work") + 1] == "/work"
         assert args[args.index("--checkpoint-every") + 1] == "50"
         assert volumes(job)["work"] == {"name": "work", "emptyDir": {}}
+        pod = job["spec"]["template"]["spec"]
+        assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["automountServiceAccountToken"] is False  # no API credentials in pods
+        assert container(job)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert {"name": "work", "mountPath": "/work"} in container(job)["volumeMounts"]
 
 

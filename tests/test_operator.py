@@ -192,8 +192,13 @@ async def test_ttl_deletes_the_finished_resource(cluster):
 
 
 async def test_an_operator_restart_mid_run_converges_and_bills_once(cluster):
-    await cluster.apply("steady", SPEC)
+    await cluster.stop_operator()
+    await cluster.apply("steady", SPEC)  # created while no operator runs
+    cluster.start_operator()
     await cluster.until(lambda: cluster.has_job("steady-prepare"))
+    await cluster.stop_operator()
+    cluster.start_operator()  # restarted while preparing: no second prepare Job
+    await asyncio.sleep(1.0)
     await cluster.stop_operator()
     await finish(cluster, "steady-prepare", True, {"outcome": "Succeeded"})  # while it is down
     cluster.start_operator()
@@ -209,6 +214,25 @@ async def test_an_operator_restart_mid_run_converges_and_bills_once(cluster):
     training = await cluster.training("steady")
     assert training["status"]["billing"] == billing and billing["units"] == 2000
     assert set(await cluster.jobs()) == {"steady-prepare", "steady-train"}
+    assert [e["reason"] for e in await cluster.events("steady")].count("Billed") == 1
+
+
+async def test_the_operator_leaves_spec_and_metadata_to_their_owners(cluster):
+    """Argo CD and Flux compare spec, labels and annotations: the operator adds only its
+    finalizer and annotations under its own prefix, and writes the status."""
+    labels = {"app.kubernetes.io/part-of": "videos", "kueue.x-k8s.io/queue-name": "gpus"}
+    await cluster.apply("synced", SPEC, labels=labels)
+    await cluster.until(lambda: cluster.has_job("synced-prepare"))
+    await finish(cluster, "synced-prepare", True, {"outcome": "Succeeded"})
+    await cluster.until(lambda: cluster.has_job("synced-train"))
+    await finish(cluster, "synced-train", True, {"outcome": "Succeeded", "stepsCompleted": 100})
+    training = await cluster.until(lambda: cluster.phase("synced", "Succeeded"))
+    assert training["spec"] == SPEC
+    meta = training["metadata"]
+    assert meta["labels"] == labels
+    assert meta["generation"] == 1  # the spec was never written
+    assert set(meta.get("finalizers") or []) <= {"ltx-training.io/finalizer"}
+    assert all(key.startswith("ltx-training.io/") for key in meta.get("annotations") or {})
 
 
 async def test_metrics_are_served_over_http(cluster):

@@ -65,6 +65,7 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     container["volumeMounts"] = [{"name": "work", "mountPath": WORK_MOUNT}]
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container],
                            "automountServiceAccountToken": False,
+                           "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                            "volumes": [{"name": "work", "emptyDir": {}}]}
     if stage == "prepare":
         container["resources"] = {"requests": {"cpu": settings.prepare_cpu,
