@@ -276,7 +276,8 @@ def _policy_action(policy: dict[str, Any] | None, code: int, disrupted: bool) ->
             if matches == (on_codes.get("operator", "In") == "In"):
                 return rule["action"]
         for condition in rule.get("onPodConditions") or []:
-            if condition["type"] == "DisruptionTarget" and disrupted:
+            if condition["type"] == "DisruptionTarget" and disrupted \
+                    and condition.get("status", "True") == "True":
                 return rule["action"]
     return None
 

@@ -114,3 +114,18 @@ def test_node_settings_come_from_json_variables():
         "LTX_OPERATOR_GPU_COUNT": "2"})
     assert settings.train_node_selector == {"pool": "gpu"} and settings.gpu_count == 2
     assert settings.train_tolerations == [{"key": "gpu", "operator": "Exists"}]
+
+
+def test_both_jobs_are_valid_batch_v1_jobs():
+    import kubernetes_validate
+
+    settings = SETTINGS.model_copy(update={"train_tolerations": [
+        {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "trainer_args": ["--checkpoint-every", "100"]})
+    spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2,
+                       "activeDeadlineSeconds": 3600, "priorityClassName": "training",
+                       "nodeSelector": {"pool": "gpu"}})
+    for stage in ("prepare", "train"):
+        job = build_job(stage, BODY, spec, settings)
+        for version in ("1.30.0", "1.35.0"):
+            kubernetes_validate.validate(job, version, strict=True)

@@ -68,7 +68,8 @@ async def test_a_training_from_apply_to_billed_success(cluster):
     assert pod["priorityClassName"] == "training"
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     rules = train["spec"]["podFailurePolicy"]["rules"]
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1] == {"action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[0]["onExitCodes"]["values"] == [3, 4]
     training = await cluster.training("door")
     assert training["status"]["phase"] == "Training"

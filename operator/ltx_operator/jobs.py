@@ -118,7 +118,8 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
             {"action": "FailJob", "onExitCodes": {
                 "containerName": CONTAINER, "operator": "In",
                 "values": [int(ExitCode.INVALID_INPUT), int(ExitCode.DOWNLOAD_FAILURE)]}},
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "Ignore",
+             "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]},
     }
     if deadline:
