@@ -203,3 +203,14 @@ def test_the_gitops_examples_render(helm, tmp_path, path, values):
     given = tmp_path / "values.yaml"
     given.write_text(yaml.safe_dump(values(app)))
     assert by_kind(render(helm, "-f", str(given)), "Deployment")
+
+
+def test_the_packaged_chart_carries_the_linked_crd_and_rbac(helm, tmp_path):
+    done = run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    (package,) = tmp_path.glob("ltx-extend-*.tgz")
+    docs = [d for d in yaml.safe_load_all(run_helm(
+        helm, "template", "ltx", str(package), "--namespace", NAMESPACE).stdout) if d]
+    assert by_kind(docs, "CustomResourceDefinition") == by_kind(render(helm),
+                                                                "CustomResourceDefinition")
+    assert by_kind(docs, "ClusterRole")[0]["rules"]
