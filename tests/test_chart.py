@@ -151,7 +151,7 @@ def test_the_values_reach_the_operator_as_settings(helm):
     assert (settings.store_url, settings.store_endpoint) == ("s3://ml-artifacts/ltx",
                                                              "http://minio.storage:9000")
     assert (settings.model_claim_name, settings.model_sub_path) == ("ltx-models", "ltx-2.3")
-    assert settings.gpu_count == 2
+    assert settings.gpu_count == 2 and settings.max_workers == 50
     assert settings.prepare_node_selector == {"pool": "cpu"}
     assert settings.train_tolerations[0]["key"] == "nvidia.com/gpu"
     defaults = OperatorSettings.from_env(

@@ -44,6 +44,7 @@ def _log(training: Any, message: str, *args: Any, level: int = logging.INFO) -> 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
+    settings.execution.max_workers = SETTINGS.max_workers
     # Events are the transitions the handlers post, not every log line
     settings.posting.loggers = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"

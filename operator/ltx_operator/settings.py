@@ -25,6 +25,8 @@ class OperatorSettings(BaseModel):
     gpu_resource_name: str = "nvidia.com/gpu"
     gpu_count: int = Field(1, ge=1, le=8, description="GPUs of a train Job whose spec sets none")
     progress_port: int = 8080
+    max_workers: int = Field(20, ge=1, le=1000, description="Handlers that run at once "
+                             "(Kopf's thread pool for the synchronous handlers)")
     progress_interval: float = 10.0
     ttl_interval: float = 30.0
     price_per_unit: Decimal = Decimal("0.0061")
