@@ -96,6 +96,14 @@ class Cluster:
         return [e for e in listed.get("items", [])
                 if (e.get("involvedObject") or {}).get("name") == name]
 
+    async def event_reasons(self, name: str, *expected: str) -> list[str]:
+        """The reasons of one training's Events, once all of `expected` are posted: Kopf
+        posts Events from a queue, so they may land just after the status patch."""
+        async def posted() -> list[str] | None:
+            reasons = [e["reason"] for e in await self.events(name)]
+            return reasons if set(expected) <= set(reasons) else None
+        return await self.until(posted)
+
     async def has_job(self, name: str) -> dict | None:
         jobs = await self.jobs()
         return jobs if name in jobs else None

@@ -130,8 +130,9 @@ async def assert_succeeded(cluster: Cluster, name: str, training: dict[str, Any]
         "Training": ("False", "Completed"), "Succeeded": ("True", "Succeeded")}
     assert status["billing"]["units"] == 100 and status["billing"]["steps"] == 100
     assert status["progress"]["summary"] == "100/100"
-    reasons = [e["reason"] for e in await cluster.events(name)]
-    for reason in ("PrepareStarted", "TrainingStarted", "Billed", "Succeeded"):
+    expected = ("PrepareStarted", "TrainingStarted", "Billed", "Succeeded")
+    reasons = await cluster.event_reasons(name, *expected)
+    for reason in expected:
         assert reasons.count(reason) == 1, reasons
     assert not {"Failed", "InvalidInput", "InternalError"} & set(reasons)
 
@@ -194,6 +195,7 @@ async def assert_refused(cluster: Cluster, name: str, training: dict[str, Any],
     assert failed["reason"] == "InvalidInput" and message in failed["message"], failed
     assert "DatasetReady" not in conditions(training)
     assert set(await cluster.jobs()) == {f"{name}-prepare"}  # no train Job, no GPU asked
+    await cluster.event_reasons(name, "InvalidInput")
     events = {e["reason"]: e for e in await cluster.events(name)}
     assert events["InvalidInput"]["type"] == "Warning"
     assert "Billed" not in events and "TrainingStarted" not in events
