@@ -13,7 +13,7 @@ import pytest
 from ltx_operator import handlers
 from ltx_trainer.progress import ProgressServer, ProgressState
 
-from operator_cluster import JOBS, PODS, TRAININGS, Cluster
+from operator_cluster import JOBS, NAMESPACE, PODS, TRAININGS, Cluster
 
 pytestmark = pytest.mark.asyncio
 
@@ -259,6 +259,10 @@ async def test_metrics_are_served_over_http(cluster):
     await cluster.until(lambda: cluster.has_job("counted-train"))
     await finish(cluster, "counted-train", True, {"outcome": "Succeeded", "stepsCompleted": 2000})
     await cluster.until(lambda: cluster.phase("counted", "Succeeded"))
+
+    async def gauge_caught_up() -> bool:  # the phase gauge follows the watch, a beat later
+        return metrics.PHASES.get((NAMESPACE, "counted")) == "Succeeded"
+    await cluster.until(gauge_caught_up)
     after = scrape(port)
 
     def delta(key: str) -> float:
