@@ -3,6 +3,7 @@
 FROM python:3.11.7-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract contract
 COPY trainer trainer
 COPY operator operator
 RUN pip install --no-cache-dir --prefix=/install .

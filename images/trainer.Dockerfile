@@ -13,6 +13,7 @@ RUN apt-get update \
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract contract
 COPY trainer trainer
 COPY operator operator
 # the project itself: its dependencies are pinned by pyproject.toml

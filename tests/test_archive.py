@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from ltx_contract.outcomes import InvalidInput
 from ltx_trainer.dataset.archive import ArchiveLimits, unpack
-from ltx_trainer.outcomes import InvalidInput
 
 
 def make_zip(path: Path, entries: dict[str, bytes], links: dict[str, str] | None = None,

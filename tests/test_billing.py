@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from ltx_trainer.billing import billable_units, cost
+from ltx_contract.billing import billable_units, cost
 
 
 @pytest.mark.parametrize(("steps", "units"), [(1, 100), (99, 100), (100, 100), (101, 101),

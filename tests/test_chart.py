@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ltx_contract.spec import parse_spec
 from ltx_operator.jobs import build_job
 from ltx_operator.settings import OperatorSettings
-from ltx_trainer.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "ltx-extend"

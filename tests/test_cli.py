@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ltx_contract.outcomes import ExitCode
 from ltx_trainer.cli import main
-from ltx_trainer.outcomes import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.json"))

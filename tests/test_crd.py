@@ -11,10 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ltx_trainer import rules
-from ltx_trainer.crd import MUTABLE_SPEC_FIELDS, build_crd, render_crd
-from ltx_trainer.resource import NAME_LENGTH, parse_resource
-from ltx_trainer.spec import SpecError, SpecModel, TrainingSpec, parse_spec
+from ltx_contract import rules
+from ltx_contract.crd import MUTABLE_SPEC_FIELDS, build_crd, render_crd
+from ltx_contract.resource import NAME_LENGTH, parse_resource
+from ltx_contract.spec import SpecError, SpecModel, TrainingSpec, parse_spec
 
 from crd_admission import Admission
 

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
+from ltx_contract.outcomes import DownloadFailure, InvalidInput
 from ltx_trainer.dataset.fetch import FetchPolicy, fetch, resolve_public
-from ltx_trainer.outcomes import DownloadFailure, InvalidInput
 
 LOCAL = FetchPolicy(allow_private_networks=True, attempts=3, backoff_seconds=0.01,
                     connect_timeout=2, read_timeout=5)

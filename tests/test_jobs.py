@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ltx_contract.spec import parse_spec
 from ltx_operator.jobs import build_job
 from ltx_operator.settings import OperatorSettings
-from ltx_trainer.spec import parse_spec
 
 BODY = {"metadata": {"name": "door", "namespace": "team", "uid": "u-1",
                      "labels": {"kueue.x-k8s.io/queue-name": "gpus"}}}

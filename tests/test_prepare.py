@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ltx_contract.outcomes import InvalidInput
+from ltx_contract.spec import parse_spec
+from ltx_contract.suffix import AUDIO_SAMPLE_RATE
 from ltx_trainer.dataset import TOO_SHORT, FetchPolicy, PrepareSettings, prepare_dataset
 from ltx_trainer.dataset.media import probe, read_wav
-from ltx_trainer.outcomes import InvalidInput
-from ltx_trainer.spec import parse_spec
-from ltx_trainer.suffix import AUDIO_SAMPLE_RATE
 
 from media_factory import make_clip, read_frames
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from ltx_contract.outcomes import ExitCode
+from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.cli import main
 from ltx_trainer.model.loader import load_component
-from ltx_trainer.outcomes import ExitCode
 from ltx_trainer.preview.reel import ReelPart, write_reel
 from ltx_trainer.preview.sampler import Models, extend_backward, stg_blocks
-from ltx_trainer.suffix import SuffixWindow
 from ltx_trainer.training.encode import encode_texts, encode_video, read_video, text_key
 
 from media_factory import make_clip

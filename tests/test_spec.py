@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ltx_trainer.resource import parse_resource
-from ltx_trainer.rules import snap_frames
-from ltx_trainer.spec import (
+from ltx_contract.resource import parse_resource
+from ltx_contract.rules import snap_frames
+from ltx_contract.spec import (
     DEFAULT_NEGATIVE_PROMPT,
     SpecError,
     TrainingSpec,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Video
 
-from ltx_trainer.suffix import SuffixWindow, audio_latent_frames, latent_frames
+from ltx_contract.suffix import SuffixWindow, audio_latent_frames, latent_frames
 
 
 @pytest.mark.parametrize(("frames", "cf", "first", "latents", "first_latent"), [

@@ -12,9 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ltx_contract.spec import parse_spec
+from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.dataset import FetchPolicy, PrepareSettings, prepare_dataset
-from ltx_trainer.spec import parse_spec
-from ltx_trainer.suffix import SuffixWindow
 from ltx_trainer.training.encode import encode_dataset, load_sample
 from ltx_trainer.training.strategy import prepare_step
 from ltx_trainer.training.trainer import Interrupted, Trainer, TrainSettings

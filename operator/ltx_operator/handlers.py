@@ -12,9 +12,10 @@ from typing import Any
 
 import kopf
 
-from ltx_trainer.billing import billable_units, cost
-from ltx_trainer.resource import GROUP, KIND, PLURAL, VERSION
-from ltx_trainer.spec import SpecError, TrainingSpec, parse_spec
+from ltx_contract.billing import billable_units, cost
+from ltx_contract.progress import ProgressReport
+from ltx_contract.resource import GROUP, KIND, PLURAL, VERSION
+from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
 from . import kube, metrics
 from .jobs import MANAGED_BY, STAGE_LABEL, TRAINING_LABEL, build_job, job_name
@@ -269,12 +270,12 @@ def pull_progress(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **_: Any)
     try:
         url = f"http://{address}:{SETTINGS.progress_port}/progress"
         with urllib.request.urlopen(url, timeout=3) as response:
-            progress = json.loads(response.read())
-    except (OSError, ValueError):
+            progress = ProgressReport.model_validate_json(response.read())
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return
-    total, step = progress.get("total") or 0, progress.get("step") or 0
-    new = {"stage": progress.get("stage"), "step": step, "totalSteps": total,
-           "loss": progress.get("loss"), "etaSeconds": progress.get("etaSeconds"),
+    total, step = progress.total_steps or 0, progress.step
+    new = {"stage": progress.stage, "step": step, "totalSteps": total,
+           "loss": progress.loss, "etaSeconds": progress.eta_seconds,
            "percent": round(100 * step / total, 1) if total else None,
            "summary": f"{step}/{total}"}
     old = {k: v for k, v in (body.status.get("progress") or {}).items() if k in new}

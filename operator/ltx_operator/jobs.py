@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ltx_trainer.outcomes import ExitCode
-from ltx_trainer.resource import GROUP
-from ltx_trainer.spec import TrainingSpec
+from ltx_contract.outcomes import ExitCode
+from ltx_contract.resource import GROUP
+from ltx_contract.spec import TrainingSpec
 
 from .settings import OperatorSettings
 

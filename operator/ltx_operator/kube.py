@@ -7,7 +7,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ltx_trainer.resource import GROUP, PLURAL, VERSION
+from ltx_contract.resource import GROUP, PLURAL, VERSION
 
 _api: client.ApiClient | None = None
 

@@ -103,8 +103,8 @@ def ffmpeg_commands(sources: list[Path], out: Path) -> list[list[str]]:
 
 def prepare_one(clip: Path, work: Path) -> None:
     """Child process: the whole prepare stage on one clip, scene detection included."""
+    from ltx_contract.spec import parse_spec
     from ltx_trainer.dataset import FetchPolicy, PrepareSettings, prepare_dataset
-    from ltx_trainer.spec import parse_spec
 
     archive = work / "clips.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:

@@ -38,9 +38,10 @@ def main() -> None:
 
     from diffusers import LTX2Pipeline
 
-    from ltx_trainer.model.loader import default_device, resolve_model_dir
-    from ltx_trainer.spec import parse_spec
-    from ltx_trainer.suffix import SuffixWindow
+    from ltx_contract.spec import parse_spec
+    from ltx_contract.suffix import SuffixWindow
+    from ltx_trainer.model.loader import default_device
+    from ltx_trainer.model.source import resolve_model_dir
     from ltx_trainer.training.strategy import prepare_step
     from ltx_trainer.training.trainer import Trainer, TrainSettings
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ltx_contract.outcomes import ExitCode
+
 from . import __version__
-from .outcomes import ExitCode
 
 
 def _load_documents(path: Path) -> list[Any]:
@@ -23,7 +24,7 @@ def _load_documents(path: Path) -> list[Any]:
 
 
 def _describe_valid(label: str, spec: Any) -> list[str]:
-    from .billing import billable_units, cost
+    from ltx_contract.billing import billable_units, cost
 
     units = billable_units(spec.number_of_steps, succeeded=True)
     width, height = spec.frame_size
@@ -44,8 +45,8 @@ def _describe_valid(label: str, spec: Any) -> list[str]:
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from .resource import KIND, parse_resource
-    from .spec import SpecError, parse_spec
+    from ltx_contract.resource import KIND, parse_resource
+    from ltx_contract.spec import SpecError, parse_spec
 
     worst = ExitCode.SUCCESS
     for path in args.files:
@@ -86,8 +87,8 @@ def _one_spec(path: Path) -> Any:
     """The spec in a file holding one resource or one request body; raises SpecError."""
     import yaml
 
-    from .resource import parse_resource
-    from .spec import SpecError, parse_spec
+    from ltx_contract.resource import parse_resource
+    from ltx_contract.spec import SpecError, parse_spec
 
     try:
         documents = _load_documents(path)
@@ -105,7 +106,7 @@ def _one_spec(path: Path) -> Any:
 
 def _spec_or_report(path: Path) -> Any | None:
     """The spec in `path`, or None after printing every problem with it."""
-    from .spec import SpecError
+    from ltx_contract.spec import SpecError
 
     try:
         return _one_spec(path)
@@ -123,8 +124,9 @@ def _setup_logging() -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from ltx_contract.outcomes import Outcome
+
     from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
-    from .outcomes import Outcome
 
     _setup_logging()
     spec = _spec_or_report(args.spec)
@@ -153,7 +155,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_sample_data(args: argparse.Namespace) -> int:
     import yaml
 
-    from .resource import API_VERSION, KIND
+    from ltx_contract.resource import API_VERSION, KIND
+
     from .sample_data import write_closing_clip, write_sample_dataset
 
     archive = write_sample_dataset(args.dest).resolve()
@@ -182,11 +185,13 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from .model.loader import default_device, resolve_model_dir
-    from .outcomes import Outcome
+    from ltx_contract.outcomes import Outcome
+    from ltx_contract.rules import snap_frames
+    from ltx_contract.spec import DEFAULT_NEGATIVE_PROMPT, FRAME_SIZES
+
+    from .model.loader import default_device
+    from .model.source import resolve_model_dir
     from .preview.extend import ExtendRequest, extend_clip
-    from .rules import snap_frames
-    from .spec import DEFAULT_NEGATIVE_PROMPT, FRAME_SIZES
 
     _setup_logging()
     if (args.resolution, args.aspect) not in FRAME_SIZES:
@@ -223,7 +228,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     import tempfile
     import uuid
 
-    from .billing import cost
+    from ltx_contract.billing import cost
+
     from .dataset import FetchPolicy
     from .progress import ProgressServer, ProgressState
     from .runner import JobContext, run_local
@@ -260,16 +266,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             results = run_local(ctx)
     final = results[-1]
-    if final.outcome != "Succeeded":
+    if not final.succeeded:
         print(f"{final.stage} failed ({final.reason}): {final.message}", file=sys.stderr)
         print("billable units: 0", file=sys.stderr)
-        return final.exitCode
+        return final.exit_code
     print(f"run: {store.url(run)}")
-    for label, key in (("LoRA", "loraFile"), ("config", "configFile"),
-                       ("validation reel", "video"), ("debug dataset", "debugDataset")):
-        if key in final.artifacts:
-            print(f"{label}: {final.artifacts[key]}")
-    print(f"billable units: {final.billableUnits} (${cost(final.billableUnits)})")
+    for label, key in (("LoRA", "lora_file"), ("config", "config_file"),
+                       ("validation reel", "video"), ("debug dataset", "debug_dataset")):
+        if (url := getattr(final.artifacts, key)) is not None:
+            print(f"{label}: {url}")
+    print(f"billable units: {final.billable_units} (${cost(final.billable_units)})")
     return ExitCode.SUCCESS
 
 
@@ -288,10 +294,12 @@ def cmd_job(args: argparse.Namespace) -> int:
     import json
     import os
 
+    from ltx_contract.result import JobResult
+    from ltx_contract.spec import SpecError, parse_spec
+
     from .dataset import FetchPolicy
     from .progress import ProgressServer, ProgressState
-    from .runner import JobContext, Result, run_stage, write_result
-    from .spec import SpecError, parse_spec
+    from .runner import JobContext, run_stage, write_result
     from .store import open_store
 
     _setup_logging()
@@ -318,12 +326,12 @@ def cmd_job(args: argparse.Namespace) -> int:
     except (SpecError, json.JSONDecodeError) as exc:
         message = "; ".join(exc.problems) if isinstance(exc, SpecError) else (
             f"the spec is not valid JSON: {exc}")
-        result = Result(args.stage, "Failed", "InvalidSpec", message,
-                        int(ExitCode.INVALID_INPUT))
+        result = JobResult(stage=args.stage, outcome="Failed", reason="InvalidSpec",
+                           message=message, exit_code=int(ExitCode.INVALID_INPUT))
         write_result(JobContext(spec=None, store=store, run=run, work_dir=Path("."),
                                  termination_log=termination), result)
         print(message, file=sys.stderr)
-        return result.exitCode
+        return result.exit_code
     ctx = JobContext(
         spec=spec, store=store, run=run, work_dir=args.work, model_dir=args.model,
         fetch=FetchPolicy(allow_file_urls=args.allow_file_urls,
@@ -332,11 +340,11 @@ def cmd_job(args: argparse.Namespace) -> int:
     with ProgressServer(state, args.progress_port):
         result = run_stage(args.stage, ctx)
     print(result.termination_message())
-    return result.exitCode
+    return result.exit_code
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from .crd import render_crd
+    from ltx_contract.crd import render_crd
 
     text = render_crd()
     if args.check:

@@ -6,15 +6,15 @@ from this port instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ltx_contract.progress import ProgressReport
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,7 @@ class ProgressState:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"stage": "starting", "step": 0, "total": None,
-                                       "loss": None, "stepsPerSecond": None, "etaSeconds": None,
-                                       "updated": time.time()}
+        self._report = ProgressReport(updated=time.time())
         self.registry = CollectorRegistry()
         self._step = Gauge("ltx_extend_train_step", "Optimization steps done",
                            registry=self.registry)
@@ -42,22 +40,24 @@ class ProgressState:
     def stage(self, name: str) -> None:
         log.info("stage: %s", name)
         with self._lock:
-            self._state.update(stage=name, updated=time.time())
+            self._report = self._report.model_copy(update={"stage": name,
+                                                           "updated": time.time()})
         self._stages.labels(stage=name).inc()
 
     def step(self, step: int, total: int, loss: float, rate: float, eta: float) -> None:
         with self._lock:
-            self._state.update(step=step, total=total, loss=round(loss, 6),
-                               stepsPerSecond=round(rate, 4), etaSeconds=round(eta, 1),
-                               updated=time.time())
+            self._report = self._report.model_copy(update={
+                "step": step, "total_steps": total, "loss": round(loss, 6),
+                "steps_per_second": round(rate, 4), "eta_seconds": round(eta, 1),
+                "updated": time.time()})
         self._step.set(step)
         self._total.set(total)
         self._loss.set(loss)
         self._rate.set(rate)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ProgressReport:
         with self._lock:
-            return dict(self._state)
+            return self._report
 
 
 class ProgressServer:
@@ -69,7 +69,7 @@ class ProgressServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.startswith("/progress"):
-                    body, kind = json.dumps(state.snapshot()).encode(), "application/json"
+                    body, kind = state.snapshot().to_json().encode(), "application/json"
                 elif self.path.startswith("/metrics"):
                     body, kind = generate_latest(state.registry), CONTENT_TYPE_LATEST
                 elif self.path.startswith("/healthz"):

@@ -8,46 +8,24 @@ The process exit code tells the outcome class (see `outcomes.ExitCode`).
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .billing import billable_units
+from ltx_contract.billing import billable_units
+from ltx_contract.outcomes import ExitCode, Outcome
+from ltx_contract.result import JobResult
+from ltx_contract.spec import TrainingSpec
+
 from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
-from .outcomes import ExitCode, Outcome
 from .progress import ProgressState
-from .spec import TrainingSpec
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_TERMINATION_BYTES = 4096
 STAGES = ("prepare", "train")
-
-
-@dataclass
-class Result:
-    stage: str
-    outcome: str  # Succeeded | Failed
-    reason: str
-    message: str
-    exitCode: int
-    stepsCompleted: int = 0
-    billableUnits: int = 0
-    artifacts: dict[str, str] = field(default_factory=dict)
-    downloadUrls: dict[str, str] = field(default_factory=dict)
-
-    def termination_message(self) -> str:
-        """The result as JSON in at most 4 KiB (download URLs stay in the manifest)."""
-        short = {k: v for k, v in asdict(self).items() if k != "downloadUrls"}
-        text = json.dumps(short)
-        while len(text.encode()) > MAX_TERMINATION_BYTES and short["message"]:
-            short["message"] = short["message"][: len(short["message"]) // 2] + "…"
-            text = json.dumps(short)
-        return text
 
 
 @dataclass
@@ -64,25 +42,27 @@ class JobContext:
     device: Any = None
 
 
-def run_stage(stage: str, ctx: JobContext) -> Result:
+def run_stage(stage: str, ctx: JobContext) -> JobResult:
     """Run one stage; never raises: every outcome becomes a Result, written out."""
     try:
         result = {"prepare": _prepare, "train": _train}[stage](ctx)
     except Outcome as exc:
-        result = Result(stage, "Failed", exc.reason, exc.message, int(exc.exit_code))
+        result = JobResult(stage=stage, outcome="Failed", reason=exc.reason,
+                           message=exc.message, exit_code=int(exc.exit_code))
     except Exception as exc:  # an internal error: reported, logged in full, bills 0
         log.error("internal error in the %s stage:\n%s", stage, traceback.format_exc())
-        result = Result(stage, "Failed", "InternalError",
-                        f"internal error in the {stage} stage: {type(exc).__name__}: {exc}",
-                        int(ExitCode.INTERNAL_ERROR))
-    ctx.progress.stage("succeeded" if result.outcome == "Succeeded" else "failed")
+        result = JobResult(
+            stage=stage, outcome="Failed", reason="InternalError",
+            message=f"internal error in the {stage} stage: {type(exc).__name__}: {exc}",
+            exit_code=int(ExitCode.INTERNAL_ERROR))
+    ctx.progress.stage("succeeded" if result.succeeded else "failed")
     write_result(ctx, result)
     return result
 
 
-def write_result(ctx: JobContext, result: Result) -> None:
+def write_result(ctx: JobContext, result: JobResult) -> None:
     try:
-        ctx.store.put_json(f"{ctx.run}/result-{result.stage}.json", asdict(result))
+        ctx.store.put_json(f"{ctx.run}/result-{result.stage}.json", result.to_dict())
     except Exception as exc:  # the termination message below still carries the result
         log.error("could not write the result manifest: %s", exc)
     if ctx.termination_log is not None:
@@ -92,25 +72,27 @@ def write_result(ctx: JobContext, result: Result) -> None:
             log.error("could not write %s: %s", ctx.termination_log, exc)
 
 
-def _prepare(ctx: JobContext) -> Result:
+def _prepare(ctx: JobContext) -> JobResult:
     ctx.progress.stage("preparing")
     work = ctx.work_dir / "prepare"
     manifest = prepare_dataset(ctx.spec, work, PrepareSettings(fetch=ctx.fetch))
     ctx.progress.stage("uploading")
     ctx.store.put_tree(work / "dataset", f"{ctx.run}/dataset")
-    result = Result("prepare", "Succeeded", "DatasetReady",
-                    f"{len(manifest['samples'])} training samples and "
-                    f"{len(manifest['validation'])} validation clips ready",
-                    int(ExitCode.SUCCESS))
+    result = JobResult(stage="prepare", outcome="Succeeded", reason="DatasetReady",
+                       message=f"{len(manifest['samples'])} training samples and "
+                       f"{len(manifest['validation'])} validation clips ready",
+                       exit_code=int(ExitCode.SUCCESS))
     if ctx.spec.debug_dataset:
-        _publish(ctx, result, "debugDataset", work / "debug_dataset.zip", "debug_dataset.zip")
+        _publish(ctx, result, "debug_dataset", work / "debug_dataset.zip", "debug_dataset.zip")
     return result
 
 
-def _publish(ctx: JobContext, result: Result, name: str, local: Path, filename: str) -> None:
+def _publish(ctx: JobContext, result: JobResult, name: str, local: Path, filename: str
+             ) -> None:
+    """Upload one output; `name` is its field in `Artifacts` (e.g. lora_file)."""
     key = f"{ctx.run}/outputs/{filename}"
-    result.artifacts[name] = ctx.store.put_file(local, key)
-    result.downloadUrls[name] = ctx.store.download_url(key)
+    setattr(result.artifacts, name, ctx.store.put_file(local, key))
+    setattr(result.download_urls, name, ctx.store.download_url(key))
 
 
 def _latest_checkpoint(ctx: JobContext) -> str | None:
@@ -120,10 +102,11 @@ def _latest_checkpoint(ctx: JobContext) -> str | None:
     return complete[-1] if complete else None
 
 
-def _train(ctx: JobContext) -> Result:
+def _train(ctx: JobContext) -> JobResult:
     import torch
 
-    from .model.loader import default_device, resolve_model_dir
+    from .model.loader import default_device
+    from .model.source import resolve_model_dir
     from .training.trainer import Trainer, TrainerHooks, TrainSettings
 
     ctx.progress.stage("downloading")
@@ -157,11 +140,12 @@ def _train(ctx: JobContext) -> Result:
     trained = trainer.train(work / "dataset")
     ctx.progress.stage("uploading")
     units = billable_units(trained.steps, succeeded=True)
-    result = Result("train", "Succeeded", "Succeeded",
-                    f"trained {trained.steps} steps; final loss {trained.losses[-1]:.4f}",
-                    int(ExitCode.SUCCESS), stepsCompleted=trained.steps, billableUnits=units)
-    _publish(ctx, result, "loraFile", trained.lora_file, "lora.safetensors")
-    _publish(ctx, result, "configFile", trained.config_file, "config.json")
+    result = JobResult(
+        stage="train", outcome="Succeeded", reason="Succeeded",
+        message=f"trained {trained.steps} steps; final loss {trained.losses[-1]:.4f}",
+        exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps, billable_units=units)
+    _publish(ctx, result, "lora_file", trained.lora_file, "lora.safetensors")
+    _publish(ctx, result, "config_file", trained.config_file, "config.json")
     if trained.video is not None:
         _publish(ctx, result, "video", trained.video, "validation_reel.mp4")
     del trainer
@@ -170,16 +154,19 @@ def _train(ctx: JobContext) -> Result:
     return result
 
 
-def run_local(ctx: JobContext) -> list[Result]:
+def run_local(ctx: JobContext) -> list[JobResult]:
     """Prepare then train in one process (the quick start). Stops at the first failure."""
     results = []
     for stage in STAGES:
         results.append(run_stage(stage, ctx))
-        if results[-1].outcome != "Succeeded":
+        if not results[-1].succeeded:
             break
-    if results[-1].outcome == "Succeeded":
+    final = results[-1]
+    if final.succeeded:
         # what the stages published (debug archive, LoRA, config, reel) in one result
         for earlier in results[:-1]:
-            results[-1].artifacts = {**earlier.artifacts, **results[-1].artifacts}
-            results[-1].downloadUrls = {**earlier.downloadUrls, **results[-1].downloadUrls}
+            for field_name in ("artifacts", "download_urls"):
+                merged = getattr(earlier, field_name).model_copy(
+                    update=getattr(final, field_name).model_dump(exclude_none=True))
+                setattr(final, field_name, merged)
     return results

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..outcomes import InvalidInput
+from ltx_contract.outcomes import InvalidInput
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic",

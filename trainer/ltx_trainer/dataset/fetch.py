@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import certifi
 import urllib3
 
-from ..outcomes import DownloadFailure, InvalidInput
+from ltx_contract.outcomes import DownloadFailure, InvalidInput
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..suffix import AUDIO_SAMPLE_RATE
+from ltx_contract.suffix import AUDIO_SAMPLE_RATE
 
 AUDIO_CHANNELS = 2
 PEAK_TARGET = 10 ** (-1 / 20)  # -1 dBFS

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..outcomes import InvalidInput
-from ..spec import TrainingSpec
-from ..suffix import SuffixWindow
+from ltx_contract.outcomes import InvalidInput
+from ltx_contract.spec import TrainingSpec
+from ltx_contract.suffix import SuffixWindow
+
 from . import archive, media
 from .fetch import FetchPolicy, fetch
 

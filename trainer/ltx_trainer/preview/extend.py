@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
+from ltx_contract.outcomes import InvalidInput
+from ltx_contract.spec import DEFAULT_NEGATIVE_PROMPT, frame_size
+from ltx_contract.suffix import SuffixWindow
+
 from ..dataset.media import Undecodable, frames_in, probe, read_wav
 from ..dataset.prepare import fit_closing_clip
-from ..outcomes import InvalidInput
-from ..spec import DEFAULT_NEGATIVE_PROMPT, frame_size
-from ..suffix import SuffixWindow
 from ..training.encode import encode_texts, read_video, text_key
 from .reel import write_video
 from .sampler import Models, extend_backward

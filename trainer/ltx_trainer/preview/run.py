@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from ltx_contract.spec import TrainingSpec
+from ltx_contract.suffix import SuffixWindow
+
 from ..dataset.media import read_wav
-from ..spec import TrainingSpec
-from ..suffix import SuffixWindow
 from ..training.encode import load_text, read_video
 from .reel import ReelPart, write_reel
 from .sampler import Models, extend_backward

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..suffix import SuffixWindow
+from ltx_contract.suffix import SuffixWindow
+
 from ..training.strategy import shift_mu, suffix_token_mask
 from ..training.trainer import _pad_left
 

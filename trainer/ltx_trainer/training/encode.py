@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ltx_contract.suffix import audio_latent_frames
+
 from ..dataset.media import read_wav
-from ..suffix import audio_latent_frames
 from .audio import log_mel
 
 log = logging.getLogger(__name__)

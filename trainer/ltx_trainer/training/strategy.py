@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..suffix import SuffixWindow
+from ltx_contract.suffix import SuffixWindow
 
 #: Timestep shift: logit-normal centred on mu, which grows with the token count
 #: (as the LTX-2 scheduler's resolution-dependent shift).

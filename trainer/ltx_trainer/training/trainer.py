@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ltx_contract.spec import TrainingSpec
+from ltx_contract.suffix import SuffixWindow
+
 from .. import __version__
-from ..spec import TrainingSpec
-from ..suffix import SuffixWindow
 from .encode import encode_dataset, load_sample
 from .strategy import StepInputs, masked_mse, prepare_step
 

@@ -36,3 +36,10 @@ class DownloadFailure(Outcome):
 
     exit_code = ExitCode.DOWNLOAD_FAILURE
     reason = "DownloadFailed"
+
+
+class Diverged(Outcome):
+    """The loss or a gradient became non-finite: the run cannot recover by itself."""
+
+    exit_code = ExitCode.INVALID_INPUT  # the spec's learning rate, not the platform
+    reason = "Diverged"

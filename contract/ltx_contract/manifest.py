@@ -1,0 +1,107 @@
+"""The prepared dataset's manifest (`dataset/manifest.json`): written by the prepare
+stage, read by training, previews and the CLI.
+
+Each sample and validation clip records its suffix window for people who inspect the
+dataset; code takes it from `suffix_window`, built from the sample's own frame count,
+rate and the manifest's conditioning frames, never from a second copy of the rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from .documents import Document
+from .suffix import SuffixWindow
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+class SuffixRecord(Document):
+    """`SuffixWindow.as_dict()`, as recorded for each sample."""
+
+    conditioning_frames: int
+    first_suffix_frame: int
+    suffix_latent_frames: int
+    closing_audio_window: tuple[float, float]
+    first_suffix_audio_latent: int
+    audio_latent_frames: int
+
+
+class AudioRecord(Document):
+    """A sample's fitted audio: a WAV of exactly the window."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    samples: int
+    source_peak: float = 0.0
+    normalized: bool = False
+    stretched: bool = False
+
+
+class _Clip(Document):
+    video: str
+    frames: int
+    frame_rate: int
+    width: int
+    height: int
+    suffix: SuffixRecord
+    audio: AudioRecord | None = None
+
+    def suffix_window(self, conditioning_frames: int) -> SuffixWindow:
+        return SuffixWindow(self.frames, self.frame_rate, conditioning_frames)
+
+
+class Sample(_Clip):
+    """One training window of a source clip."""
+
+    id: str
+    source: str
+    window: tuple[float, float]  # source seconds [start, end]
+    stretch: float = 1.0
+    caption: str = ""
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ValidationClip(_Clip):
+    """A closing clip fitted for the previews (front-padded when it was shorter)."""
+
+    index: int
+    prompt: str = ""
+    padded_frames: int = 0
+
+
+class Skipped(Document):
+    source: str
+    reason: str
+
+
+class Manifest(Document):
+    version: int = MANIFEST_VERSION
+    frames: int
+    frame_rate: int
+    width: int
+    height: int
+    conditioning_frames: int
+    with_audio: bool
+    samples: list[Sample]
+    validation: list[ValidationClip] = Field(default_factory=list)
+    skipped: list[Skipped] = Field(default_factory=list)
+    ignored: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    def suffix_window(self, clip: _Clip) -> SuffixWindow:
+        """The suffix window of one of this manifest's samples or validation clips."""
+        return clip.suffix_window(self.conditioning_frames)
+
+    @classmethod
+    def read(cls, dataset_dir: Path) -> Manifest:
+        return cls.model_validate_json((dataset_dir / MANIFEST).read_text(encoding="utf-8"))
+
+    def write(self, dataset_dir: Path) -> Path:
+        path = dataset_dir / MANIFEST
+        path.write_text(self.to_json(indent=2), encoding="utf-8")
+        return path

@@ -1,0 +1,56 @@
+"""A stage's result: what a Job tells the operator when it ends.
+
+Written to the store (`<run>/result-<stage>.json`) and, within 4 KiB, to the pod's
+termination message, which is how the operator reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from .documents import Document
+from .resource import Artifacts
+
+#: Kubernetes keeps at most this much of a termination message.
+MAX_TERMINATION_BYTES = 4096
+
+
+class JobResult(Document):
+    stage: str = ""
+    outcome: Literal["Succeeded", "Failed"]
+    reason: str = ""
+    message: str = ""
+    exit_code: int = 0
+    steps_completed: int = 0
+    billable_units: int = 0
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    #: presigned HTTPS links for the artifacts; in the store's copy only
+    download_urls: Artifacts = Field(default_factory=Artifacts)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome == "Succeeded"
+
+    def termination_message(self) -> str:
+        """The result as JSON in at most 4 KiB (the download links stay in the store)."""
+        short = self.model_dump(by_alias=True, mode="json", exclude={"download_urls"},
+                                exclude_none=True)
+        text = json.dumps(short)
+        while len(text.encode()) > MAX_TERMINATION_BYTES and short["message"]:
+            short["message"] = short["message"][: len(short["message"]) // 2] + "…"
+            text = json.dumps(short)
+        return text
+
+    @classmethod
+    def from_termination_message(cls, text: str | None) -> JobResult | None:
+        """The result a pod left, or None when its message is not one (a crash log)."""
+        try:
+            return cls.model_validate_json(text or "")
+        except ValidationError:
+            return None
