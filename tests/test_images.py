@@ -25,12 +25,15 @@ def test_operator_image_installs_the_base_dependencies_only():
     assert not any(d.startswith("torch") for d in PYPROJECT["project"]["dependencies"])
 
 
-def test_trainer_image_installs_the_trainer_extra_and_the_pinned_torch():
+def test_trainer_image_installs_the_pinned_torch_then_the_lock_then_the_project():
     installs = pip_installs("trainer.Dockerfile")
     torch_pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["trainer"]
                      if d.startswith("torch"))
-    assert any(install.startswith(torch_pin + " ") for install in installs), installs
-    assert "'.[trainer]'" in installs
+    assert installs[0].startswith(torch_pin + " --index-url https://download.pytorch.org/")
+    # the lock (checked against pyproject in test_lock.py), then the project on top of it
+    assert installs[1:] == ["--no-deps -r requirements/trainer.lock", "--no-deps ."], installs
+    text = (ROOT / "images" / "trainer.Dockerfile").read_text()
+    assert "COPY requirements/trainer.lock" in text and "pip check" in text
 
 
 def test_images_run_as_non_root_and_ignore_local_state():
