@@ -10,6 +10,7 @@ padded to the exact length.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import wave
@@ -82,6 +83,10 @@ def probe(path: Path) -> ClipInfo:
                 raise Undecodable("no frame could be decoded")
             orientation = read_orientation(first, video)
             width, height = orientation.displayed_size(first.width, first.height)
+            # reading side data ties the frame in a cycle with PyAV's side-data container:
+            # free it (a full decoded picture) now rather than at some later collection
+            del first
+            gc.collect()
             return ClipInfo(
                 frame_rate=rate,
                 frames=video.frames or round(duration * rate),
@@ -136,22 +141,22 @@ def _fit_graph(stream: av.VideoStream, orientation: Orientation, width: int, hei
 
 
 def fit_video(source: Path, dest: Path, window: Window, size: tuple[int, int],
-              pad_front: int = 0) -> int:
+              orientation: Orientation, pad_front: int = 0) -> int:
     """Write `window` of `source` as H.264 at `size`; returns frames written.
 
+    `orientation` (the clip's, from `probe`) turns the coded frame as it is displayed.
     `pad_front` repeats the first frame that many times before the window (used for
-    validation clips shorter than the preview: the lead-in is generated anyway). The
-    frame is fitted as displayed: its display matrix (or `rotate` tag) is applied.
+    validation clips shorter than the preview: the lead-in is generated anyway).
     """
     try:
-        return _fit_video(source, dest, window, size, pad_front)
+        return _fit_video(source, dest, window, size, orientation, pad_front)
     except av.FFmpegError as exc:
         dest.unlink(missing_ok=True)
         raise Undecodable(describe(exc)) from None
 
 
 def _fit_video(source: Path, dest: Path, window: Window, size: tuple[int, int],
-               pad_front: int) -> int:
+               orientation: Orientation, pad_front: int) -> int:
     width, height = size
     step = window.source_duration / window.frames
     targets = [window.start + i * step for i in range(window.frames)]
@@ -161,13 +166,11 @@ def _fit_video(source: Path, dest: Path, window: Window, size: tuple[int, int],
         encoder = out.add_stream("libx264", rate=window.frame_rate, options=dict(ENCODER))
         encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
         encoder.codec_context.time_base = Fraction(1, window.frame_rate)
-        graph = None
+        graph = _fit_graph(stream, orientation, width, height)
         written = 0
 
         def emit(frame: av.VideoFrame, copies: int = 1) -> None:
-            nonlocal written, graph
-            if graph is None:  # the display matrix travels on the decoded frames
-                graph = _fit_graph(stream, read_orientation(frame, stream), width, height)
+            nonlocal written
             graph.push(frame)
             fitted = graph.pull()
             fitted.pict_type = av.video.frame.PictureType.NONE  # let x264 place keyframes

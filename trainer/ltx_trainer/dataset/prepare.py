@@ -193,7 +193,7 @@ def _fit_sample(spec: TrainingSpec, clip: _Clip, window: media.Window, sample_id
                 out: Path) -> Sample:
     size = spec.frame_size
     video = out / "samples" / f"{sample_id}.mp4"
-    media.fit_video(clip.path, video, window, size)
+    media.fit_video(clip.path, video, window, size, clip.info.orientation)
     audio = None
     if spec.with_audio:
         wav = out / "samples" / f"{sample_id}.wav"
@@ -229,7 +229,7 @@ def fit_closing_clip(source: Path, info: media.ClipInfo, frames: int, rate: int,
     available = min(frames, media.frames_in(info.duration, rate))
     window = media.Window(info.end - available / rate, available / rate, available, rate)
     pad = frames - available
-    media.fit_video(source, video_dest, window, size, pad_front=pad)
+    media.fit_video(source, video_dest, window, size, info.orientation, pad_front=pad)
     audio = None
     if audio_dest is not None:
         audio = media.fit_audio(source, audio_dest, window, normalize=normalize,
