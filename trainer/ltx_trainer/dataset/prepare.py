@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ltx_contract.manifest import (
-    MANIFEST,
     AudioRecord,
     Manifest,
     Sample,
@@ -48,9 +47,6 @@ TOO_SHORT = "All training videos are too short to be trainable"
 RECOMMENDED_CLIPS = 10
 #: Beyond this upscale (in either side) fitting invents the detail: warned, still used.
 MAX_UPSCALE = 4.0
-
-__all__ = ["MANIFEST", "MAX_UPSCALE", "TOO_SHORT", "PrepareSettings", "fit_closing_clip",
-           "prepare_dataset", "validation_prompt"]
 
 
 @dataclass(frozen=True)
