@@ -1,4 +1,5 @@
-"""Safe extraction: traversal, links, bombs, images, macOS metadata, nested names."""
+"""Safe extraction: traversal, links, bombs, images, macOS metadata, nested names and
+nested archives."""
 
 from __future__ import annotations
 
@@ -96,3 +97,11 @@ def test_not_a_zip(tmp_path):
     bogus.write_bytes(b"this is not a zip")
     with pytest.raises(InvalidInput, match=r"not a valid \.zip archive"):
         unpack(bogus, tmp_path / "out", ArchiveLimits())
+
+
+def test_nested_archives_are_listed_and_not_extracted(tmp_path):
+    archive = make_zip(tmp_path / "a.zip", {"clip.mp4": b"v", "more/day2.zip": b"PK",
+                                            "old.tar.gz": b"x", "notes.txt": b"n"})
+    contents = unpack(archive, tmp_path / "out", ArchiveLimits())
+    assert contents.archives == [PurePosixPath("more/day2.zip"), PurePosixPath("old.tar.gz")]
+    assert files_under(tmp_path / "out") == {"clip.mp4"}

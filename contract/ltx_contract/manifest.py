@@ -4,6 +4,9 @@ stage, read by training, previews and the CLI.
 Each sample and validation clip records its suffix window for people who inspect the
 dataset; code takes it from `suffix_window`, built from the sample's own frame count,
 rate and the manifest's conditioning frames, never from a second copy of the rule.
+
+Fields added since version 1 have defaults, so a manifest written before them still
+reads; readers of the JSON ignore fields they do not know.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ class _Clip(Document):
     height: int
     suffix: SuffixRecord
     audio: AudioRecord | None = None
+    # how the source was turned to be fitted as displayed: clockwise degrees, then a
+    # horizontal mirror (from its display matrix or `rotate` tag)
+    rotation: int = 0
+    mirrored: bool = False
 
     def suffix_window(self, conditioning_frames: int) -> SuffixWindow:
         return SuffixWindow(self.frames, self.frame_rate, conditioning_frames)
@@ -63,7 +70,7 @@ class Sample(_Clip):
     window: tuple[float, float]  # source seconds [start, end]
     stretch: float = 1.0
     caption: str = ""
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # about this sample (caption, size)
 
 
 class ValidationClip(_Clip):
@@ -75,6 +82,8 @@ class ValidationClip(_Clip):
 
 
 class Skipped(Document):
+    """A source clip that gave no sample; `source` is its path inside the archive."""
+
     source: str
     reason: str
 
@@ -91,7 +100,15 @@ class Manifest(Document):
     validation: list[ValidationClip] = Field(default_factory=list)
     skipped: list[Skipped] = Field(default_factory=list)
     ignored: list[str] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # for the user: clips by archive path
+
+    def __getitem__(self, key: str) -> object:
+        """A top-level field by its wire name (`manifest["samples"]`), for callers written
+        when `prepare_dataset` returned the manifest as a dict; attributes are the API."""
+        for name, info in type(self).model_fields.items():
+            if (info.alias or name) == key:
+                return getattr(self, name)
+        raise KeyError(key)
 
     def suffix_window(self, clip: _Clip) -> SuffixWindow:
         """The suffix window of one of this manifest's samples or validation clips."""

@@ -4,8 +4,11 @@ Fits 10 clips of 10 s, 1080p30 with stereo audio, to medium 1:1 at 89 frames and
 24 fps (the windows the prepare stage plans: two per clip, ending at the clip's end),
 once with our code and once with `ffmpeg` doing the same decode, scale, crop and
 encode (same filters, same x264 settings, audio resampled to 16 kHz WAV). Each side
-runs in its own process so peak RSS is its own. Then checks memory is flat in clip
-length: the whole prepare stage (scene detection included) on a 30 s and a 120 s clip.
+runs in its own process so peak RSS is its own. Then the same with the sources stored
+turned, as phones store portrait video (the same streams remuxed with a 90° display
+matrix): ours turns them upright in its fitting graph, the ffmpeg command line with
+the `transpose` filter it inserts itself. Then checks memory is flat in clip length:
+the whole prepare stage (scene detection included) on a 30 s and a 120 s clip.
 
     python tests/benchmarks/bench_prepare.py [--clips 10] [--seconds 10]
 
@@ -44,6 +47,28 @@ def make_sources(count: int, seconds: float) -> list[Path]:
     return paths
 
 
+def turned(sources: list[Path]) -> list[Path]:
+    """The same streams remuxed with a display matrix that turns them 90° clockwise."""
+    import av
+
+    paths = []
+    for src in sources:
+        path = src.with_name(src.stem + "-turned.mp4")
+        if not path.exists():
+            with av.open(str(src)) as inp, av.open(str(path), "w") as out:
+                streams = {}
+                for stream in inp.streams:
+                    streams[stream.index] = out.add_stream_from_template(stream)
+                    if stream.type == "video":
+                        streams[stream.index].set_display_rotation(-90)  # counter-clockwise
+                for packet in inp.demux():
+                    if packet.dts is not None:
+                        packet.stream = streams[packet.stream.index]
+                        out.mux(packet)
+        paths.append(path)
+    return paths
+
+
 def run_measured(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one child process.
 
@@ -62,13 +87,14 @@ def run_measured(cmd: list[str]) -> tuple[float, int]:
     return wall, peak
 
 
-def windows_for(path: Path) -> list[tuple[float, float]]:
+def windows_for(path: Path) -> tuple[object, list[tuple[float, float]]]:
+    """The clip's orientation and its planned windows (start, source duration)."""
     from ltx_trainer.dataset.media import probe
     from ltx_trainer.dataset.prepare import plan_windows
 
     info = probe(path)
-    return [(w.start, w.source_duration)
-            for w in plan_windows(info.start, info.end, FRAMES, RATE, False, 4)]
+    return info.orientation, [(w.start, w.source_duration)
+                              for w in plan_windows(info.start, info.end, FRAMES, RATE, False, 4)]
 
 
 def ours(sources: list[Path], out: Path) -> None:
@@ -76,9 +102,10 @@ def ours(sources: list[Path], out: Path) -> None:
     from ltx_trainer.dataset.media import Window, fit_audio, fit_video
 
     for i, src in enumerate(sources):
-        for j, (start, duration) in enumerate(windows_for(src)):
+        orientation, windows = windows_for(src)
+        for j, (start, duration) in enumerate(windows):
             window = Window(start, duration, FRAMES, RATE)
-            fit_video(src, out / f"{i}-{j}.mp4", window, SIZE)
+            fit_video(src, out / f"{i}-{j}.mp4", window, SIZE, orientation)
             fit_audio(src, out / f"{i}-{j}.wav", window, normalize=True, preserve_pitch=True)
 
 
@@ -86,7 +113,7 @@ def ffmpeg_commands(sources: list[Path], out: Path) -> list[list[str]]:
     w, h = SIZE
     cmds = []
     for i, src in enumerate(sources):
-        for j, (start, duration) in enumerate(windows_for(src)):
+        for j, (start, duration) in enumerate(windows_for(src)[1]):
             cmds.append([
                 "ffmpeg", "-nostdin", "-loglevel", "error", "-y",
                 "-ss", f"{start:.6f}", "-t", f"{duration:.6f}", "-i", str(src),
@@ -135,21 +162,24 @@ def main() -> None:
     print(f"sources ready in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     results: dict[str, object] = {"clips": args.clips, "seconds": args.seconds,
                                   "cpus": os.cpu_count()}
-    for side in ("ffmpeg", "ours"):
-        out = CACHE / f"out-{side}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        if side == "ours":
-            wall, peak = run_measured([sys.executable, __file__, "--child", "ours", str(out),
-                                       *map(str, sources)])
-        else:
-            wall, peak = 0.0, 0
-            for cmd in ffmpeg_commands(sources, out):
-                w, p = run_measured(cmd)
-                wall, peak = wall + w, max(peak, p)
-        results[side] = {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1),
-                         "outputs": len(list(out.glob("*.mp4")))}
-    results["ratio"] = round(results["ours"]["wall_s"] / results["ffmpeg"]["wall_s"], 2)
+    for label, clips in (("upright", sources), ("turned", turned(sources))):
+        runs: dict[str, object] = {}
+        for side in ("ffmpeg", "ours"):
+            out = CACHE / f"out-{side}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            if side == "ours":
+                wall, peak = run_measured([sys.executable, __file__, "--child", "ours",
+                                           str(out), *map(str, clips)])
+            else:
+                wall, peak = 0.0, 0
+                for cmd in ffmpeg_commands(clips, out):
+                    w, p = run_measured(cmd)
+                    wall, peak = wall + w, max(peak, p)
+            runs[side] = {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1),
+                          "outputs": len(list(out.glob("*.mp4")))}
+        runs["ratio"] = round(runs["ours"]["wall_s"] / runs["ffmpeg"]["wall_s"], 2)
+        results[label] = runs
 
     memory = {}
     for seconds in (30.0, 120.0):  # both hold the 4-window cap: only the length differs

@@ -2,7 +2,10 @@
 
 Refuses path traversal, absolute paths and links; caps the entry count, the total
 uncompressed size and the compression ratio (zip bombs); ignores `__MACOSX/` and
-dotfiles. Only videos and captions are written out: images are reported by name.
+dotfiles. Only videos and captions are written out: images are reported by name, and
+so are archives inside the archive, which are never unpacked (each level would need
+its own bomb and traversal guards, and a user who zipped a folder of zips meant the
+videos inside: the message says to put them in the top-level archive).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic",
                   ".heif", ".avif"}
 CAPTION_SUFFIX = ".txt"
+ARCHIVE_SUFFIXES = {".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class ArchiveContents:
     videos: list[PurePosixPath] = field(default_factory=list)
     captions: dict[PurePosixPath, PurePosixPath] = field(default_factory=dict)  # by video
     images: list[PurePosixPath] = field(default_factory=list)
+    archives: list[PurePosixPath] = field(default_factory=list)  # nested: not unpacked
     ignored: list[str] = field(default_factory=list)
     entries: dict[PurePosixPath, zipfile.ZipInfo] = field(default_factory=dict)
 
@@ -87,7 +92,20 @@ def scan(archive: zipfile.ZipFile, limits: ArchiveLimits) -> ArchiveContents:
                 contents.captions[path] = caption
         elif suffix in IMAGE_SUFFIXES:
             contents.images.append(path)
+        elif suffix in ARCHIVE_SUFFIXES:
+            contents.archives.append(path)
     return contents
+
+
+def shown(paths: list[PurePosixPath], limit: int = 5) -> str:
+    """Archive paths for a message: the first `limit`, then how many more."""
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(p.as_posix() for p in paths[:limit]) + more
+
+
+def nested_archives_message(contents: ArchiveContents) -> str:
+    return (f"the archive holds other archives ({shown(contents.archives)}): nested archives "
+            "are not unpacked; put their videos in the top-level archive")
 
 
 def extract(archive: zipfile.ZipFile, contents: ArchiveContents,
@@ -122,10 +140,8 @@ def unpack(path: Path, dest: Path, limits: ArchiveLimits) -> ArchiveContents:
     with open_archive(path) as archive:
         contents = scan(archive, limits)
         if contents.images:
-            shown = ", ".join(p.as_posix() for p in contents.images[:5])
-            more = f" and {len(contents.images) - 5} more" if len(contents.images) > 5 else ""
-            raise InvalidInput(f"the archive contains images ({shown}{more}): there is nothing "
-                               "to extend over time on a still; use videos only")
+            raise InvalidInput(f"the archive contains images ({shown(contents.images)}): there "
+                               "is nothing to extend over time on a still; use videos only")
         try:
             extract(archive, contents, [*contents.videos, *contents.captions.values()], dest)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:

@@ -1,14 +1,16 @@
 """Probing and fitting clips with PyAV.
 
 Fitting streams: frames are decoded in order, each output frame takes the source
-frame nearest its time, goes through an ffmpeg filter graph (scale to fill, centre
-crop) and is encoded at once, so memory does not grow with a clip's length. The
-audio of exactly the same window is resampled to the model's rate, time-stretched
-when fitting changed the duration, peak-normalized and padded to the exact length.
+frame nearest its time, goes through an ffmpeg filter graph (turn upright as the clip
+is displayed, scale to fill, centre crop) and is encoded at once, so memory does not
+grow with a clip's length. The audio of exactly the same window is resampled to the
+model's rate, time-stretched when fitting changed the duration, peak-normalized and
+padded to the exact length.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import wave
@@ -20,6 +22,8 @@ import av
 import numpy as np
 
 from ltx_contract.suffix import AUDIO_SAMPLE_RATE
+
+from .orientation import UPRIGHT, Orientation, read_orientation
 
 AUDIO_CHANNELS = 2
 PEAK_TARGET = 10 ** (-1 / 20)  # -1 dBFS
@@ -35,15 +39,22 @@ class Undecodable(Exception):
     """A clip that cannot be read; it is skipped with a warning naming it."""
 
 
+def describe(exc: av.FFmpegError) -> str:
+    """What went wrong, without the file name: callers name the clip as the user knows
+    it, never by the scratch path it was unpacked to."""
+    return exc.strerror or type(exc).__name__
+
+
 @dataclass(frozen=True)
 class ClipInfo:
     frame_rate: float
     frames: int
     start: float  # seconds of the first video frame
     duration: float
-    width: int
+    width: int  # as displayed (after `orientation`)
     height: int
     has_audio: bool
+    orientation: Orientation = UPRIGHT
 
     @property
     def end(self) -> float:
@@ -70,17 +81,24 @@ def probe(path: Path) -> ClipInfo:
             first = next(container.decode(video), None)
             if first is None:
                 raise Undecodable("no frame could be decoded")
+            orientation = read_orientation(first, video)
+            width, height = orientation.displayed_size(first.width, first.height)
+            # reading side data ties the frame in a cycle with PyAV's side-data container:
+            # free it (a full decoded picture) now rather than at some later collection
+            del first
+            gc.collect()
             return ClipInfo(
                 frame_rate=rate,
                 frames=video.frames or round(duration * rate),
                 start=start,
                 duration=duration,
-                width=first.width,
-                height=first.height,
+                width=width,
+                height=height,
                 has_audio=bool(container.streams.audio),
+                orientation=orientation,
             )
     except av.FFmpegError as exc:
-        raise Undecodable(str(exc)) from None
+        raise Undecodable(describe(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -104,10 +122,13 @@ class Window:
         return self.duration / self.source_duration
 
 
-def _scale_crop_graph(stream: av.VideoStream, width: int, height: int) -> av.filter.Graph:
+def _fit_graph(stream: av.VideoStream, orientation: Orientation, width: int, height: int
+               ) -> av.filter.Graph:
+    """One graph: turn the coded frame upright, scale to fill, centre crop."""
     graph = av.filter.Graph()
     chain = [
         graph.add_buffer(template=stream),
+        *(graph.add(name, args) for name, args in orientation.filters),
         graph.add("scale", f"w={width}:h={height}:force_original_aspect_ratio=increase"),
         graph.add("crop", f"{width}:{height}"),
         graph.add("format", "yuv420p"),
@@ -120,12 +141,22 @@ def _scale_crop_graph(stream: av.VideoStream, width: int, height: int) -> av.fil
 
 
 def fit_video(source: Path, dest: Path, window: Window, size: tuple[int, int],
-              pad_front: int = 0) -> int:
+              orientation: Orientation, pad_front: int = 0) -> int:
     """Write `window` of `source` as H.264 at `size`; returns frames written.
 
+    `orientation` (the clip's, from `probe`) turns the coded frame as it is displayed.
     `pad_front` repeats the first frame that many times before the window (used for
     validation clips shorter than the preview: the lead-in is generated anyway).
     """
+    try:
+        return _fit_video(source, dest, window, size, orientation, pad_front)
+    except av.FFmpegError as exc:
+        dest.unlink(missing_ok=True)
+        raise Undecodable(describe(exc)) from None
+
+
+def _fit_video(source: Path, dest: Path, window: Window, size: tuple[int, int],
+               orientation: Orientation, pad_front: int) -> int:
     width, height = size
     step = window.source_duration / window.frames
     targets = [window.start + i * step for i in range(window.frames)]
@@ -135,7 +166,7 @@ def fit_video(source: Path, dest: Path, window: Window, size: tuple[int, int],
         encoder = out.add_stream("libx264", rate=window.frame_rate, options=dict(ENCODER))
         encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
         encoder.codec_context.time_base = Fraction(1, window.frame_rate)
-        graph = _scale_crop_graph(stream, width, height)
+        graph = _fit_graph(stream, orientation, width, height)
         written = 0
 
         def emit(frame: av.VideoFrame, copies: int = 1) -> None:

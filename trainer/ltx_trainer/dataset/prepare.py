@@ -10,32 +10,43 @@ them. The suffix the model learns to lead up to is then a real ending, the momen
 the clip was cut on, rather than an arbitrary mid-shot instant; non-overlapping
 windows use more of a long clip without repeating a suffix, and the cap keeps one
 long clip from dominating the dataset.
+
+Messages name clips by their path inside the archive (validation clips by number):
+they reach the user in the Job's result, where a scratch path would mean nothing.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import re
 import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
+from ltx_contract.manifest import (
+    AudioRecord,
+    Manifest,
+    Sample,
+    Skipped,
+    SuffixRecord,
+    ValidationClip,
+)
 from ltx_contract.outcomes import InvalidInput
 from ltx_contract.spec import TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
 from . import archive, media
+from .captions import read_caption
 from .fetch import FetchPolicy, fetch
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 TOO_SHORT = "All training videos are too short to be trainable"
 RECOMMENDED_CLIPS = 10
+#: Beyond this upscale (in either side) fitting invents the detail: warned, still used.
+MAX_UPSCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +93,15 @@ def _sample_id(index: int, relative: PurePosixPath) -> str:
     return f"{index:04d}-{stem[:80] or 'clip'}"
 
 
-def _caption(spec: TrainingSpec, text: str) -> str:
-    text = " ".join(text.split())
-    if spec.trigger_phrase:
-        return f"{spec.trigger_phrase} {text}".strip()
-    return text
+def upscale_warning(what: str, info: media.ClipInfo, size: tuple[int, int]) -> str | None:
+    """A warning when fitting `info`'s frame (as displayed) to `size` upscales it more
+    than MAX_UPSCALE; `what` names the clip."""
+    factor = max(size[0] / info.width, size[1] / info.height)
+    if factor <= MAX_UPSCALE:
+        return None
+    return (f"{what} is only {info.width}×{info.height}: fitting it to {size[0]}×{size[1]} "
+            f"upscales it {factor:.1f}×, more than {MAX_UPSCALE:g}×, so its frames will be "
+            "blurry; use a larger source")
 
 
 @dataclass
@@ -95,23 +110,32 @@ class _Clip:
     path: Path
     info: media.ClipInfo
     caption: str
+    warnings: list[str]  # about this clip, copied onto each of its samples
 
 
 def _discover(spec: TrainingSpec, root: Path, contents: archive.ArchiveContents,
-              warnings: list[str], skipped: list[dict[str, str]]) -> list[_Clip]:
+              warnings: list[str], skipped: list[Skipped], failures: list[str]
+              ) -> list[_Clip]:
+    """Probe each video and read its caption; undecodable clips go to `skipped`, with
+    their message in `failures`."""
     clips = []
     for relative in contents.videos:
         path = root / relative
         try:
             info = media.probe(path)
         except media.Undecodable as exc:
-            warnings.append(f"skipped {relative}: it cannot be decoded ({exc})")
-            skipped.append({"source": relative.as_posix(), "reason": "undecodable"})
+            failures.append(f"skipped {relative}: it cannot be decoded ({exc})")
+            skipped.append(Skipped(source=relative.as_posix(), reason="undecodable"))
             continue
         caption_file = contents.captions.get(relative)
-        text = (root / caption_file).read_text(encoding="utf-8", errors="replace") \
-            if caption_file else ""
-        clips.append(_Clip(relative, path, info, _caption(spec, text)))
+        caption = read_caption(root / caption_file if caption_file else None,
+                               caption_file.as_posix() if caption_file else "",
+                               spec.trigger_phrase)
+        notes = list(caption.warnings)
+        if note := upscale_warning(relative.as_posix(), info, spec.frame_size):
+            notes.append(note)
+        warnings.extend(notes)
+        clips.append(_Clip(relative, path, info, caption.text, notes))
     return clips
 
 
@@ -153,45 +177,55 @@ def _check_audio(spec: TrainingSpec, clips: list[_Clip],
                            "Every training and validation clip must contain one.")
 
 
+def _suffix(frames: int, rate: int, conditioning_frames: int) -> SuffixRecord:
+    return SuffixRecord.model_validate(SuffixWindow(frames, rate, conditioning_frames).as_dict())
+
+
+def _audio_record(wav: Path, out: Path, fitted: dict[str, object]) -> AudioRecord:
+    return AudioRecord.model_validate({"path": wav.relative_to(out).as_posix(), **fitted})
+
+
 def _fit_sample(spec: TrainingSpec, clip: _Clip, window: media.Window, sample_id: str,
-                out: Path) -> dict[str, Any]:
+                out: Path) -> Sample:
     size = spec.frame_size
     video = out / "samples" / f"{sample_id}.mp4"
-    media.fit_video(clip.path, video, window, size)
-    entry: dict[str, Any] = {
-        "id": sample_id,
-        "source": clip.relative.as_posix(),
-        "window": [round(window.start, 6), round(window.start + window.source_duration, 6)],
-        "stretch": round(window.stretch, 6),
-        "video": video.relative_to(out).as_posix(),
-        "frames": window.frames,
-        "frameRate": window.frame_rate,
-        "width": size[0],
-        "height": size[1],
-        "caption": clip.caption,
-        "suffix": SuffixWindow(window.frames, window.frame_rate,
-                               spec.conditioning_frames).as_dict(),
-        "audio": None,
-        "warnings": [],
-    }
+    media.fit_video(clip.path, video, window, size, clip.info.orientation)
+    audio = None
     if spec.with_audio:
         wav = out / "samples" / f"{sample_id}.wav"
-        entry["audio"] = {"path": wav.relative_to(out).as_posix(), **media.fit_audio(
+        audio = _audio_record(wav, out, media.fit_audio(
             clip.path, wav, window, normalize=spec.audio_normalize,
-            preserve_pitch=spec.audio_preserve_pitch)}
-    return entry
+            preserve_pitch=spec.audio_preserve_pitch))
+    return Sample(
+        id=sample_id,
+        source=clip.relative.as_posix(),
+        window=(round(window.start, 6), round(window.start + window.source_duration, 6)),
+        stretch=round(window.stretch, 6),
+        video=video.relative_to(out).as_posix(),
+        frames=window.frames,
+        frame_rate=window.frame_rate,
+        width=size[0],
+        height=size[1],
+        caption=clip.caption,
+        suffix=_suffix(window.frames, window.frame_rate, spec.conditioning_frames),
+        audio=audio,
+        rotation=clip.info.orientation.rotation,
+        mirrored=clip.info.orientation.mirrored,
+        warnings=list(clip.warnings),
+    )
 
 
 def fit_closing_clip(source: Path, info: media.ClipInfo, frames: int, rate: int,
                      size: tuple[int, int], video_dest: Path, audio_dest: Path | None, *,
                      normalize: bool, preserve_pitch: bool) -> tuple[int, dict | None]:
-    """Fit the last `frames` frames of a closing clip; a shorter clip is padded at the
-    front with its first frame (that part is generated anyway). Returns the padded
-    frame count and what was recorded about the audio."""
+    """Fit the last `frames` frames of a closing clip, as displayed (its rotation
+    applied, as for training samples); a shorter clip is padded at the front with its
+    first frame (that part is generated anyway). Returns the padded frame count and
+    what was recorded about the audio."""
     available = min(frames, media.frames_in(info.duration, rate))
     window = media.Window(info.end - available / rate, available / rate, available, rate)
     pad = frames - available
-    media.fit_video(source, video_dest, window, size, pad_front=pad)
+    media.fit_video(source, video_dest, window, size, info.orientation, pad_front=pad)
     audio = None
     if audio_dest is not None:
         audio = media.fit_audio(source, audio_dest, window, normalize=normalize,
@@ -208,29 +242,31 @@ def validation_prompt(spec: TrainingSpec, prompt: str) -> str:
 
 
 def _fit_validation(spec: TrainingSpec, index: int, path: Path, info: media.ClipInfo,
-                    out: Path) -> dict[str, Any]:
+                    out: Path) -> ValidationClip:
     frames, rate = spec.validation_number_of_frames, spec.validation_frame_rate
     video = out / "validation" / f"{index}.mp4"
     wav = out / "validation" / f"{index}.wav" if spec.with_audio else None
     pad, audio = fit_closing_clip(path, info, frames, rate, spec.validation_frame_size, video,
                                   wav, normalize=spec.audio_normalize,
                                   preserve_pitch=spec.audio_preserve_pitch)
-    return {
-        "index": index,
-        "prompt": validation_prompt(spec, spec.validation[index].prompt),
-        "video": video.relative_to(out).as_posix(),
-        "frames": frames,
-        "frameRate": rate,
-        "width": spec.validation_frame_size[0],
-        "height": spec.validation_frame_size[1],
-        "paddedFrames": pad,
-        "suffix": SuffixWindow(frames, rate, spec.conditioning_frames).as_dict(),
-        "audio": None if wav is None else {"path": wav.relative_to(out).as_posix(), **audio},
-    }
+    return ValidationClip(
+        index=index,
+        prompt=validation_prompt(spec, spec.validation[index].prompt),
+        video=video.relative_to(out).as_posix(),
+        frames=frames,
+        frame_rate=rate,
+        width=spec.validation_frame_size[0],
+        height=spec.validation_frame_size[1],
+        padded_frames=pad,
+        suffix=_suffix(frames, rate, spec.conditioning_frames),
+        audio=None if wav is None or audio is None else _audio_record(wav, out, audio),
+        rotation=info.orientation.rotation,
+        mirrored=info.orientation.mirrored,
+    )
 
 
 def prepare_dataset(spec: TrainingSpec, work_dir: Path,
-                    settings: PrepareSettings | None = None) -> dict[str, Any]:
+                    settings: PrepareSettings | None = None) -> Manifest:
     """Build `work_dir/dataset` (samples, validation clips, manifest.json, and with
     debugDataset `work_dir/debug_dataset.zip`); returns the manifest."""
     settings = settings or PrepareSettings()
@@ -245,7 +281,7 @@ def prepare_dataset(spec: TrainingSpec, work_dir: Path,
     scratch.mkdir()
     try:
         manifest = _prepare(spec, scratch, staging, settings)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        manifest.write(staging)
         if spec.debug_dataset:
             _write_debug_zip(staging, work_dir / "debug_dataset.zip")
         shutil.rmtree(final, ignore_errors=True)
@@ -257,35 +293,47 @@ def prepare_dataset(spec: TrainingSpec, work_dir: Path,
 
 
 def _prepare(spec: TrainingSpec, scratch: Path, out: Path, settings: PrepareSettings
-             ) -> dict[str, Any]:
+             ) -> Manifest:
     log.info("fetching the training data")
     zip_path = fetch(spec.training_data_url, scratch / "training-data.zip", "training data",
                      settings.fetch)
     root = scratch / "extracted"
     contents = archive.unpack(zip_path, root, settings.archive)
     if not contents.videos:
-        raise InvalidInput("the archive contains no video (.mp4, .mov, .avi or .mkv)")
+        nested = f"; {archive.nested_archives_message(contents)}" if contents.archives else ""
+        raise InvalidInput(f"the archive contains no video (.mp4, .mov, .avi or .mkv){nested}")
     warnings: list[str] = []
-    skipped: list[dict[str, str]] = []
-    clips = _discover(spec, root, contents, warnings, skipped)
+    if contents.archives:
+        warnings.append(archive.nested_archives_message(contents))
+    skipped: list[Skipped] = []
+    failures: list[str] = []  # "skipped …": clips and windows that could not be read
+    clips = _discover(spec, root, contents, warnings, skipped, failures)
     if not clips:
         raise InvalidInput("the archive contains no usable video: none could be decoded ("
-                           + "; ".join(warnings[:5]) + ")")
+                           + "; ".join(failures[:5]) + ")")
     validation = _fetch_validation(spec, scratch, settings)
     _check_audio(spec, clips, validation)
+    for index, (_, info) in enumerate(validation):
+        if note := upscale_warning(f"validation clip {index + 1}", info,
+                                   spec.validation_frame_size):
+            warnings.append(note)
 
-    samples: list[dict[str, Any]] = []
+    samples: list[Sample] = []
     for clip in clips:
         spans = [(clip.info.start, clip.info.end)]
         threshold = spec.split_input_duration_threshold
         if spec.split_input_into_scenes and clip.info.duration > threshold:
             spans = detect_scenes(clip.path, clip.info)
             log.info("%s: %d scene(s)", clip.relative, len(spans))
+        if clip.info.orientation.filters:
+            log.info("%s: turned %d° clockwise%s to be fitted as displayed", clip.relative,
+                     clip.info.orientation.rotation,
+                     " and mirrored" if clip.info.orientation.mirrored else "")
         windows = [w for start, end in spans for w in plan_windows(
             start, end, spec.number_of_frames, spec.frame_rate, spec.auto_scale_input,
             settings.max_windows_per_clip)]
         if not windows:
-            skipped.append({"source": clip.relative.as_posix(), "reason": "too short"})
+            skipped.append(Skipped(source=clip.relative.as_posix(), reason="too short"))
             log.info("%s: too short, skipped", clip.relative)
             continue
         for window in windows:
@@ -293,32 +341,34 @@ def _prepare(spec: TrainingSpec, scratch: Path, out: Path, settings: PrepareSett
             try:
                 samples.append(_fit_sample(spec, clip, window, sample_id, out))
             except media.Undecodable as exc:
-                warnings.append(f"skipped a window of {clip.relative}: {exc}")
+                failures.append(f"skipped a window of {clip.relative}: {exc}")
         log.info("%s: %d sample(s)", clip.relative, len(windows))
     if not samples:
-        if all(s["reason"] == "too short" for s in skipped):
+        if not failures:  # every clip was too short
             raise InvalidInput(TOO_SHORT)
-        raise InvalidInput("no usable training sample could be made: " + "; ".join(warnings[:5]))
+        short = sum(1 for s in skipped if s.reason == "too short")
+        raise InvalidInput("no usable training sample could be made: " + "; ".join(failures[:5])
+                           + (f"; {short} clip(s) too short" if short else ""))
+    warnings.extend(failures)
     if len(clips) < RECOMMENDED_CLIPS:
         warnings.append(f"only {len(clips)} clip(s); at least {RECOMMENDED_CLIPS} are "
                         "recommended")
     for message in warnings:
         log.warning("%s", message)
-    return {
-        "version": 1,
-        "frames": spec.number_of_frames,
-        "frameRate": spec.frame_rate,
-        "width": spec.frame_size[0],
-        "height": spec.frame_size[1],
-        "conditioningFrames": spec.conditioning_frames,
-        "withAudio": spec.with_audio,
-        "samples": samples,
-        "validation": [_fit_validation(spec, i, path, info, out)
-                       for i, (path, info) in enumerate(validation)],
-        "skipped": skipped,
-        "ignored": contents.ignored,
-        "warnings": warnings,
-    }
+    return Manifest(
+        frames=spec.number_of_frames,
+        frame_rate=spec.frame_rate,
+        width=spec.frame_size[0],
+        height=spec.frame_size[1],
+        conditioning_frames=spec.conditioning_frames,
+        with_audio=spec.with_audio,
+        samples=samples,
+        validation=[_fit_validation(spec, i, path, info, out)
+                    for i, (path, info) in enumerate(validation)],
+        skipped=skipped,
+        ignored=contents.ignored,
+        warnings=warnings,
+    )
 
 
 def _write_debug_zip(dataset: Path, dest: Path) -> None:
