@@ -27,6 +27,9 @@ WORDS = (
 ).split()
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>"]
 MARKER = "ltx-extend-tiny-model.json"
+#: bumped when the tiny model's form changes (2: the LTX-2 dynamic-shift scheduler and the
+#: version option), so a cached older folder can be told apart and written again
+FORMAT = 2
 
 
 def _tokenizer(dest: Path) -> None:
@@ -198,9 +201,17 @@ def write_tiny_model(dest: Path, seed: int = 0, version: str = "2.0") -> Path:
     pipe = LTX2Pipeline(tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir), **components)
     pipe.save_pretrained(dest, safe_serialization=True)
     (dest / MARKER).write_text(json.dumps({"seed": seed, "kind": "tiny-random",
-                                            "version": version}))
+                                            "version": version, "format": FORMAT}))
     return dest
 
 
 def is_tiny_model(path: Path) -> bool:
     return (path / MARKER).is_file()
+
+
+def is_current_tiny_model(path: Path) -> bool:
+    """A tiny model folder written by this version of the maker (an older one, e.g. with a
+    fixed-shift scheduler that training now refuses, should be written again)."""
+    if not is_tiny_model(path):
+        return False
+    return json.loads((path / MARKER).read_text()).get("format") == FORMAT
