@@ -3,8 +3,9 @@ padding that the connectors expect.
 
 A prompt is encoded once through the public `LTX2Pipeline.encode_prompt` (the
 pipeline's own tokenisation, left padding and stacking of every hidden layer) and
-cached as its real tokens only, in bf16: the padding is made again at load time, so a
-cache entry is a few hundred KB on the real model instead of tens of MB.
+cached as its real tokens only, in bf16: the padding is made again at load time. On the
+real model a token is 3,840 × 49 features, 0.38 MB in bf16, so a 50-token caption is
+19 MB where a padded fp32 entry (1,024 tokens) would be 770 MB.
 """
 
 from __future__ import annotations
