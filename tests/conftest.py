@@ -117,3 +117,12 @@ def http_server() -> Iterator[HttpServer]:
     yield state
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v23(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random model in its LTX-2.3 form (gated attention, prompt modulation,
+    per-modality connectors, the BWE vocoder), written once per test session."""
+    from ltx_trainer.model.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-v23", version="2.3")

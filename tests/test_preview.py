@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import av
 import numpy as np
 import pytest
@@ -10,50 +12,58 @@ import torch
 from ltx_contract.outcomes import ExitCode
 from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.cli import main
+from ltx_trainer.codec.latents import encode_video, pack_video
+from ltx_trainer.codec.text import encode_texts, text_key
+from ltx_trainer.codec.video import read_video
 from ltx_trainer.model.loader import load_component
+from ltx_trainer.model.profile import read_profile
 from ltx_trainer.preview.reel import ReelPart, write_reel
-from ltx_trainer.preview.sampler import Models, extend_backward, stg_blocks
-from ltx_trainer.training.encode import encode_texts, encode_video, read_video, text_key
+from ltx_trainer.preview.sampler import Models, extend_backward
 
 from media_factory import make_clip
 
 CPU = torch.device("cpu")
 SUFFIX = SuffixWindow(25, 24, 8)
+COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "scheduler")
+
+
+def load_setup(model, clip_dir):
+    models = Models(*(load_component(model, n, CPU) for n in COMPONENTS))
+    texts = encode_texts(model, ["a square glides in", ""], CPU, 32)
+    clip = make_clip(clip_dir / "closing.mp4", 25 / 24, fps=24, size=(128, 128))
+    rate = models.audio_vae.config.sample_rate
+    t = np.arange(round(25 / 24 * rate)) / rate
+    audio = torch.from_numpy(np.stack([0.3 * np.sin(2 * np.pi * 330 * t)] * 2).astype(np.float32))
+    return models, texts, read_video(clip), audio, clip, read_profile(model)
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model, tmp_path_factory):
-    models = Models(*(load_component(tiny_model, n, CPU) for n in (
-        "transformer", "connectors", "vae", "audio_vae", "vocoder", "scheduler")))
-    texts = encode_texts(tiny_model, ["a square glides in", ""], CPU, 32)
-    clip = make_clip(tmp_path_factory.mktemp("clip") / "closing.mp4", 25 / 24, fps=24,
-                     size=(128, 128))
-    video = read_video(clip)
-    rate = models.audio_vae.config.sample_rate
-    t = np.arange(round(25 / 24 * rate)) / rate
-    audio = torch.from_numpy(np.stack([0.3 * np.sin(2 * np.pi * 330 * t)] * 2).astype(np.float32))
-    return models, texts, video, audio, clip
+    return load_setup(tiny_model, tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def setup_v23(tiny_model_v23, tmp_path_factory):
+    return load_setup(tiny_model_v23, tmp_path_factory.mktemp("clip-v23"))
 
 
 def run(setup, **overrides):
-    models, texts, video, audio, _ = setup
+    models, texts, video, audio, _, profile = setup
     kwargs = dict(suffix=SUFFIX, with_audio=True, steps=3, stg_scale=1.0, seed=0,
                   max_sequence_length=32)
     kwargs.update(overrides)
-    return extend_backward(models, video, audio, texts[text_key("a square glides in")],
+    return extend_backward(models, profile, video, audio, texts[text_key("a square glides in")],
                            texts[text_key("")], **kwargs)
 
 
 def test_output_shape_determinism_and_kept_suffix(setup):
-    models, _, video, _, _ = setup
+    models, _, video, _, _, _ = setup
     first, again, other = run(setup), run(setup), run(setup, seed=1)
     assert first.frames.shape == (25, 128, 128, 3) and first.frames.dtype == np.uint8
     assert np.array_equal(first.frames, again.frames)  # deterministic for a seed
     assert not np.array_equal(first.frames, other.frames)
     # the suffix latents are the input's own, exactly; the lead-in is generated
-    from diffusers import LTX2Pipeline
-
-    clean = LTX2Pipeline._pack_latents(encode_video(models.vae, video).unsqueeze(0))
+    clean = pack_video(encode_video(models.vae, video).unsqueeze(0))
     per_frame = clean.shape[1] // SUFFIX.latent_frames
     start = SUFFIX.first_suffix_latent * per_frame
     assert torch.equal(first.latents[:, start:], clean[:, start:])
@@ -63,28 +73,49 @@ def test_output_shape_determinism_and_kept_suffix(setup):
 def test_audio_exactly_when_asked(setup):
     with_audio, without = run(setup), run(setup, with_audio=False)
     assert without.audio is None
-    assert with_audio.audio.shape[0] == 2
+    assert with_audio.audio.shape[0] == 2 and with_audio.sample_rate == 16_000
     assert with_audio.audio.shape[1] / with_audio.sample_rate == pytest.approx(25 / 24, abs=0.05)
 
 
-def test_cfg_and_stg_change_the_output_and_stg_zero_skips_its_pass(setup):
-    models = setup[0]
+def test_ltx23_audio_comes_out_of_the_bwe_vocoder_at_its_own_rate(setup_v23):
+    models, profile = setup_v23[0], setup_v23[5]
+    assert type(models.vocoder).__name__ == profile.vocoder_class == "LTX2VocoderWithBWE"
+    result = run(setup_v23, steps=2)
+    assert result.sample_rate == models.vocoder.config.output_sampling_rate == 48_000
+    assert result.audio.shape[0] == 2
+    assert result.audio.shape[1] / 48_000 == pytest.approx(25 / 24, abs=0.05)
+    assert np.abs(result.audio).max() > 0
+
+
+def test_guidance_passes_and_their_effect(setup):
+    models, profile = setup[0], setup[5]
     calls = []
     hook = models.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: calls.append(kwargs.get("spatio_temporal_guidance_blocks")),
-        with_kwargs=True)
+        lambda module, args, kwargs: calls.append((
+            kwargs["hidden_states"].shape[0], kwargs["spatio_temporal_guidance_blocks"],
+            kwargs["isolate_modalities"])), with_kwargs=True)
     try:
-        with_stg = run(setup, stg_scale=1.0)
-        stg_calls, calls[:] = list(calls), []
+        full = run(setup, stg_scale=1.0)
+        full_calls, calls[:] = list(calls), []
         no_stg = run(setup, stg_scale=0.0)
-        plain_calls, calls[:] = list(calls), []
-        no_cfg = run(setup, stg_scale=0.0, guidance_scale=1.0)
+        no_stg_calls, calls[:] = list(calls), []
+        run(setup, with_audio=False, stg_scale=0.0)
+        silent_calls = list(calls)
     finally:
         hook.remove()
-    assert len(stg_calls) == 6 and stg_calls.count(stg_blocks(2)) == 3  # 3 steps × (cfg, stg)
-    assert len(plain_calls) == 3 and all(b is None for b in plain_calls)
-    assert not np.array_equal(with_stg.frames, no_stg.frames)
+    blocks = list(profile.guidance.stg_blocks)
+    # per step: CFG (negative and positive as one batch), STG, modality isolation
+    assert full_calls == [(2, None, False), (1, blocks, False), (1, None, True)] * 3
+    assert no_stg_calls == [(2, None, False), (1, None, True)] * 3
+    assert silent_calls == [(2, None, True)] * 3  # video only: isolated, no modality pass
+    assert not np.array_equal(full.frames, no_stg.frames)
+    no_cfg = run(setup, stg_scale=0.0, guidance=replace(profile.guidance, video_cfg=1.0,
+                                                         audio_cfg=1.0))
     assert not np.array_equal(no_stg.frames, no_cfg.frames)
+    no_rescale = run(setup, stg_scale=0.0, guidance=replace(profile.guidance, rescale=0.0))
+    assert not np.array_equal(no_stg.frames, no_rescale.frames)
+    audio_cfg = run(setup, stg_scale=0.0, guidance=replace(profile.guidance, audio_cfg=3.0))
+    assert not np.array_equal(no_stg.audio, audio_cfg.audio)  # audio has its own scale
 
 
 def test_reel_decodes_with_streams_duration_and_size(setup, tmp_path):
@@ -110,10 +141,11 @@ def test_reel_decodes_with_streams_duration_and_size(setup, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reel.mp4", "silent.mp4"]
 
 
-def test_extend_command(setup, tiny_model, tmp_path):
-    clip = setup[4]
+@pytest.mark.parametrize("version", ["2.0", "2.3"])
+def test_extend_command(setup, request, tmp_path, version):
+    model = request.getfixturevalue("tiny_model" if version == "2.0" else "tiny_model_v23")
     out = tmp_path / "extended.mp4"
-    assert main(["extend", "--model", str(tiny_model), "--clip", str(clip), "--prompt",
+    assert main(["extend", "--model", str(model), "--clip", str(setup[4]), "--prompt",
                  "a square glides in", "--output", str(out), "--frames", "17", "--resolution",
                  "low", "--audio", "--steps", "2"]) == ExitCode.SUCCESS
     with av.open(str(out)) as container:

@@ -36,14 +36,11 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
 
-    from diffusers import LTX2Pipeline
-
     from ltx_contract.spec import parse_spec
     from ltx_contract.suffix import SuffixWindow
     from ltx_trainer.model.loader import default_device
     from ltx_trainer.model.source import resolve_model_dir
-    from ltx_trainer.training.strategy import prepare_step
-    from ltx_trainer.training.trainer import Trainer, TrainSettings
+    from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
 
     device = default_device()
     model_dir = resolve_model_dir(args.model)
@@ -61,17 +58,14 @@ def main() -> None:
                              height // 32, width // 32),
         "audio": torch.randn(suffix.audio_latent_frames, transformer.config.audio_in_channels),
         "text": torch.randn(64, trainer.connectors.config.caption_channels
-                            * trainer.connectors.config.text_proj_in_factor),
+                            * trainer.connectors.config.text_proj_in_factor
+                            ).to(torch.bfloat16),  # as the text cache holds it
     }
 
     def step(index: int) -> None:
-        inputs = prepare_step(sample, suffix, with_audio=args.audio,
-                              generator=torch.Generator().manual_seed(index),
-                              pack=LTX2Pipeline._pack_latents)
-        loss = trainer.loss(inputs, sample["text"], float(spec.frame_rate))["total"]
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.optimizer.step()
+        trainer.backward(trainer.prepare(sample, suffix, step_generator(0, index)),
+                         sample["text"])
+        trainer.optimizer_step()
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -90,7 +84,8 @@ def main() -> None:
     seconds = (time.perf_counter() - start) / args.steps
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": str(model_dir), "frames": spec.number_of_frames,
+        "model": str(model_dir), "version": trainer.profile.version,
+        "frames": spec.number_of_frames,
         "size": [width, height], "video_tokens": suffix.latent_frames * (height // 32) * (
             width // 32), "rank": args.rank, "audio": args.audio,
         "trainable_params": sum(p.numel() for p in trainer.params),

@@ -134,10 +134,27 @@ def _train(ctx: JobContext) -> JobResult:
                           progress.steps_per_second, progress.eta_seconds)
 
     ctx.progress.stage("training")
+    from .preview.run import load_preview_models, render_reel
+
     device = ctx.device or default_device()
-    trainer = Trainer(ctx.spec, model_dir, work, device, ctx.train_settings or TrainSettings(),
-                      progress=report, hooks=TrainerHooks(upload_cache, upload_checkpoint))
+    settings = ctx.train_settings or TrainSettings()
+    trainer = Trainer(ctx.spec, model_dir, work, device, settings, progress=report,
+                      hooks=TrainerHooks(upload_cache, upload_checkpoint))
+
+    def previews(dest: Path) -> Path | None:
+        """The validation reel with the trainer's LoRA as it is now (None without
+        validation): previews run beside training, on its live transformer."""
+        if not ctx.spec.validation:
+            return None
+        models = load_preview_models(model_dir, trainer.transformer, trainer.connectors,
+                                     device, ctx.spec.with_audio)
+        return render_reel(ctx.spec, work / "dataset", work / "cache", models, trainer.profile,
+                           dest, steps=settings.preview_steps, seed=settings.seed,
+                           max_sequence_length=settings.max_sequence_length)
+
+    trainer.hooks.preview = lambda step: previews(work / "previews" / f"step-{step:06d}.mp4")
     trained = trainer.train(work / "dataset")
+    reel = previews(work / "outputs" / "validation_reel.mp4")
     ctx.progress.stage("uploading")
     units = billable_units(trained.steps, succeeded=True)
     result = JobResult(
@@ -146,9 +163,9 @@ def _train(ctx: JobContext) -> JobResult:
         exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps, billable_units=units)
     _publish(ctx, result, "lora_file", trained.lora_file, "lora.safetensors")
     _publish(ctx, result, "config_file", trained.config_file, "config.json")
-    if trained.video is not None:
-        _publish(ctx, result, "video", trained.video, "validation_reel.mp4")
-    del trainer
+    if reel is not None:
+        _publish(ctx, result, "video", reel, "validation_reel.mp4")
+    trainer.release()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result

@@ -1,26 +1,26 @@
-"""Loading the LTX-2.3 components from a diffusers-format model folder (where the
+"""Loading the LTX-2 components from a diffusers-format model folder (where the
 folder comes from is `source.py`).
 
-bf16 on GPU, fp32 on CPU. Each stage loads only the parts it needs, so the text
-encoder and the VAEs are gone from memory before the first training step.
+Each component is loaded with the class its entry in `model_index.json` names, as
+diffusers' own pipeline loader does, so a folder's own vocoder class (the LTX-2.3
+`LTX2VocoderWithBWE`) or any later class loads with its own weights. bf16 on GPU, fp32
+on CPU. Each stage loads only the parts it needs, so the text encoder and the VAEs are
+gone from memory before the first training step.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-#: component folder → (module, class name)
-COMPONENTS = {
-    "transformer": ("diffusers", "LTX2VideoTransformer3DModel"),
-    "vae": ("diffusers", "AutoencoderKLLTX2Video"),
-    "audio_vae": ("diffusers", "AutoencoderKLLTX2Audio"),
-    "connectors": ("diffusers.pipelines.ltx2", "LTX2TextConnectors"),
-    "text_encoder": ("transformers", "Gemma3ForConditionalGeneration"),
-    "vocoder": ("diffusers.pipelines.ltx2.vocoder", "LTX2Vocoder"),
-}
+#: libraries whose classes a model_index.json names directly; any other library name is
+#: a diffusers pipeline module (e.g. "ltx2" → diffusers.pipelines.ltx2), as diffusers reads it
+TOP_LEVEL_LIBRARIES = ("diffusers", "transformers")
+UNWEIGHTED = ("tokenizer", "scheduler")
 
 
 def default_device() -> torch.device:
@@ -31,20 +31,29 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def component_class(model_dir: Path, name: str) -> type:
+    """The class `model_index.json` names for component `name`."""
+    index = json.loads((Path(model_dir) / "model_index.json").read_text())
+    entry = index.get(name)
+    if not entry or entry[0] is None:
+        raise FileNotFoundError(f"{model_dir}/model_index.json names no {name} component")
+    library, class_name = entry
+    module_name = library if library in TOP_LEVEL_LIBRARIES else f"diffusers.pipelines.{library}"
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise FileNotFoundError(
+            f"{model_dir}: the {name} class {library}.{class_name} is not available in the "
+            "installed diffusers/transformers") from None
+
+
 def load_component(model_dir: Path, name: str, device: torch.device,
                    dtype: torch.dtype | None = None) -> Any:
-    """One component, in eval mode and frozen, on `device`."""
-    if name == "tokenizer":
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(model_dir / "tokenizer")
-    if name == "scheduler":
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir / "scheduler")
-    module_name, class_name = COMPONENTS[name]
-    module = __import__(module_name, fromlist=[class_name])
-    model = getattr(module, class_name).from_pretrained(
-        model_dir / name, torch_dtype=dtype or compute_dtype(device))
+    """One component, in eval mode and frozen, on `device` (tokenizer and scheduler as
+    they are)."""
+    cls = component_class(model_dir, name)
+    if name in UNWEIGHTED:
+        return cls.from_pretrained(Path(model_dir) / name)
+    model = cls.from_pretrained(Path(model_dir) / name, torch_dtype=dtype or compute_dtype(device))
     model.to(device).eval().requires_grad_(False)
     return model

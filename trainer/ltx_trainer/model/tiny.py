@@ -1,9 +1,13 @@
 """A tiny random LTX-2 model folder in the diffusers layout.
 
-Same classes and folder layout as the real LTX-2.3 release, loaded by the same code,
-with tiny widths and depths but the real compression: 8× in time and 32× in space for
-video, 16 kHz audio at 25 latents per second. The text encoder is a tiny Gemma 3 and
-the tokenizer is built here from a small word list, so nothing is fetched from a hub.
+Same classes and folder layout as the real releases, loaded by the same code, with tiny
+widths and depths but the real compression: 8× in time and 32× in space for video,
+16 kHz audio at 25 latents per second. `version` picks the LTX-2.0 or the LTX-2.3 form:
+2.3 switches on gated attention, prompt modulation by sigma (`cross_attn_mod` and its
+audio twin), per-modality connector projections instead of the transformer's caption
+projection, and the bandwidth-extending vocoder (16 → 48 kHz). The text encoder is a
+tiny Gemma 3 and the tokenizer is built here from a small word list, so nothing is
+fetched from a hub.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ WORDS = (
 ).split()
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>"]
 MARKER = "ltx-extend-tiny-model.json"
+#: bumped when the tiny model's form changes (2: the LTX-2 dynamic-shift scheduler and the
+#: version option), so a cached older folder can be told apart and written again
+FORMAT = 2
 
 
 def _tokenizer(dest: Path) -> None:
@@ -45,8 +52,12 @@ def _tokenizer(dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def build_components(seed: int = 0) -> dict[str, object]:
-    """The tiny components, initialised deterministically from `seed`."""
+VERSIONS = ("2.0", "2.3")
+
+
+def build_components(seed: int = 0, version: str = "2.0") -> dict[str, object]:
+    """The tiny components of an LTX-`version` model, initialised deterministically from
+    `seed`."""
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
@@ -54,9 +65,11 @@ def build_components(seed: int = 0) -> dict[str, object]:
         LTX2VideoTransformer3DModel,
     )
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {', '.join(VERSIONS)}, not {version!r}")
+    v23 = version == "2.3"
     hidden = 32
     torch.manual_seed(seed)
     text_config = {
@@ -77,17 +90,26 @@ def build_components(seed: int = 0) -> dict[str, object]:
         audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=2,
         audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2,
         caption_channels=hidden, rope_double_precision=False, rope_type="split",
-        vae_scale_factors=(8, 32, 32), perturbed_attn=True,  # STG, as in LTX-2.3
+        vae_scale_factors=(8, 32, 32), perturbed_attn=True,  # the STG blocks
+        gated_attn=v23, cross_attn_mod=v23, audio_gated_attn=v23, audio_cross_attn_mod=v23,
+        use_prompt_embeddings=not v23,
     )
     torch.manual_seed(seed + 2)
+    # 2.0: one projection to the caption width, the transformer projects per modality;
+    # 2.3: the connectors project straight to each stream's width (16 video, 8 audio)
+    video_width, audio_width = (16, 8) if v23 else (hidden, hidden)
+    head_dim = 4 if v23 else 8
     connectors = LTX2TextConnectors(
         caption_channels=hidden, text_proj_in_factor=text_config["num_hidden_layers"] + 1,
-        video_connector_num_attention_heads=4, video_connector_attention_head_dim=8,
+        video_connector_num_attention_heads=video_width // head_dim,
+        video_connector_attention_head_dim=head_dim,
         video_connector_num_layers=1, video_connector_num_learnable_registers=None,
-        audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=8,
+        audio_connector_num_attention_heads=audio_width // head_dim,
+        audio_connector_attention_head_dim=head_dim,
         audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
         connector_rope_base_seq_len=32, rope_theta=10000.0, rope_double_precision=False,
         causal_temporal_positioning=False, rope_type="split",
+        per_modality_projections=v23, video_hidden_dim=video_width, audio_hidden_dim=audio_width,
     )
     torch.manual_seed(seed + 3)
     # Four down blocks as in the real VAE: 8× in time, 32× in space (patch 4 × 2 × 2 × 2).
@@ -107,34 +129,89 @@ def build_components(seed: int = 0) -> dict[str, object]:
         mel_bins=16,
     )
     torch.manual_seed(seed + 5)
-    vocoder = LTX2Vocoder(
-        in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins,
-        hidden_channels=32, out_channels=2, upsample_kernel_sizes=[20, 16],
-        upsample_factors=[10, 16], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
-        leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
-    )
+    mel_channels = audio_vae.config.output_channels * audio_vae.config.mel_bins
+    vocoder = _bwe_vocoder(mel_channels) if v23 else _vocoder(mel_channels)
+    # the LTX-2 schedule: resolution-dependent (dynamic) shift with the release's constants
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+        max_image_seq_len=4096, shift_terminal=None)
     return {
         "transformer": transformer, "vae": vae, "audio_vae": audio_vae,
         "connectors": connectors, "text_encoder": text_encoder, "vocoder": vocoder,
-        "scheduler": FlowMatchEulerDiscreteScheduler(shift_terminal=None),
+        "scheduler": scheduler,
     }
 
 
-def write_tiny_model(dest: Path, seed: int = 0) -> Path:
-    """Write the tiny model folder (model_index.json and one folder per component)."""
+def _vocoder(in_channels: int) -> torch.nn.Module:
+    """LTX-2.0's vocoder: mel at 100 frames/s → 16 kHz (160× upsampling)."""
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    return LTX2Vocoder(
+        in_channels=in_channels, hidden_channels=32, out_channels=2,
+        upsample_kernel_sizes=[20, 16], upsample_factors=[10, 16], resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
+    )
+
+
+def _bwe_vocoder(in_channels: int) -> torch.nn.Module:
+    """LTX-2.3's vocoder: the 16 kHz vocoder, then a bandwidth extender to 48 kHz that reads
+    a causal mel (hop 80) of the first stage's output (80 × 3 = 240× upsampling)."""
+    import numpy as np
+    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
+    from transformers.audio_utils import mel_filter_bank
+
+    mel_bins, filter_length = 16, 512
+    vocoder = LTX2VocoderWithBWE(
+        in_channels=in_channels, hidden_channels=32, out_channels=2,
+        upsample_kernel_sizes=[20, 16], upsample_factors=[10, 16], resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]], bwe_in_channels=2 * mel_bins, bwe_hidden_channels=16,
+        bwe_out_channels=2, bwe_upsample_kernel_sizes=[12, 11, 16], bwe_upsample_factors=[6, 5, 8],
+        bwe_resnet_kernel_sizes=[3], bwe_resnet_dilations=[[1, 3, 5]],
+        filter_length=filter_length, hop_length=80, window_length=filter_length,
+        num_mel_channels=mel_bins, input_sampling_rate=16000, output_sampling_rate=48000,
+    )
+    # the STFT and mel buffers are data, not weights (zeros at init): a Hann-windowed DFT
+    # and Slaney mel filters, so the extender sees a real spectrogram
+    freqs = filter_length // 2 + 1
+    n = np.arange(filter_length)
+    window = np.hanning(filter_length)
+    angles = 2 * np.pi * np.outer(np.arange(freqs), n) / filter_length
+    basis = np.concatenate([np.cos(angles), -np.sin(angles)]) * window
+    stft = vocoder.mel_stft.stft_fn
+    stft.forward_basis.copy_(torch.from_numpy(basis[:, None, :]).float())
+    stft.inverse_basis.copy_(torch.from_numpy(basis[:, None, :]).float())
+    bank = mel_filter_bank(num_frequency_bins=freqs, num_mel_filters=mel_bins, min_frequency=0.0,
+                           max_frequency=8000.0, sampling_rate=16000, norm="slaney",
+                           mel_scale="slaney")
+    vocoder.mel_stft.mel_basis.copy_(torch.from_numpy(np.asarray(bank).T).float())
+    return vocoder
+
+
+def write_tiny_model(dest: Path, seed: int = 0, version: str = "2.0") -> Path:
+    """Write the tiny LTX-`version` model folder (model_index.json and one folder per
+    component)."""
     from diffusers import LTX2Pipeline
 
     dest.mkdir(parents=True, exist_ok=True)
-    components = build_components(seed)
+    components = build_components(seed, version)
     tokenizer_dir = dest / "tokenizer"
     _tokenizer(tokenizer_dir)
     from transformers import AutoTokenizer
 
     pipe = LTX2Pipeline(tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir), **components)
     pipe.save_pretrained(dest, safe_serialization=True)
-    (dest / MARKER).write_text(json.dumps({"seed": seed, "kind": "tiny-random"}))
+    (dest / MARKER).write_text(json.dumps({"seed": seed, "kind": "tiny-random",
+                                            "version": version, "format": FORMAT}))
     return dest
 
 
 def is_tiny_model(path: Path) -> bool:
     return (path / MARKER).is_file()
+
+
+def is_current_tiny_model(path: Path) -> bool:
+    """A tiny model folder written by this version of the maker (an older one, e.g. with a
+    fixed-shift scheduler that training now refuses, should be written again)."""
+    if not is_tiny_model(path):
+        return False
+    return json.loads((path / MARKER).read_text()).get("format") == FORMAT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,9 +13,12 @@ from ltx_contract.outcomes import InvalidInput
 from ltx_contract.spec import DEFAULT_NEGATIVE_PROMPT, frame_size
 from ltx_contract.suffix import SuffixWindow
 
+from ..codec.text import encode_texts, text_key
+from ..codec.video import read_video
 from ..dataset.media import Undecodable, frames_in, probe, read_wav
 from ..dataset.prepare import fit_closing_clip
-from ..training.encode import encode_texts, read_video, text_key
+from ..model.lora import load_lora, read_lora_config
+from ..model.profile import read_profile
 from .reel import write_video
 from .sampler import Models, extend_backward
 
@@ -41,25 +43,13 @@ class ExtendRequest:
     max_sequence_length: int | None = None  # default: the LoRA's, else 1024
 
 
-def lora_config(lora: Path | None) -> dict:
-    if lora is None:
-        return {}
-    from safetensors import safe_open
-
-    from ..training.trainer import CONFIG_METADATA_KEY
-
-    with safe_open(lora, "pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else {}
-
-
 def extend_clip(request: ExtendRequest, device: torch.device,
                 resolve_model: Callable[[Path | None], Path]) -> Path:
     """Check the clip, then generate; the model folder is resolved only once the input
     is known to be good."""
     from ..model.loader import load_component
 
-    config = lora_config(request.lora)
+    config = read_lora_config(request.lora)
     cf = request.conditioning_frames or int(config.get("conditioningFrames", 8))
     length = request.max_sequence_length or int(config.get("maxSequenceLength", 1024))
     suffix = SuffixWindow(request.frames, request.fps, cf)
@@ -80,13 +70,11 @@ def extend_clip(request: ExtendRequest, device: torch.device,
         closing = read_video(video_path)
         audio = torch.from_numpy(read_wav(wav)[0]) if request.audio else None
     request.model = resolve_model(request.model)
+    profile = read_profile(request.model)
     texts = encode_texts(request.model, [request.prompt, request.negative_prompt], device, length)
     transformer = load_component(request.model, "transformer", device)
     if request.lora is not None:
-        from diffusers import LTX2Pipeline
-
-        state = LTX2Pipeline.lora_state_dict(str(request.lora))
-        transformer.load_lora_adapter(state, prefix="transformer", adapter_name="extend")
+        load_lora(transformer, request.lora)
     models = Models(
         transformer=transformer, connectors=load_component(request.model, "connectors", device),
         vae=load_component(request.model, "vae", device),
@@ -95,7 +83,7 @@ def extend_clip(request: ExtendRequest, device: torch.device,
         scheduler=load_component(request.model, "scheduler", device),
     )
     result = extend_backward(
-        models, closing, audio, texts[text_key(request.prompt)],
+        models, profile, closing, audio, texts[text_key(request.prompt)],
         texts[text_key(request.negative_prompt)], suffix=suffix, with_audio=request.audio,
         steps=request.steps, stg_scale=request.stg_scale, seed=request.seed,
         max_sequence_length=length)

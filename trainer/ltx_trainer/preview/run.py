@@ -1,4 +1,5 @@
-"""Rendering the validation previews of a training into a reel."""
+"""Rendering the validation previews of a training into a reel: each validation clip
+extended backward with the LoRA as it is now (the live trainer's transformer)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import torch
 from ltx_contract.spec import TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
+from ..codec.latents import to_frames
+from ..codec.text import load_text
+from ..codec.video import read_video
 from ..dataset.media import read_wav
-from ..training.encode import load_text, read_video
+from ..model.profile import ModelProfile
 from .reel import ReelPart, write_reel
 from .sampler import Models, extend_backward
 
@@ -34,13 +38,11 @@ def load_preview_models(model_dir: Path, transformer: Any, connectors: Any,
     )
 
 
-def _frames(video: torch.Tensor) -> Any:
-    return ((video[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
-
-
 def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: Models,
-                dest: Path, *, steps: int, seed: int, max_sequence_length: int) -> Path | None:
-    """Extend every validation clip backward and write the combined reel to `dest`."""
+                profile: ModelProfile, dest: Path, *, steps: int, seed: int,
+                max_sequence_length: int) -> Path | None:
+    """Extend every validation clip backward and write the combined reel to `dest`
+    (None when the training has no validation clips)."""
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     if not manifest["validation"]:
         return None
@@ -54,12 +56,12 @@ def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: 
         audio, rate = (read_wav(dataset_dir / entry["audio"]["path"]) if spec.with_audio
                        else (None, None))
         result = extend_backward(
-            models, closing, None if audio is None else torch.from_numpy(audio),
+            models, profile, closing, None if audio is None else torch.from_numpy(audio),
             load_text(cache_dir, entry["prompt"]), negative, suffix=suffix,
             with_audio=spec.with_audio, steps=steps, stg_scale=spec.stg_scale,
             seed=seed + entry["index"], max_sequence_length=max_sequence_length)
         cut = suffix.first_suffix_frame
-        part = ReelPart(lead_in=result.frames[:cut], closing=_frames(closing)[cut:],
+        part = ReelPart(lead_in=result.frames[:cut], closing=to_frames(closing)[cut:],
                         prompt=entry["prompt"])
         if spec.with_audio:
             split = round(cut / suffix.frame_rate * result.sample_rate)
@@ -70,4 +72,7 @@ def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: 
         log.info("preview %d rendered", entry["index"])
     models.transformer.train(was_training)
     gc.collect()
-    return write_reel(parts, dest, manifest["validation"][0]["frameRate"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    path = write_reel(parts, dest, manifest["validation"][0]["frameRate"])
+    log.info("validation reel %s", path)
+    return path

@@ -1,100 +1,113 @@
-"""The extend-suffix strategy: what is conditioned and what is trained.
+"""The extend-suffix strategy: what is conditioned and what is trained, per modality.
 
-Flow matching with per-token timesteps. The last `conditioningFrames / 8` latent
-frames are the clean suffix: they enter un-noised with timestep 0 and are left out of
-the loss; every token before them is noised to sigma and trained to predict the
-velocity (noise − clean). With audio, the audio latents of the closing window are
-conditioned the same way and the audio loss covers the rest.
+Flow matching with per-token timesteps, as the official trainer's flexible strategy
+with a suffix condition. Each trained modality draws its own sigma (shifted by its own
+token count) and its own noise; the tokens of its closing window enter clean with
+timestep 0 and are left out of the loss; every other token is noised to the stream's
+sigma and trained to predict the velocity (noise − clean). A modality that is not
+trained (audio in a video-only run) is isolated from the other and fed pure noise at
+sigma 1, as at inference, and has no loss.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from ltx_contract.spec import TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
-#: Timestep shift: logit-normal centred on mu, which grows with the token count
-#: (as the LTX-2 scheduler's resolution-dependent shift).
-BASE_SEQ_LEN, MAX_SEQ_LEN, BASE_SHIFT, MAX_SHIFT = 1024, 4096, 0.95, 2.05
+from ..codec.latents import pack_video
+from ..codec.suffix import audio_keep_mask, video_keep_mask
+from ..model.forward import Geometry, StreamState
+from ..model.profile import ModelProfile
+from .timesteps import ShiftedLogitNormal
+
+MODALITIES = ("video", "audio")
 
 
-def shift_mu(seq_len: int) -> float:
-    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
-    return BASE_SHIFT + slope * (seq_len - BASE_SEQ_LEN)
+@dataclass
+class Stream:
+    """One modality of one step: the model's input and, when trained, its target."""
 
-
-def sample_sigma(generator: torch.Generator, seq_len: int) -> float:
-    """Shifted logit-normal: sigmoid(mu(seq_len) + N(0, 1))."""
-    z = torch.randn((), generator=generator).item()
-    return 1.0 / (1.0 + math.exp(-(shift_mu(seq_len) + z)))
+    state: StreamState
+    target: torch.Tensor | None = None  # (1, tokens, channels) velocity
+    loss_mask: torch.Tensor | None = None  # (1, tokens) 1 where trained
 
 
 @dataclass
 class StepInputs:
-    """Everything one forward pass and its loss need (batch of one)."""
+    video: Stream
+    audio: Stream
+    geometry: Geometry
 
-    video: torch.Tensor  # (1, tokens, channels) noised, suffix clean
-    video_timestep: torch.Tensor  # (1, tokens), 0 on the suffix
-    video_target: torch.Tensor
-    video_loss_mask: torch.Tensor  # (1, tokens) 1 where trained
-    audio: torch.Tensor
-    audio_timestep: torch.Tensor
-    audio_target: torch.Tensor | None
-    audio_loss_mask: torch.Tensor | None
-    sigma: float
-    latent_shape: tuple[int, int, int]  # frames, height, width
-    audio_frames: int
+    @property
+    def streams(self) -> dict[str, Stream]:
+        return {"video": self.video, "audio": self.audio}
 
 
-def suffix_token_mask(frames: int, height: int, width: int, suffix_latent_frames: int
-                      ) -> torch.Tensor:
-    """1 for the tokens of the last `suffix_latent_frames` latent frames (frame-major
-    packing, as the pipelines pack), else 0."""
-    mask = torch.zeros(frames, height * width)
-    mask[frames - suffix_latent_frames:] = 1
-    return mask.flatten()
+class SuffixStrategy:
+    """Suffix conditioning on the modalities it is given (video always; audio when the
+    training has it)."""
 
+    def __init__(self, modalities: tuple[str, ...], sampler: ShiftedLogitNormal,
+                 audio_channels: int):
+        unknown = set(modalities) - set(MODALITIES)
+        if "video" not in modalities or unknown:
+            raise ValueError(f"modalities must be video and optionally audio, not {modalities}")
+        self.modalities, self.sampler, self.audio_channels = modalities, sampler, audio_channels
 
-def prepare_step(sample: dict[str, torch.Tensor], suffix: SuffixWindow, *, with_audio: bool,
-                 generator: torch.Generator, pack: Any) -> StepInputs:
-    """Noise one cached sample for a training step."""
-    latents = sample["video"].unsqueeze(0)  # (1, C, F, H, W)
-    _, _, frames, height, width = latents.shape
-    clean = pack(latents)  # (1, F*H*W, C)
-    tokens = clean.shape[1]
-    sigma = sample_sigma(generator, tokens)
-    noise = torch.randn(clean.shape, generator=generator)
-    keep = suffix_token_mask(frames, height, width, suffix.suffix_latent_frames)[None, :, None]
-    video = keep * clean + (1 - keep) * ((1 - sigma) * clean + sigma * noise)
-    video_timestep = (1 - keep[..., 0]) * sigma
+    @classmethod
+    def for_training(cls, spec: TrainingSpec, profile: ModelProfile, audio_channels: int
+                     ) -> SuffixStrategy:
+        modalities = ("video", "audio") if spec.with_audio else ("video",)
+        return cls(modalities, ShiftedLogitNormal(profile.shift), audio_channels)
 
-    audio_frames = suffix.audio_latent_frames
-    if with_audio:
-        audio_clean = sample["audio"].unsqueeze(0)  # (1, L, D)
-        audio_frames = audio_clean.shape[1]
-        audio_noise = torch.randn(audio_clean.shape, generator=generator)
-        audio_keep = torch.zeros(1, audio_frames, 1)
-        audio_keep[:, suffix.first_suffix_audio_latent:] = 1
-        audio = audio_keep * audio_clean + (1 - audio_keep) * (
-            (1 - sigma) * audio_clean + sigma * audio_noise)
-        audio_timestep = (1 - audio_keep[..., 0]) * sigma
-        audio_target, audio_loss_mask = audio_noise - audio_clean, 1 - audio_keep[..., 0]
-    else:
-        # Video only: the audio stream is isolated from the video and sees pure noise,
-        # as it does at inference; it gets no loss.
-        audio = None
-        audio_timestep = torch.ones(1, audio_frames)
-        audio_target = audio_loss_mask = None
-    return StepInputs(
-        video=video, video_timestep=video_timestep, video_target=noise - clean,
-        video_loss_mask=1 - keep[..., 0], audio=audio, audio_timestep=audio_timestep,
-        audio_target=audio_target, audio_loss_mask=audio_loss_mask, sigma=sigma,
-        latent_shape=(frames, height, width), audio_frames=audio_frames,
-    )
+    @property
+    def trains_audio(self) -> bool:
+        return "audio" in self.modalities
+
+    def prepare(self, sample: dict[str, torch.Tensor], suffix: SuffixWindow,
+                generator: torch.Generator, device: torch.device | str = "cpu") -> StepInputs:
+        """Noise one cached sample for a step; every tensor ends on `device` (the noise is
+        drawn on the CPU from `generator`, so a step is the same on any device)."""
+        latents = sample["video"].unsqueeze(0)  # (1, C, F, H, W)
+        _, _, frames, height, width = latents.shape
+        video = self._noised(pack_video(latents).float(),
+                             video_keep_mask(suffix, frames, height, width), generator, device)
+        if self.trains_audio:
+            audio_clean = sample["audio"].unsqueeze(0).float()  # (1, L, D)
+            audio_frames = audio_clean.shape[1]
+            audio = self._noised(audio_clean, audio_keep_mask(suffix, audio_frames), generator,
+                                 device)
+        else:
+            audio_frames = suffix.audio_latent_frames
+            noise = torch.randn(1, audio_frames, self.audio_channels, generator=generator)
+            audio = Stream(StreamState(noise.to(device), torch.ones(1, audio_frames,
+                                                                    device=device), 1.0))
+        geometry = Geometry(frames, height, width, audio_frames, suffix.frame_rate)
+        return StepInputs(video=video, audio=audio, geometry=geometry)
+
+    def _noised(self, clean: torch.Tensor, keep: torch.Tensor, generator: torch.Generator,
+                device: torch.device | str) -> Stream:
+        sigma = self.sampler.sample(generator, clean.shape[1])
+        noise = torch.randn(clean.shape, generator=generator)
+        noised = keep * clean + (1 - keep) * ((1 - sigma) * clean + sigma * noise)
+        generated = 1 - keep[..., 0]
+        return Stream(
+            StreamState(noised.to(device), (generated * sigma).to(device), sigma),
+            target=(noise - clean).to(device), loss_mask=generated.to(device))
+
+    def loss(self, predictions: dict[str, torch.Tensor], inputs: StepInputs
+             ) -> dict[str, torch.Tensor]:
+        """Masked MSE per trained modality and their sum (`total`)."""
+        losses = {}
+        for name in self.modalities:
+            stream = inputs.streams[name]
+            losses[name] = masked_mse(predictions[name], stream.target, stream.loss_mask)
+        losses["total"] = sum(losses.values())
+        return losses
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor

@@ -26,8 +26,11 @@ def _filters(sample_rate: int, mel_bins: int) -> torch.Tensor:
 
 def log_mel(waveform: torch.Tensor, sample_rate: int, hop_length: int, mel_bins: int
             ) -> torch.Tensor:
-    """(channels, samples) → (1, channels, frames, mel_bins) float32."""
+    """(channels, samples) → (1, channels, frames, mel_bins) float32, on the waveform's
+    device."""
+    device = waveform.device
     spec = torch.stft(waveform.float(), n_fft=N_FFT, hop_length=hop_length, win_length=N_FFT,
-                      window=torch.hann_window(N_FFT), center=True, return_complex=True).abs()
-    mel = torch.matmul(_filters(sample_rate, mel_bins), spec)  # (channels, mel, frames)
+                      window=torch.hann_window(N_FFT, device=device), center=True,
+                      return_complex=True).abs()
+    mel = torch.matmul(_filters(sample_rate, mel_bins).to(device), spec)  # (channels, mel, frames)
     return torch.log(mel.clamp(min=1e-5)).transpose(1, 2).unsqueeze(0)

@@ -1,0 +1,88 @@
+"""One model profile, read from the configs once and used by every transformer call."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from ltx_contract.spec import parse_spec
+from ltx_contract.suffix import SuffixWindow
+from ltx_trainer.codec.text import encode_texts, text_key
+from ltx_trainer.model.loader import load_component
+from ltx_trainer.model.profile import read_profile
+from ltx_trainer.preview.sampler import Models, extend_backward
+from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
+
+CPU = torch.device("cpu")
+SUFFIX = SuffixWindow(25, 24, 8)
+COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "scheduler")
+
+
+@pytest.fixture(params=["2.0", "2.3"])
+def model(request):
+    return request.getfixturevalue("tiny_model" if request.param == "2.0" else "tiny_model_v23")
+
+
+def record_forwards(transformer) -> tuple[list[dict], object]:
+    calls: list[dict] = []
+
+    def hook(module, args, kwargs):
+        calls.append({k: kwargs[k] for k in ("use_cross_timestep", "sigma", "audio_sigma",
+                                             "isolate_modalities",
+                                             "spatio_temporal_guidance_blocks")})
+
+    return calls, transformer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_the_version_is_read_from_the_configs(tiny_model, tiny_model_v23, tmp_path):
+    old, new = read_profile(tiny_model), read_profile(tiny_model_v23)
+    assert (old.version, old.use_cross_timestep, old.prompt_modulation,
+            old.per_modality_connectors, old.vocoder_class) == (
+        "2.0", False, False, False, "LTX2Vocoder")
+    assert (new.version, new.use_cross_timestep, new.prompt_modulation,
+            new.per_modality_connectors, new.vocoder_class) == (
+        "2.3", True, True, True, "LTX2VocoderWithBWE")
+    # a 2.3 transformer with 2.0 connectors cannot work: refused by name
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_model_v23, mixed, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copy(tiny_model / "connectors" / "config.json", mixed / "connectors" / "config.json")
+    with pytest.raises(ValueError, match=r"different versions.*per_modality_projections"):
+        read_profile(mixed)
+
+
+def test_every_training_and_sampling_forward_carries_the_profile(model, tmp_path):
+    profile = read_profile(model)
+    spec = parse_spec({"trainingDataUrl": "s3://bucket/data.zip", "numberOfFrames": 25,
+                       "resolution": "low", "aspectRatio": "16:9", "withAudio": True})
+    trainer = Trainer(spec, model, tmp_path, CPU, TrainSettings(max_sequence_length=16))
+    trainer._load()
+    texts = encode_texts(model, ["a square glides in", ""], CPU, 16)
+    sample = {"video": torch.randn(8, SUFFIX.latent_frames, 3, 5),
+              "audio": torch.randn(SUFFIX.audio_latent_frames, 8),
+              "text": texts[text_key("a square glides in")]}
+    calls, hook = record_forwards(trainer.transformer)
+    try:
+        for step in range(3):
+            trainer.backward(trainer.prepare(sample, SUFFIX, step_generator(0, step)),
+                             sample["text"])
+        training, calls[:] = list(calls), []
+        models = Models(trainer.transformer, trainer.connectors,
+                        *(load_component(model, n, CPU) for n in COMPONENTS[2:]))
+        video = torch.rand(1, 3, 25, 96, 160) * 2 - 1
+        audio = torch.zeros(2, round(25 / 24 * 16_000))
+        extend_backward(models, profile, video, audio, texts[text_key("a square glides in")],
+                        texts[text_key("")], suffix=SUFFIX, with_audio=True, steps=2,
+                        max_sequence_length=16)
+        sampling = list(calls)
+    finally:
+        hook.remove()
+    assert len(training) == 3 and len(sampling) == 2 * 3  # per step: CFG, STG, modality
+    for call in training + sampling:
+        assert call["use_cross_timestep"] is profile.use_cross_timestep
+    # training: each stream's own sigma reaches the prompt modulation
+    assert all(not torch.equal(c["sigma"], c["audio_sigma"]) for c in training)
+    assert {tuple(c["spatio_temporal_guidance_blocks"] or ()) for c in sampling} == {
+        (), profile.guidance.stg_blocks}
+

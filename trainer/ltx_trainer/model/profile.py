@@ -1,0 +1,116 @@
+"""The model's version and everything it implies, read once from the model's configs.
+
+LTX-2.0 and LTX-2.3 share the diffusers classes but are called differently. 2.3 has
+gated attention, prompt cross-attention modulated by the noise level (`sigma` and
+`audio_sigma`), per-modality connector projections instead of the transformer's caption
+projection, the cross-modality timestep (`use_cross_timestep=True`, as diffusers'
+`LTX2Pipeline` calls it) and the bandwidth-extending vocoder. Training, previews and
+`extend` all take these from one `ModelProfile`; no call site decides them itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Version = Literal["2.0", "2.3"]
+
+#: STG perturbs one self-attention block; the official pipelines name it for the 48-block
+#: model (29 for LTX-2.0, 28 for LTX-2.3) and a shallower model takes the same depth.
+STG_BLOCK_OF_48 = {"2.0": 29, "2.3": 28}
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The validation guidance of the official recipe (Lightricks' suffix-LoRA config and
+    diffusers' `LTX2Pipeline` defaults): per-modality CFG, STG on one block, modality
+    (isolation) guidance and guidance rescale, all in x0 space."""
+
+    video_cfg: float = 3.0
+    audio_cfg: float = 7.0
+    modality: float = 3.0
+    rescale: float = 0.7
+    stg_blocks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TimestepShift:
+    """The scheduler's resolution-dependent shift: mu grows linearly with the tokens."""
+
+    base_seq_len: int = 1024
+    max_seq_len: int = 4096
+    base_shift: float = 0.95
+    max_shift: float = 2.05
+
+    def mu(self, tokens: int) -> float:
+        slope = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
+        return self.base_shift + slope * (tokens - self.base_seq_len)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    version: Version
+    num_layers: int
+    use_cross_timestep: bool  # cross-modal attention modulated by the other stream's sigma
+    prompt_modulation: bool  # prompt cross-attention modulated by sigma / audio_sigma
+    per_modality_connectors: bool
+    vocoder_class: str
+    dynamic_shifting: bool  # False: a distilled checkpoint's fixed schedule
+    shift: TimestepShift
+    guidance: Guidance
+    timestep_scale: int = 1000  # the transformer's timestep_scale_multiplier
+
+
+def stg_blocks(version: Version, num_layers: int) -> tuple[int, ...]:
+    return (min(num_layers - 1, round(STG_BLOCK_OF_48[version] * num_layers / 48)),)
+
+
+def profile_from_configs(transformer: dict[str, Any], connectors: dict[str, Any],
+                         scheduler: dict[str, Any], vocoder_class: str = "LTX2Vocoder"
+                         ) -> ModelProfile:
+    """The profile of a model from its components' configs (dicts of their JSON)."""
+    per_modality = bool(connectors.get("per_modality_projections", False))
+    prompt_embeddings = bool(transformer.get("use_prompt_embeddings", True))
+    if per_modality == prompt_embeddings:
+        raise ValueError(
+            "the model's transformer and connectors are of different versions: "
+            f"connectors per_modality_projections={per_modality} needs transformer "
+            f"use_prompt_embeddings={not per_modality}")
+    version: Version = "2.3" if per_modality else "2.0"
+    num_layers = int(transformer.get("num_layers", 48))
+    return ModelProfile(
+        version=version, num_layers=num_layers,
+        use_cross_timestep=version == "2.3",
+        prompt_modulation=bool(transformer.get("cross_attn_mod")
+                               or transformer.get("audio_cross_attn_mod")),
+        per_modality_connectors=per_modality, vocoder_class=vocoder_class,
+        dynamic_shifting=bool(scheduler.get("use_dynamic_shifting", False)),
+        shift=TimestepShift(
+            base_seq_len=int(scheduler.get("base_image_seq_len", 1024)),
+            max_seq_len=int(scheduler.get("max_image_seq_len", 4096)),
+            base_shift=float(scheduler.get("base_shift", 0.95)),
+            max_shift=float(scheduler.get("max_shift", 2.05))),
+        guidance=Guidance(stg_blocks=stg_blocks(version, num_layers)),
+        timestep_scale=int(transformer.get("timestep_scale_multiplier", 1000)),
+    )
+
+
+def _config(model_dir: Path, name: str, filename: str) -> dict[str, Any]:
+    path = model_dir / name / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} has no {name}/{filename}")
+    return json.loads(path.read_text())
+
+
+def read_profile(model_dir: Path) -> ModelProfile:
+    """The profile of a diffusers model folder, from its configs alone (no weights read)."""
+    model_dir = Path(model_dir)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    vocoder = index.get("vocoder") or [None, "LTX2Vocoder"]
+    return profile_from_configs(
+        _config(model_dir, "transformer", "config.json"),
+        _config(model_dir, "connectors", "config.json"),
+        _config(model_dir, "scheduler", "scheduler_config.json"),
+        vocoder_class=vocoder[1] or "LTX2Vocoder")

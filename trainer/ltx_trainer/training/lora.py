@@ -1,0 +1,95 @@
+"""The LoRA: its targets, its state dict under the LTX-2 names, its metadata and file.
+
+Targets follow the modalities trained: the video self- and text cross-attention always;
+the audio attentions and the two cross-modal attentions only with audio. A video-only
+run isolates the streams, so those would never get a gradient and would only add
+all-zero tensors to the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ltx_contract.spec import TrainingSpec
+
+from .. import __version__
+from ..model.lora import CONFIG_METADATA_KEY, LORA_PREFIX
+
+TRAINING_TYPE = "extend-suffix"
+PROJECTIONS = "(to_q|to_k|to_v|to_out\\.0)"
+ATTENTIONS = {
+    "video": ("attn1", "attn2"),
+    "audio": ("audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn"),
+}
+
+
+def lora_targets(modalities: tuple[str, ...]) -> str:
+    """peft's target_modules regex: the attention projections of the trained modalities."""
+    names = [a for m in modalities for a in ATTENTIONS[m]]
+    return rf"transformer_blocks\.\d+\.({'|'.join(names)})\.{PROJECTIONS}"
+
+
+def add_lora(transformer: Any, rank: int, modalities: tuple[str, ...]) -> None:
+    from peft import LoraConfig
+
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True,
+                                       target_modules=lora_targets(modalities)))
+
+
+def adapter_state(transformer: Any) -> dict[str, torch.Tensor]:
+    """The adapter's weights under peft's names, detached copies on the CPU."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone()
+            for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def lora_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
+    """The LoRA weights in bf16 under their original LTX-2 names (`diffusion_model.`)."""
+    from peft import get_peft_model_state_dict
+
+    return {f"{LORA_PREFIX}{k}": v.detach().to(torch.bfloat16).contiguous().cpu()
+            for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
+                    max_sequence_length: int, seed: int) -> dict[str, Any]:
+    """What inference needs to match the training."""
+    width, height = spec.frame_size
+    return {
+        "trainingType": TRAINING_TYPE,
+        "triggerPhrase": spec.trigger_phrase,
+        "conditioningFrames": spec.conditioning_frames,
+        "suffixLatentFrames": spec.suffix_latent_frames,
+        "numberOfFrames": spec.number_of_frames,
+        "frameRate": spec.frame_rate,
+        "resolution": spec.resolution,
+        "aspectRatio": spec.aspect_ratio,
+        "width": width,
+        "height": height,
+        "withAudio": spec.with_audio,
+        "rank": spec.rank,
+        "alpha": spec.rank,
+        "steps": spec.number_of_steps,
+        "learningRate": spec.learning_rate,
+        "loraKeyPrefix": LORA_PREFIX,
+        "baseModel": model_dir.name,
+        "baseModelVersion": version,
+        "maxSequenceLength": max_sequence_length,
+        "seed": seed,
+        "trainer": f"ltx-extend {__version__}",
+    }
+
+
+def write_lora_file(transformer: Any, config: dict[str, Any], dest: Path) -> Path:
+    """`lora.safetensors` with flat metadata entries (for tools that list them) and the
+    whole config as one JSON entry."""
+    metadata = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
+    metadata[CONFIG_METADATA_KEY] = json.dumps(config)
+    save_file(lora_state_dict(transformer), dest, metadata=metadata)
+    return dest
