@@ -25,7 +25,7 @@ def test_the_model_volume_or_the_model_url():
                              "model": {"url": "s3://models/ltx-2.3"}})
     job = build_job("train", BODY, from_store, SETTINGS)
     assert container(job)["args"][-2:] == ["--model", "s3://models/ltx-2.3"]
-    assert set(volumes(job)) == {"work"}
+    assert set(volumes(job)) == {"work", "shm"}  # no model volume
     from_platform = SETTINGS.model_copy(update={"model_claim_name": None,
                                                 "model_url": "s3://models/ltx-2.3"})
     job = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip"}),
@@ -46,7 +46,8 @@ def test_every_pod_works_in_its_own_scratch_volume_with_the_platform_flags():
         assert args[args.index("--checkpoint-every") + 1] == "50"
         assert volumes(job)["work"] == {"name": "work", "emptyDir": {}}
         pod = job["spec"]["template"]["spec"]
-        assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["securityContext"] == {"runAsNonRoot": True,
+                                          "seccompProfile": {"type": "RuntimeDefault"}}
         assert pod["automountServiceAccountToken"] is False  # no API credentials in pods
         assert container(job)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert {"name": "work", "mountPath": "/work"} in container(job)["volumeMounts"]

@@ -22,10 +22,7 @@ async def finish(cluster: Cluster, job: str, succeeded: bool, result: dict[str, 
                  exit_code: int = 0, reason: str = "Completed",
                  job_reason: str | None = None) -> None:
     """What kubelet and the Job controller do when the Job's pod ends."""
-    pod = await cluster.create(PODS, {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{job}-{uuid.uuid4().hex[:5]}", "namespace": "team",
-                     "labels": {"job-name": job}}})
+    pod = await start_pod(cluster, job, f"{job}-{uuid.uuid4().hex[:5]}")
     await cluster.request("PATCH", f"{PODS}/{pod['metadata']['name']}/status", {"status": {
         "phase": "Succeeded" if succeeded else "Failed", "containerStatuses": [{
             "name": "trainer", "ready": False, "restartCount": 0, "image": "t",
@@ -35,6 +32,15 @@ async def finish(cluster: Cluster, job: str, succeeded: bool, result: dict[str, 
     condition = {"type": "Complete" if succeeded else "Failed", "status": "True",
                  "reason": job_reason or ("Completed" if succeeded else "BackoffLimitExceeded")}
     await cluster.request("PATCH", f"{JOBS}/{job}/status", {"status": {"conditions": [condition]}})
+
+
+async def start_pod(cluster: Cluster, job: str, name: str) -> dict[str, Any]:
+    """The Job controller's pod: the template's labels and `job-name`."""
+    template = (await cluster.request("GET", f"{JOBS}/{job}"))["spec"]["template"]
+    return await cluster.create(PODS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team",
+                     "labels": {**template["metadata"]["labels"], "job-name": job}}})
 
 
 SPEC = {"trainingDataUrl": "s3://datasets/clips.zip", "numberOfSteps": 2000, "gpus": 2,
@@ -55,7 +61,7 @@ async def test_a_training_from_apply_to_billed_success(cluster):
     assert json.loads(env["LTX_EXTEND_SPEC"])["numberOfFrames"] == 89
     assert prepare["metadata"]["ownerReferences"][0]["name"] == "door"
     assert prepare["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
-    assert training["status"]["phase"] == "Preparing"
+    await cluster.until(lambda: cluster.phase("door", "Preparing"))
 
     await finish(cluster, "door-prepare", True, {"outcome": "Succeeded",
                                                 "reason": "DatasetReady",
@@ -71,8 +77,7 @@ async def test_a_training_from_apply_to_billed_success(cluster):
     assert rules[1] == {"action": "Ignore",
                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[0]["onExitCodes"]["values"] == [3, 4]
-    training = await cluster.training("door")
-    assert training["status"]["phase"] == "Training"
+    await cluster.until(lambda: cluster.phase("door", "Training"))
 
     artifacts = {"loraFile": "s3://runs/team/door/x/outputs/lora.safetensors"}
     await finish(cluster, "door-train", True, {"outcome": "Succeeded", "stepsCompleted": 2000,
@@ -145,15 +150,12 @@ async def test_a_failed_train_job_fails_the_training_with_its_reason(
 async def test_progress_is_pulled_from_the_train_pod(cluster):
     state = ProgressState()
     with ProgressServer(state, 0, host="127.0.0.1") as server:
-        handlers.configure(handlers.SETTINGS.model_copy(update={"progress_port": server.port}))
+        handlers.configure(handlers.current().model_copy(update={"progress_port": server.port}))
         await cluster.apply("live", SPEC)
         await cluster.until(lambda: cluster.has_job("live-prepare"))
         await finish(cluster, "live-prepare", True, {"outcome": "Succeeded"})
         await cluster.until(lambda: cluster.has_job("live-train"))
-        await cluster.create(PODS, {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "live-train-abcde", "namespace": "team",
-                         "labels": {"job-name": "live-train"}}})
+        await start_pod(cluster, "live-train", "live-train-abcde")
         await cluster.request("PATCH", f"{PODS}/live-train-abcde/status", {
             "status": {"phase": "Running", "podIP": "127.0.0.1"}})
         state.stage("training")
@@ -272,8 +274,8 @@ async def test_metrics_are_served_over_http(cluster):
     assert delta("ltx_operator_billable_units_total[]") == 2000
     assert delta("ltx_operator_outcomes_total[('reason', 'Succeeded')]") == 1
     assert after["ltx_operator_resources[('phase', 'Succeeded')]"] >= 1
-    assert delta("ltx_operator_seconds_to_finish_count[('outcome', 'Succeeded')]") == 1
-    assert delta("ltx_operator_seconds_to_train_job_count[]") == 1
+    assert delta("ltx_operator_time_to_finish_seconds_count[('outcome', 'Succeeded')]") == 1
+    assert delta("ltx_operator_time_to_train_job_seconds_count[]") == 1
 
 
 def _free_port() -> int:
