@@ -95,6 +95,14 @@ class Rbac:
 Admission = Callable[[Any], None]
 
 
+def bearer(request: Any) -> str | None:
+    """The request's bearer token (header names are case-insensitive)."""
+    for key, value in request.headers.items():
+        if key.lower() == "authorization" and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ")
+    return None
+
+
 def selected(labels: dict[str, str], selector: str) -> bool:
     """Equality-based label selectors (`a=b,c!=d,e`), as list requests use them."""
     for term in filter(None, (t.strip() for t in selector.split(","))):
@@ -132,7 +140,7 @@ class ApiServer(kmock.KubernetesEmulator):
         """RBAC and OwnerReferencesPermissionEnforcement for the enforced account."""
         rbac = self.rbac
         if rbac is None or request.resource is None or not request.resource.plural \
-                or request.headers.get("Authorization") != f"Bearer {rbac.token}":
+                or bearer(request) != rbac.token:
             return  # discovery (/api, /apis/GROUP/VERSION) is open to every account
         verb = {"PUT": "update"}.get(str(request.method.value), None) \
             or VERB_OF_ACTION.get(request.action, str(request.method.value).lower())

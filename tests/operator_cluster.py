@@ -138,8 +138,7 @@ async def api_server() -> AsyncIterator[tuple[kube_api.ApiServer, str]]:
         SERVER["url"] = str(server.url).rstrip("/")
         kube_api.declare(emulator)
         configuration = client.Configuration(host=SERVER["url"])
-        configuration.api_key = {"authorization": OPERATOR_TOKEN}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        configuration.api_key = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
         kube.configure(client.ApiClient(configuration))
         emulator.enforce(operator_rbac())
         yield emulator, SERVER["url"]

@@ -68,8 +68,12 @@ def test_a_new_training_asks_for_its_prepare_job_and_is_pending_until_it_exists(
         Effects(created={"prepare": job("prepare")}))
     plan = reconcile(created, SETTINGS)
     assert not plan.create
-    assert plan.status.phase == "Preparing" and plan.status.jobs.prepare == "door-prepare"
+    assert plan.status.phase == "Pending" and plan.status.jobs.prepare == "door-prepare"
+    assert conditions(plan)["Running"] == ("False", "JobPending")
     assert [e.reason for e in events(run(training()).status, plan.status)] == ["PrepareStarted"]
+    running = run(training(written(plan)), {"prepare": job("prepare")}, [pod("prepare")])
+    assert running.status.phase == "Preparing"
+    assert conditions(running)["Running"] == ("True", "Running")
 
 
 def test_an_invalid_spec_or_no_model_fails_at_once_without_a_job_or_a_bill():
@@ -122,7 +126,8 @@ def training_status() -> dict:
                         [pod("prepare", "Succeeded", {"outcome": "Succeeded"})], NOW)
     plan = reconcile(observed.with_effects(Effects(created={"train": job("train")})),
                      SETTINGS)
-    assert plan.status.phase == "Training"
+    assert plan.status.phase == "Pending"  # until the train pod runs
+    assert conditions(plan)["Training"] == ("True", "Started")
     return written(plan)
 
 
@@ -176,7 +181,7 @@ def test_a_refused_job_waits_longer_each_time_and_an_invalid_one_fails():
     assert (created.status, created.reason) == ("False", "QuotaExceeded")
     assert "exceeded quota" in created.message and first.requeue_after == 10
     assert (first.status.retry.attempts, first.status.retry.next_attempt_time) == (
-        1, "2026-01-01T12:00:10Z")
+        1, "2026-01-01T12:00:10.000000Z")
     assert [e.reason for e in events(run(training()).status, first.status)] == [
         "QuotaExceeded"]
     waiting = run(training(written(first)), now=NOW + timedelta(seconds=5))
@@ -188,7 +193,7 @@ def test_a_refused_job_waits_longer_each_time_and_an_invalid_one_fails():
     assert second.status.retry.attempts == 2 and second.requeue_after == 20  # doubled
     made = reconcile(Observed(training(written(second)), {}, [], NOW + timedelta(seconds=30))
                      .with_effects(Effects(created={"prepare": job("prepare")})), SETTINGS)
-    assert made.status.retry is None and made.status.phase == "Preparing"
+    assert made.status.retry is None and made.status.phase == "Pending"
     assert next(c for c in made.status.conditions if c.type == "JobCreated").status == "True"
 
     invalid = Refusal("prepare", 422, "Invalid", 'Job.batch "door-prepare" is invalid: '
@@ -223,3 +228,30 @@ def test_suspend_holds_the_active_job_the_way_its_manager_expects():
     held = run(training(preparing(), spec=suspended), {"prepare": done},
                [pod("prepare", "Succeeded", {"outcome": "Succeeded"})])
     assert not held.create and held.status.phase == "Suspended"
+
+
+def waiting(**pod_fields) -> tuple[str, str, str]:
+    plan = run(training(preparing()), {"prepare": job("prepare")},
+               [pod("prepare", **pod_fields)])
+    running = next(c for c in plan.status.conditions if c.type == "Running")
+    return plan.status.phase, running.reason, running.message
+
+
+def test_the_phase_says_why_a_stage_waits():
+    scheduler = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    assert waiting(phase="Pending", unschedulable=("Unschedulable", scheduler)) == (
+        "Pending", "Unschedulable", scheduler)
+    assert waiting(phase="Pending", waiting=("ImagePullBackOff", "Back-off pulling image")
+                   ) == ("Pending", "ImagePullBackOff", "Back-off pulling image")
+    phase, reason, message = waiting(phase="Pending", waiting=("ContainerCreating", ""))
+    assert (phase, reason) == ("Pending", "PodPending") and "ContainerCreating" in message
+    phase, reason, message = waiting(phase="Failed", code=137, reason="Error",
+                                     disrupted=("PreemptionByScheduler", "preempted"))
+    assert (phase, reason) == ("Pending", "Preempted") and "resumes" in message
+    assert waiting(phase="Running")[:2] == ("Preparing", "Running")
+    # Kueue holds the Job (suspended by Kueue, not by the user)
+    plan = run(training(preparing()), {"prepare": job("prepare", suspended=True, queue="gpus")})
+    assert plan.status.phase == "Pending" and not plan.suspend  # Kueue's to resume
+    assert conditions(plan)["Running"] == ("False", "Queued")
+    before = run(training(preparing()), {"prepare": job("prepare")}).status
+    assert [(e.type, e.reason) for e in events(before, plan.status)] == [("Normal", "Queued")]

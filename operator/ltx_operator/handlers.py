@@ -162,15 +162,23 @@ async def _woken(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, timeout: fl
 def run_reconcile(training: dict[str, Any], jobs: dict[str, JobView], pods: list[PodView],
                   periodic: bool) -> float | None:
     """Observe, reconcile, act, write the status; returns when to run again (None:
-    at the next interval). Runs in a worker thread."""
+    at the next interval). Runs in a worker thread.
+
+    The watch's copy of the training may lag behind the last write: a transition (a
+    Job to make, a condition to change, a bill) is decided on the object read afresh,
+    and its actions are carried out once even when the write has to be recomputed."""
     own = current()
     meta = training["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     progress: ProgressReport | None = None
-    for _ in range(3):
-        observed = Observed(training, jobs, pods, datetime.now(UTC), progress)
+    effects: Effects | None = None
+    listed: list[PodView] = []
+    fresh = False
+    for _ in range(4):
+        observed = Observed(training, jobs, [*pods, *listed], datetime.now(UTC), progress,
+                            listed=frozenset(p.job for p in listed))
         plan = reconcile(observed, own)
-        if plan.missing_results:  # a finished Job whose pod's end the watch has not shown
+        if plan.missing_results and not listed:  # a finished Job's pod not seen by the watch
             listed = [PodView.of(p) for job in plan.missing_results
                       for p in kube.job_pods(namespace, job)]
             observed = replace(observed, pods=[*pods, *listed],
@@ -181,29 +189,41 @@ def run_reconcile(training: dict[str, Any], jobs: dict[str, JobView], pods: list
             if progress is not None:
                 observed = replace(observed, progress=progress)
                 plan = reconcile(observed, own)
-        if plan.actions:
-            effects = _act(plan, training, jobs, own)
-            jobs = {**jobs, **effects.created}
+        if effects is not None:  # carried out already: their answers, not a second try
             observed = observed.with_effects(effects)
             plan = reconcile(observed, own)
         old = parse_status(training.get("status"))
         new = dump_status(plan.status)
-        if new == dump_status(old):
+        if new == dump_status(old) and (effects is not None or not plan.actions):
             return plan.requeue_after
+        if not fresh and (plan.actions or _transition(old, plan.status)):
+            training, fresh = kube.get_training(namespace, name), True
+            if training is None:
+                return None
+            continue
+        if effects is None and plan.actions:
+            effects = _act(plan, training, jobs, own)
+            jobs = {**jobs, **effects.created}
+            plan = reconcile(observed.with_effects(effects), own)
+            new = dump_status(plan.status)
         try:
             written = kube.patch_training_status(
                 namespace, name, merge_patch(training.get("status") or {}, new),
-                meta.get("resourceVersion"))
+                training["metadata"].get("resourceVersion"))
         except kube.Conflict:  # computed from a stale read: read again, compute again
-            training = kube.get_training(namespace, name)
+            training, fresh = kube.get_training(namespace, name), True
             if training is None:
                 return None
-            meta = training["metadata"]
             continue
         if written is not None:
             _announce(training, old, plan)
         return plan.requeue_after
     return 1.0
+
+
+def _transition(old: Any, new: Any) -> bool:
+    """More than progress changed: a transition, decided on a fresh read."""
+    return old.model_copy(update={"progress": None}) != new.model_copy(update={"progress": None})
 
 
 def _act(plan: Plan, training: dict[str, Any], jobs: dict[str, JobView],

@@ -111,14 +111,13 @@ def cmd_logs(api: client.ApiClient, namespace: str, args: argparse.Namespace) ->
         raise PluginError(f"Job {job} has no pod yet")
     pod = max(pods, key=lambda p: p.metadata.creation_timestamp or 0)
     try:
-        if args.follow:
-            stream = core.read_namespaced_pod_log(pod.metadata.name, namespace, follow=True,
-                                                  _preload_content=False)
-            for chunk in stream.stream():
-                sys.stdout.write(chunk.decode(errors="replace"))
-        else:
-            sys.stdout.write(core.read_namespaced_pod_log(pod.metadata.name, namespace,
-                                                          tail_lines=args.tail))
+        # the raw response: the client's own decoding of text/plain is not reliable
+        response = core.read_namespaced_pod_log(pod.metadata.name, namespace,
+                                                follow=args.follow, tail_lines=args.tail,
+                                                _preload_content=False)
+        for chunk in response.stream(1 << 16):
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
     except ApiException as exc:
         raise PluginError(f"cannot read the log of pod {pod.metadata.name}: "
                           f"{exc.reason}") from None

@@ -329,7 +329,10 @@ def _follow_pods(observed: Observed, status: Any, plan: Plan, stage: str, job: J
         status.progress = Progress(step=0, total_steps=spec.number_of_steps, percent=0.0,
                                    summary=f"0/{spec.number_of_steps}",
                                    last_update_time=stamp(now))
-    status.phase = "Training" if stage == "train" else "Preparing"
+    running, reason, message = pod_state(job, observed.pods)
+    set_condition(status, "Running", running, reason, message, generation, now)
+    # Pending until a pod of the stage runs: `kubectl get ltxt` tells waiting from working
+    status.phase = ("Training" if stage == "train" else "Preparing") if running else "Pending"
     pod = _newest(job, observed.pods)
     if stage == "train" and pod is not None and pod.running:
         plan.progress_from = pod.ip
@@ -347,10 +350,10 @@ def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
     if pod is None:
         return False, "JobPending", f"Job {job.name} has no pod yet"
     if pod.running:
-        return True, "PodRunning", f"pod {pod.name} is running"
+        return True, "Running", f"pod {pod.name} is running"
     if pod.terminated is not None or pod.phase in ("Succeeded", "Failed"):
         if pod.phase == "Succeeded":
-            return True, "PodSucceeded", f"pod {pod.name} succeeded"
+            return True, "Completed", f"pod {pod.name} succeeded"
         if pod.disrupted is not None:
             why, detail = pod.disrupted
             return False, "Preempted", (f"pod {pod.name} was stopped ({why}: {detail}); the "

@@ -24,7 +24,9 @@ def now() -> str:
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    """RFC 3339 in seconds, as Kubernetes writes it, or with a fraction."""
+    layout = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else TIME_FORMAT
+    return datetime.strptime(text, layout).replace(tzinfo=UTC)
 
 
 def seconds_since(text: str, moment: datetime | None = None) -> float:
@@ -32,7 +34,9 @@ def seconds_since(text: str, moment: datetime | None = None) -> float:
 
 
 def later(moment: datetime, seconds: float) -> str:
-    return stamp(moment + timedelta(seconds=seconds))
+    """A due time, to the microsecond (a retry may be due in less than a second)."""
+    return (moment + timedelta(seconds=seconds)).astimezone(UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def condition(status: TrainingStatus, type_: str) -> Condition | None:
