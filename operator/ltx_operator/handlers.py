@@ -56,10 +56,12 @@ def _log(training: Any, message: str, *args: Any, level: int = logging.INFO) -> 
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     own = current()
     settings.scanning.disabled = True
     settings.execution.max_workers = own.max_workers
+    # the reconcile loops' API calls run in Kopf's pool: MAX_WORKERS bounds them too
+    asyncio.get_running_loop().set_default_executor(settings.execution.executor)
     # Events are the transitions the reconcile posts, not every log line
     settings.posting.loggers = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"
