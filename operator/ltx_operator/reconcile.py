@@ -17,7 +17,15 @@ from typing import Any
 
 from ltx_contract.billing import billable_units, cost
 from ltx_contract.progress import ProgressReport
-from ltx_contract.resource import Artifacts, Billing, Effective, Jobs, Progress, Retry
+from ltx_contract.resource import (
+    Artifacts,
+    Billing,
+    Effective,
+    Jobs,
+    Progress,
+    Retry,
+    TrainingStatus,
+)
 from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
@@ -96,7 +104,7 @@ class Event:
 
 @dataclass
 class Plan:
-    status: Any  # TrainingStatus
+    status: TrainingStatus
     create: list[dict[str, Any]] = field(default_factory=list)
     #: Job name → spec.suspend, for Jobs Kueue does not manage
     suspend: dict[str, bool] = field(default_factory=dict)
@@ -171,7 +179,7 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
         if not is_finished(status):
             status.phase = "Pending"  # until the Job exists
         return plan
-    elif job.suspended and not job.queue:
+    if job.suspended and not job.queue:
         plan.suspend[job.name] = False  # not Kueue's: nothing else resumes it
     if status.retry is not None and status.retry.stage == stage:
         set_condition(status, "JobCreated", True, "Created",
@@ -182,7 +190,7 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
     return plan
 
 
-def _fail(status: Any, reason: str, message: str, generation: int | None,
+def _fail(status: TrainingStatus, reason: str, message: str, generation: int | None,
           now: datetime) -> None:
     """Ended before training completed: bills 0."""
     status.phase = "Failed"
@@ -210,7 +218,7 @@ def _result(observed: Observed, job: JobView, plan: Plan) -> JobResult | None:
     return JobResult.from_termination_message(pod.terminated[2])
 
 
-def _fail_job(observed: Observed, status: Any, job: JobView, result: JobResult | None,
+def _fail_job(observed: Observed, status: TrainingStatus, job: JobView, result: JobResult | None,
               generation: int | None) -> None:
     _, job_reason, _ = job.finished
     pod = _ended(observed, job)
@@ -220,7 +228,7 @@ def _fail_job(observed: Observed, status: Any, job: JobView, result: JobResult |
     _fail(status, reason, message, generation, observed.now)
 
 
-def _succeed(status: Any, spec: TrainingSpec, result: JobResult | None,
+def _succeed(status: TrainingStatus, spec: TrainingSpec, result: JobResult | None,
              generation: int | None, now: datetime, settings: OperatorSettings) -> None:
     steps = (result and result.steps_completed) or spec.number_of_steps
     status.phase = "Succeeded"
@@ -243,7 +251,7 @@ def _succeed(status: Any, spec: TrainingSpec, result: JobResult | None,
                                  cost=str(cost(units, settings.price_per_unit)))
 
 
-def _add_artifacts(status: Any, result: JobResult | None) -> None:
+def _add_artifacts(status: TrainingStatus, result: JobResult | None) -> None:
     if result is None:
         return
     merged = {**(status.artifacts.model_dump(exclude_none=True) if status.artifacts else {}),
@@ -251,8 +259,8 @@ def _add_artifacts(status: Any, result: JobResult | None) -> None:
     status.artifacts = Artifacts(**merged) if merged else status.artifacts
 
 
-def _suspend(observed: Observed, status: Any, plan: Plan, stage: str, job: JobView | None,
-             generation: int | None) -> None:
+def _suspend(observed: Observed, status: TrainingStatus, plan: Plan, stage: str,
+             job: JobView | None, generation: int | None) -> None:
     """Hold the active Job; a Job not yet made waits for the resume (so Kueue cannot
     admit it meanwhile)."""
     status.phase = "Suspended"
@@ -273,7 +281,7 @@ def _suspend(observed: Observed, status: Any, plan: Plan, stage: str, job: JobVi
     set_condition(status, "Suspended", True, "Suspended", message, generation, observed.now)
 
 
-def _resume(observed: Observed, status: Any, plan: Plan, job: JobView | None,
+def _resume(observed: Observed, status: TrainingStatus, plan: Plan, job: JobView | None,
             generation: int | None) -> None:
     if job is not None and job.queue:
         plan.activate[job.name] = True  # Kueue admits it again and resumes the Job
@@ -283,7 +291,7 @@ def _resume(observed: Observed, status: Any, plan: Plan, job: JobView | None,
     set_condition(status, "Suspended", False, "Resumed", message, generation, observed.now)
 
 
-def _create(observed: Observed, spec: TrainingSpec, status: Any, plan: Plan, stage: str,
+def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan, stage: str,
             settings: OperatorSettings) -> None:
     """Ask for the stage's Job, unless a refused one waits for its retry time."""
     now, generation = observed.now, observed.training["metadata"].get("generation")
@@ -315,7 +323,7 @@ def _create(observed: Observed, spec: TrainingSpec, status: Any, plan: Plan, sta
     plan.create.append(build_job(stage, observed.training, spec, settings))
 
 
-def _follow_pods(observed: Observed, status: Any, plan: Plan, stage: str, job: JobView,
+def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: str, job: JobView,
                  spec: TrainingSpec, generation: int | None) -> None:
     """Phase and conditions of an active stage, and its progress."""
     now = observed.now
@@ -375,7 +383,7 @@ def _newest(job: JobView, pods: Sequence[PodView]) -> PodView | None:
     return max(mine, key=lambda p: p.created) if mine else None
 
 
-def _progress(status: Any, report: ProgressReport, now: datetime) -> None:
+def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> None:
     total, step = report.total_steps or 0, report.step
     new = Progress(stage=report.stage, step=step, total_steps=total, loss=report.loss,
                    eta_seconds=report.eta_seconds,
@@ -387,7 +395,7 @@ def _progress(status: Any, report: ProgressReport, now: datetime) -> None:
         status.progress = new.model_copy(update={"last_update_time": stamp(now)})
 
 
-def events(old: Any, new: Any) -> list[Event]:
+def events(old: TrainingStatus, new: TrainingStatus) -> list[Event]:
     """The Events a status transition posts (each once: a transition is written once)."""
     out = []
     old_jobs, new_jobs = old.jobs or Jobs(), new.jobs or Jobs()
