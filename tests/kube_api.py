@@ -7,6 +7,12 @@ on each write with a 409 when a write names a stale one, the status subresource 
 (a write to `/status` changes only the status, a write to the object never its status),
 and `labelSelector` on lists.
 
+With `enforce(Rbac(...))` it holds one account (by its bearer token) to an RBAC role
+as the API server's authorizer does — 403 for what the role does not grant — with the
+`OwnerReferencesPermissionEnforcement` admission plugin's checks on owner references,
+and records what the account used. `admission` hooks play webhooks and quota: each
+sees a request first and may refuse it by raising `kmock.KubernetesError`.
+
 It also keeps only the requests in flight in kmock's request log: kmock keeps every
 request for assertions and, to route each new one, scans that whole log, which makes a
 long run quadratic. These tests assert on the API's objects, never on that log.
@@ -19,9 +25,12 @@ import datetime
 import itertools
 import secrets
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp.web
+import jsonpatch
 import kmock
 
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
@@ -31,10 +40,15 @@ RESOURCES = (
     ("v1/pods", "Pod", True),
     ("v1/events", "Event", True),
     ("v1/secrets", "Secret", True),
+    ("kueue.x-k8s.io/v1beta1/workloads", "Workload", True),
     ("v1/namespaces", "Namespace", False),
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
 )
 CREATE, UPDATE, LIST = kmock.action.CREATE, kmock.action.UPDATE, kmock.action.LIST
+VERB_OF_ACTION = {kmock.action.LIST: "list", kmock.action.WATCH: "watch",
+                  kmock.action.FETCH: "get", CREATE: "create", UPDATE: "patch",
+                  kmock.action.DELETE: "delete"}
+PLURAL_OF_KIND = {kind: key.rsplit("/", 1)[1] for key, kind, _ in RESOURCES}
 #: Resources whose `status` is only written through the status subresource.
 WITH_STATUS = {"ltxextendtrainings", "jobs", "pods"}
 
@@ -47,6 +61,46 @@ def declare(emulator: kmock.KubernetesEmulator) -> None:
 
 def conflict(message: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=409, reason="Conflict", message=message)
+
+
+@dataclass
+class Rbac:
+    """An account's role (the rules of a ClusterRole) and what the account used of it:
+    (API group, resource[/subresource], verb)."""
+
+    rules: list[dict[str, Any]]
+    token: str
+    user: str = "system:serviceaccount:ltx-system:ltx-extend"
+    used: set[tuple[str, str, str]] = field(default_factory=set)
+    refused: list[str] = field(default_factory=list)
+
+    def grants(self, group: str, resource: str, verb: str) -> bool:
+        return any(group in r.get("apiGroups", ()) and resource in r.get("resources", ())
+                   and verb in r.get("verbs", ()) for r in self.rules)
+
+    def granted(self) -> set[tuple[str, str, str]]:
+        return {(g, r, v) for rule in self.rules for g in rule["apiGroups"]
+                for r in rule["resources"] for v in rule["verbs"]}
+
+    def check(self, group: str, resource: str, verb: str, where: str) -> None:
+        if not self.grants(group, resource, verb):
+            message = (f'{resource}{"." + group if group else ""} is forbidden: User '
+                       f'"{self.user}" cannot {verb} resource "{resource}" in API group '
+                       f'"{group}"{where}')
+            self.refused.append(message)
+            raise kmock.KubernetesError(status=403, reason="Forbidden", message=message)
+        self.used.add((group, resource, verb))
+
+
+Admission = Callable[[Any], None]
+
+
+def bearer(request: Any) -> str | None:
+    """The request's bearer token (header names are case-insensitive)."""
+    for key, value in request.headers.items():
+        if key.lower() == "authorization" and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ")
+    return None
 
 
 def selected(labels: dict[str, str], selector: str) -> bool:
@@ -71,6 +125,42 @@ def selected(labels: dict[str, str], selector: str) -> bool:
 class ApiServer(kmock.KubernetesEmulator):
     """kmock's emulator with the write semantics of a real API server (see the module)."""
 
+    @property
+    def rbac(self) -> Rbac | None:
+        return self.__dict__.get("_rbac")
+
+    def enforce(self, rbac: Rbac | None) -> None:
+        self.__dict__["_rbac"] = rbac
+
+    @property
+    def admission(self) -> list[Admission]:
+        return self.__dict__.setdefault("_admission", [])
+
+    def _authorize(self, request: Any) -> None:
+        """RBAC and OwnerReferencesPermissionEnforcement for the enforced account."""
+        rbac = self.rbac
+        if rbac is None or request.resource is None or not request.resource.plural \
+                or bearer(request) != rbac.token:
+            return  # discovery (/api, /apis/GROUP/VERSION) is open to every account
+        verb = {"PUT": "update"}.get(str(request.method.value), None) \
+            or VERB_OF_ACTION.get(request.action, str(request.method.value).lower())
+        if verb == "delete" and request.name is None:
+            verb = "deletecollection"
+        group, plural = request.resource.group or "", request.resource.plural
+        resource = f"{plural}/{request.subresource}" if request.subresource else plural
+        where = f' in the namespace "{request.namespace}"' if request.namespace else ""
+        rbac.check(group, resource, verb, where)
+        refs = ((request.data or {}).get("metadata") or {}).get("ownerReferences") \
+            if isinstance(request.data, dict) and verb in ("create", "patch", "update") else None
+        for ref in refs or []:
+            # setting ownerReferences needs delete on the object; blockOwnerDeletion needs
+            # update on the owner's finalizers
+            rbac.check(group, plural, "delete", where)
+            if ref.get("blockOwnerDeletion"):
+                owner_group = ref["apiVersion"].rpartition("/")[0]
+                rbac.check(owner_group, f"{PLURAL_OF_KIND[ref['kind']]}/finalizers", "update",
+                           where)
+
     def _writes(self) -> asyncio.Lock:
         if "_write_lock" not in self.__dict__:
             self.__dict__["_write_lock"] = asyncio.Lock()
@@ -79,14 +169,35 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
         try:
+            self._authorize(request)
+            for admit in list(self.admission):
+                admit(request)
             return await self._serve(request)
+        except jsonpatch.JsonPatchException as exc:  # e.g. a failed `test` of the version
+            raise kmock.KubernetesError(status=422, reason="Invalid",
+                                        message=f"the JSON patch does not apply: {exc}") from None
         finally:  # served: out of the log (by identity; equal requests are other requests)
             for index in range(len(self._requests) - 1, -1, -1):
                 if self._requests[index] is request:
                     del self._requests[index]
                     break
 
+    @property
+    def pod_logs(self) -> dict[tuple[str, str], str]:
+        """(namespace, pod) → its log, served on `pods/NAME/log` as the kubelet would."""
+        return self.__dict__.setdefault("_pod_logs", {})
+
     async def _serve(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.resource.plural == "pods" \
+                and request.subresource == "log":
+            text = self.pod_logs.get((request.namespace, request.name))
+            if text is None:
+                raise kmock.KubernetesError(status=404, reason="NotFound",
+                                            message=f'pods "{request.name}" not found')
+            tail = request.params.get("tailLines")
+            if tail:
+                text = "".join(text.splitlines(keepends=True)[-int(tail):])
+            return aiohttp.web.Response(text=text, content_type="text/plain")
         if request.resource is None or request.action not in (CREATE, UPDATE) \
                 or not isinstance(request.data, dict):
             return await super()._handle(request)

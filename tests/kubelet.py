@@ -8,7 +8,15 @@ ports on loopback (the pod IP is 127.0.0.1), and when the process ends writes th
 pod's phase, exit code and termination message back, then applies the Job's rules
 (pod failure policy, backoff limit, deadline, suspend) and writes the Job's status.
 A deleted Job's pods are stopped. `preempt()` evicts a running pod the way the
-scheduler does: a `DisruptionTarget` condition, then SIGKILL.
+scheduler does: a `DisruptionTarget` condition, then SIGKILL. A new pod is reported
+`Pending` (ContainerCreating) before it runs.
+
+The root filesystem of the real pods is read-only. The harness guards it: every
+process of a pod runs with an audit hook (a `sitecustomize` on its PYTHONPATH) that
+records each file it opens for writing and each folder it makes or renames into;
+a write anywhere but the pod's volumes and its termination message is an error of
+the harness, which the tests report. (Writes made by C libraries without Python's
+file calls, e.g. ffmpeg's own output, are not seen; their folders are.)
 """
 
 from __future__ import annotations
@@ -31,6 +39,33 @@ from operator_cluster import Cluster
 log = logging.getLogger(__name__)
 TERMINATION_LOG_ENV = "LTX_EXTEND_TERMINATION_LOG"  # where the pod's termination message goes
 FALLBACK_LOG_BYTES = 2048  # terminationMessagePolicy FallbackToLogsOnError: the log's tail
+WRITE_LOG_ENV = "LTX_WRITE_GUARD_LOG"
+WRITE_GUARD = f"""
+import os, sys
+
+_log = os.environ.get("{WRITE_LOG_ENV}")
+if _log:
+    _fd = os.open(_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    _writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    _target = {{"os.mkdir": 0, "os.rename": 1, "os.replace": 1, "os.symlink": 1,
+               "os.link": 1, "shutil.copyfile": 1, "shutil.copytree": 1, "os.truncate": 0}}
+
+    def _record(path):
+        if isinstance(path, (str, bytes, os.PathLike)):
+            os.write(_fd, (os.path.abspath(os.fsdecode(path)) + "\\n").encode(
+                errors="replace"))
+
+    def _guard(event, args):
+        if event == "open":
+            path, mode, flags = args
+            if (isinstance(mode, str) and any(m in mode for m in "wax+")) or (
+                    isinstance(flags, int) and flags & _writes):
+                _record(path)
+        elif event in _target:
+            _record(args[_target[event]])
+
+    sys.addaudithook(_guard)
+"""
 
 
 @dataclass
@@ -49,6 +84,15 @@ class Pod:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    allowed: tuple[Path, ...] = ()  # where its processes may write: volumes, termination log
+
+    def stray_writes(self) -> list[str]:
+        """Paths written outside the pod's volumes (the read-only root filesystem)."""
+        written = self.root / "writes.log"
+        paths = set(written.read_text().splitlines()) if written.exists() else set()
+        return sorted(p for p in paths if p != "/dev/null" and not any(
+            Path(p) == a or Path(p).is_relative_to(a) for a in self.allowed))
 
 
 @dataclass
@@ -157,8 +201,14 @@ class Kubelet:
         container = pod_spec["containers"][0]
         root = self.root / name
         mounts = self._mounts(pod_spec, container, root)
+        guard = self.root / "write-guard"
+        guard.mkdir(parents=True, exist_ok=True)
+        (guard / "sitecustomize.py").write_text(WRITE_GUARD)
+        # the image's files are read-only: no bytecode written next to the sources
         env = {"PATH": os.environ["PATH"], "HOME": str(root / "home"),
-               "PYTHONUNBUFFERED": "1", TERMINATION_LOG_ENV: str(root / "termination-log")}
+               "PYTHONUNBUFFERED": "1", TERMINATION_LOG_ENV: str(root / "termination-log"),
+               "PYTHONPATH": str(guard), "PYTHONDONTWRITEBYTECODE": "1",
+               WRITE_LOG_ENV: str(root / "writes.log")}
         for source in container.get("envFrom") or []:
             env.update(await self._secret(namespace, source["secretRef"]["name"]))
         for variable in container.get("env") or []:
@@ -167,7 +217,7 @@ class Kubelet:
         command = container.get("command") or self.images[container["image"]]
         args = [_in_pod(a, mounts) for a in container.get("args") or []]
         (root / "home").mkdir(parents=True, exist_ok=True)
-        await self.cluster.create(f"/api/v1/namespaces/{namespace}/pods", {
+        created = await self.cluster.create(f"/api/v1/namespaces/{namespace}/pods", {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {**(template.get("metadata") or {}).get("labels", {}),
@@ -176,11 +226,19 @@ class Kubelet:
                                               "name": job_name, "uid": job["metadata"]["uid"],
                                               "controller": True}]},
             "spec": pod_spec})
+        await self.cluster.request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{created['metadata']['name']}/status",
+            {"status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "True"}], "containerStatuses": [{
+                    "name": container["name"], "ready": False, "restartCount": 0,
+                    "image": container["image"], "imageID": "",
+                    "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
         with open(root / "log.txt", "wb") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *command, *args, env=env, cwd=root, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         pod = Pod(name, namespace, job_name, root, process)
+        pod.allowed = (*mounts.values(), root / "termination-log")
         state.pods.append(pod)
         state.started = state.started or time.monotonic()
         await self._pod_status(pod, {"phase": "Running", "podIP": "127.0.0.1",
@@ -216,6 +274,8 @@ class Kubelet:
         code = pod.process.returncode
         code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
         message = _termination_message(pod, code)
+        if stray := pod.stray_writes():
+            self.errors.append(f"pod {pod.name} wrote outside its volumes: {stray[:20]}")
         conditions = [{"type": "DisruptionTarget", "status": "True",
                        "reason": "PreemptionByScheduler"}] if pod.disrupted else []
         await self._pod_status(pod, {

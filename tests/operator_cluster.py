@@ -11,14 +11,16 @@ import json
 import os
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import kmock
 import pytest
 import pytest_asyncio
+import yaml
 
-# timer intervals are read when the handlers module loads
+# the settings of the tests' operators (read by every OperatorSettings made below)
 os.environ.setdefault("LTX_OPERATOR_PROGRESS_INTERVAL", "0.5")
 os.environ.setdefault("LTX_OPERATOR_TTL_INTERVAL", "0.5")
 os.environ.setdefault("LTX_OPERATOR_METRICS_PORT", "0")
@@ -38,11 +40,13 @@ PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 EVENTS = f"/api/v1/namespaces/{NAMESPACE}/events"
 SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 SERVER: dict[str, str] = {}
+OPERATOR_TOKEN = "test"
+RBAC = Path(__file__).resolve().parents[1] / "operator" / "ltx_operator" / "rbac.yaml"
 
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=SERVER["url"], scheme="Bearer", token="test",
+    return kopf.ConnectionInfo(server=SERVER["url"], scheme="Bearer", token=OPERATOR_TOKEN,
                                insecure=True)
 
 
@@ -122,19 +126,29 @@ class Cluster:
             await asyncio.sleep(0.1)
 
 
+def operator_rbac() -> kube_api.Rbac:
+    """The operator's account, held to the role the chart gives it."""
+    return kube_api.Rbac(yaml.safe_load(RBAC.read_text())["rules"], token=OPERATOR_TOKEN)
+
+
 @pytest_asyncio.fixture
 async def api_server() -> AsyncIterator[tuple[kube_api.ApiServer, str]]:
     emulator = kube_api.ApiServer()
     async with emulator, kmock.Server(emulator) as server:
         SERVER["url"] = str(server.url).rstrip("/")
         kube_api.declare(emulator)
-        kube.configure(client.ApiClient(client.Configuration(host=SERVER["url"])))
+        configuration = client.Configuration(host=SERVER["url"])
+        configuration.api_key = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+        kube.configure(client.ApiClient(configuration))
+        emulator.enforce(operator_rbac())
         yield emulator, SERVER["url"]
+        # nothing the operator asked for was outside its role
+        assert not emulator.rbac.refused, emulator.rbac.refused
 
 
 @pytest.fixture
 def operator_settings() -> OperatorSettings:
-    return OperatorSettings(store_url="s3://runs", metrics_port=0)
+    return OperatorSettings(store_url="s3://runs", model_claim_name="models", metrics_port=0)
 
 
 @pytest_asyncio.fixture

@@ -21,6 +21,9 @@ from ltx_operator.settings import OperatorSettings
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "ltx-extend"
 EVERYTHING_ON = CHART / "ci" / "everything-on-values.yaml"
+TINY_MODEL = CHART / "ci" / "tiny-model-values.yaml"
+#: A platform's base model: the chart refuses to install without one.
+MODEL = ("--set", "model.claimName=ltx-models")
 KUBERNETES_VERSIONS = ("1.30.0", "1.35.0")  # the oldest the CRD supports, and a recent one
 NAMESPACE = "ltx-system"
 
@@ -37,7 +40,8 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def render(helm: str, *args: str) -> list[dict[str, Any]]:
-    done = run_helm(helm, "template", "ltx", str(CHART), "--namespace", NAMESPACE, *args)
+    done = run_helm(helm, "template", "ltx", str(CHART), "--namespace", NAMESPACE, *MODEL,
+                    *args)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
@@ -53,7 +57,7 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("values", [(), ("-f", str(EVERYTHING_ON))], ids=["default", "all-on"])
 def test_lint_passes(helm, values):
-    done = run_helm(helm, "lint", "--strict", str(CHART), *values)
+    done = run_helm(helm, "lint", "--strict", str(CHART), *MODEL, *values)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -63,9 +67,10 @@ def test_every_manifest_is_valid_for_kubernetes(helm, values):
     kinds = {d["kind"] for d in docs}
     expected = {"CustomResourceDefinition", "ServiceAccount", "ClusterRole",
                 "ClusterRoleBinding", "Service", "Deployment"}
-    if values:
-        expected |= {"Role", "RoleBinding", "PodDisruptionBudget", "ServiceMonitor",
-                     "PodMonitor"}
+    if values:  # named namespaces: Roles there, nothing cluster-wide but the tenants' roles
+        expected = expected - {"ClusterRoleBinding"} | {
+            "Role", "RoleBinding", "PodDisruptionBudget", "ServiceMonitor", "PodMonitor",
+            "NetworkPolicy", "PrometheusRule"}
     assert kinds == expected
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -95,7 +100,8 @@ def test_the_rbac_is_the_operators(helm):
     operator_rules = yaml.safe_load(
         (ROOT / "operator" / "ltx_operator" / "rbac.yaml").read_text())["rules"]
     docs = render(helm)
-    (role,) = by_kind(docs, "ClusterRole")
+    role = next(r for r in by_kind(docs, "ClusterRole")
+                if r["metadata"]["name"] == "ltx-ltx-extend")
     assert _rules(role["rules"]) == _rules(operator_rules)
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     (account,) = by_kind(docs, "ServiceAccount")
@@ -105,14 +111,26 @@ def test_the_rbac_is_the_operators(helm):
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == \
         account["metadata"]["name"]
 
-    # watching two namespaces: Roles there, and only the cluster-scoped reads cluster-wide
+    # watching two namespaces: Roles there, and nothing of the operator's cluster-wide
     docs = render(helm, "-f", str(EVERYTHING_ON))
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    (cluster_role,) = by_kind(docs, "ClusterRole")
-    assert _rules(roles[0]["rules"] + cluster_role["rules"]) == _rules(operator_rules)
-    assert all(set(r["resources"]) <= {"customresourcedefinitions", "namespaces"}
-               and set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_role["rules"])
+    assert all(_rules(r["rules"]) == _rules(operator_rules) for r in roles)
+    assert {r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")} == {"ltx-edit",
+                                                                            "ltx-view"}
+    assert not by_kind(docs, "ClusterRoleBinding")
+
+
+def test_tenants_get_trainings_through_the_default_roles(helm):
+    roles = {r["metadata"]["name"]: r for r in by_kind(render(helm), "ClusterRole")}
+    edit, view = roles["ltx-ltx-extend-edit"], roles["ltx-ltx-extend-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {"create", "delete", "patch", "update"} <= set(edit["rules"][0]["verbs"])
+    assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}
+    off = render(helm, "--set", "rbac.aggregateToDefaultRoles=false")
+    assert [r["metadata"]["name"] for r in by_kind(off, "ClusterRole")] == ["ltx-ltx-extend"]
 
 
 def test_a_misspelled_value_is_refused(helm):
@@ -146,7 +164,7 @@ def test_the_values_reach_the_operator_as_settings(helm):
     env = {e["name"]: e["value"] for e in container["env"]}
     settings = OperatorSettings.from_env(env)
     assert settings.namespaces == ["team-a", "team-b"]
-    assert settings.trainer_image == "ghcr.io/ltx-extend/trainer:0.1.0"
+    assert settings.trainer_image == "ghcr.io/ltx-extend/trainer@sha256:" + "0" * 63 + "2"
     assert settings.trainer_args == ["--checkpoint-every", "100"]
     assert (settings.store_url, settings.store_endpoint) == ("s3://ml-artifacts/ltx",
                                                              "http://minio.storage:9000")
@@ -154,9 +172,90 @@ def test_the_values_reach_the_operator_as_settings(helm):
     assert settings.gpu_count == 2 and settings.max_workers == 50
     assert settings.prepare_node_selector == {"pool": "cpu"}
     assert settings.train_tolerations[0]["key"] == "nvidia.com/gpu"
+    assert settings.trainer_service_account == "ltx-trainer"
+    assert settings.trainer_image_pull_secrets == ["registry"]
+    assert settings.trainer_env == [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    assert settings.trainer_env_from == [{"configMapRef": {"name": "proxy-settings"}}]
+    assert settings.trainer_volumes[0]["configMap"] == {"name": "corporate-ca"}
+    assert settings.trainer_volume_mounts[0]["mountPath"] == "/etc/ssl/corporate"
+    assert settings.trainer_pod_labels == {"team": "video"}
+    assert settings.train_shm_size == "32Gi" and settings.train_ephemeral_storage == "100Gi"
+    assert settings.model_cache_claim_name == "ltx-model-cache"
     defaults = OperatorSettings.from_env(
         {e["name"]: e["value"] for e in operator_container(render(helm))["env"]})
     assert defaults.namespaces == [] and defaults.trainer_args == []
+    assert defaults.trainer_service_account is None and defaults.trainer_env == []
+    assert defaults.prepare_ephemeral_storage == "20Gi" and defaults.train_shm_size == "16Gi"
+    # what the values shape reaches both Jobs
+    job = build_job("train", {"metadata": {"name": "door", "namespace": "team-a", "uid": "u"}},
+                    parse_spec({"trainingDataUrl": "s3://d/c.zip",
+                                "model": {"url": "s3://m/ltx"}}), settings)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ltx-trainer"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert job["spec"]["template"]["metadata"]["labels"]["team"] == "video"
+    container = pod["containers"][0]
+    assert container["resources"]["requests"]["ephemeral-storage"] == "100Gi"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {v["name"]: v for v in pod["volumes"]}["shm"]["emptyDir"] == {
+        "medium": "Memory", "sizeLimit": "32Gi"}
+    assert container["args"][-4:] == ["--model", "s3://m/ltx", "--model-cache", "/model-cache"]
+    assert {v["name"]: v for v in pod["volumes"]}["model-cache"]["persistentVolumeClaim"] == {
+        "claimName": "ltx-model-cache"}
+
+
+def test_names_and_images_follow_the_overrides(helm):
+    docs = render(helm, "-f", str(EVERYTHING_ON))
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["metadata"]["name"] == "ltx"
+    assert operator_container(docs)["image"] == (
+        "ghcr.io/ltx-extend/operator@sha256:" + "0" * 63 + "1")
+    named = render(helm, "--set", "nameOverride=lora")
+    assert by_kind(named, "Deployment")[0]["metadata"]["name"] == "ltx-lora"
+    assert operator_container(render(helm))["image"] == "ghcr.io/ltx-extend/operator:0.1.0"
+
+
+def test_network_policies_let_the_operator_reach_the_progress_port_only(helm):
+    docs = render(helm, "-f", str(EVERYTHING_ON))
+    policies = {(p["metadata"]["namespace"], p["metadata"]["name"]): p["spec"]
+                for p in by_kind(docs, "NetworkPolicy")}
+    assert set(policies) == {(NAMESPACE, "ltx"), ("team-a", "ltx-trainer"),
+                             ("team-b", "ltx-trainer")}
+    (deployment,) = by_kind(docs, "Deployment")
+    operator_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    trainer = policies["team-a", "ltx-trainer"]
+    job = build_job("train", {"metadata": {"name": "door", "namespace": "team-a", "uid": "u"}},
+                    parse_spec({"trainingDataUrl": "s3://d/c.zip"}),
+                    OperatorSettings(model_claim_name="m"))
+    assert trainer["podSelector"]["matchLabels"].items() <= \
+        job["spec"]["template"]["metadata"]["labels"].items()
+    (allowed, prometheus) = trainer["ingress"][0]["from"]
+    assert allowed["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    assert allowed["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": NAMESPACE}
+    assert prometheus["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"}
+    assert trainer["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert {p["port"] for p in trainer["egress"][1]["ports"]} == {443, 80, 9000}
+    out = policies[NAMESPACE, "ltx"]["egress"]
+    assert out[1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+
+
+def test_the_alerts_read_metrics_that_exist(helm):
+    from ltx_operator import metrics
+
+    (rule,) = by_kind(render(helm, "-f", str(EVERYTHING_ON)), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(alerts) == {"LtxTrainingsFailing", "LtxTrainingStalled"}
+    assert f"{metrics.OUTCOMES._name}_total" in alerts["LtxTrainingsFailing"]
+    from prometheus_client import generate_latest
+
+    from ltx_trainer.progress import ProgressState
+
+    served = generate_latest(ProgressState().registry).decode()
+    for name in ("ltx_extend_train_step", "ltx_extend_train_steps_total"):
+        assert name in alerts["LtxTrainingStalled"] and f"\n{name}" in served
 
 
 def test_the_monitors_find_the_metrics(helm):
@@ -178,16 +277,35 @@ def test_the_monitors_find_the_metrics(helm):
     assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     ports = {p["name"] for p in job["spec"]["template"]["spec"]["containers"][0]["ports"]}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+    assert set(pod_monitor["spec"]["podTargetLabels"]) <= pod_labels.keys()
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
 
-def test_notes_show_the_first_apply(helm):
+def notes(helm: str, *args: str) -> str:
     done = run_helm(helm, "install", "ltx", str(CHART), "--dry-run=client",
-                    "--namespace", NAMESPACE)
+                    "--namespace", NAMESPACE, *args)
     assert done.returncode == 0, done.stderr
-    notes = done.stdout.split("NOTES:", 1)[1]
-    assert "kind: LtxExtendTraining" in notes and "kubectl get ltxt" in notes
-    assert "create secret generic ltx-extend-store" in notes
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_show_the_model_and_the_first_apply(helm):
+    text = notes(helm, *MODEL, "--set", "model.subPath=ltx-2.3")
+    assert "kind: LtxExtendTraining" in text and "kubectl get ltxt" in text
+    assert "create secret generic ltx-extend-store" in text
+    assert "Base model for trainings that name none: the claim ltx-models, folder ltx-2.3" \
+        in text
+    irsa = notes(helm, *MODEL, "--set", "store.secretName=", "--set",
+                 "trainer.serviceAccountName=ltx-trainer")
+    assert "create secret" not in irsa and "(ltx-trainer: IRSA or Workload Identity)" in irsa
+
+
+def test_no_model_source_is_refused_unless_the_tiny_model_is_allowed(helm):
+    done = run_helm(helm, "template", "ltx", str(CHART))
+    assert done.returncode != 0
+    assert "no base model: set model.claimName" in done.stderr
+    text = notes(helm, "-f", str(TINY_MODEL))
+    assert "none: each training must set spec.model" in text
+    assert "ends Failed (reason NoBaseModel)" in text
 
 
 @pytest.mark.parametrize(("path", "values"), [
@@ -210,7 +328,7 @@ def test_the_packaged_chart_carries_the_linked_crd_and_rbac(helm, tmp_path):
     assert done.returncode == 0, done.stderr
     (package,) = tmp_path.glob("ltx-extend-*.tgz")
     docs = [d for d in yaml.safe_load_all(run_helm(
-        helm, "template", "ltx", str(package), "--namespace", NAMESPACE).stdout) if d]
+        helm, "template", "ltx", str(package), "--namespace", NAMESPACE, *MODEL).stdout) if d]
     assert by_kind(docs, "CustomResourceDefinition") == by_kind(render(helm),
                                                                 "CustomResourceDefinition")
     assert by_kind(docs, "ClusterRole")[0]["rules"]

@@ -36,13 +36,17 @@ DEADLINE = 400.0  # seconds a scenario may take on a 2-core machine
 
 
 @pytest.fixture(scope="module")
-def e2e_media(s3_server, tmp_path_factory) -> dict[str, str]:
-    """The datasets and closing clips, uploaded to the `datasets` bucket."""
+def e2e_media(s3_server, tmp_path_factory, tiny_model: Path) -> dict[str, str]:
+    """The datasets and closing clips, uploaded to the `datasets` bucket, and the tiny
+    model to `models/tiny` (a base model given by URL)."""
     root = tmp_path_factory.mktemp("e2e-media")
     client = s3_server.client()
-    for bucket in ("datasets", "runs"):
+    for bucket in ("datasets", "runs", "models"):
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
+    for file in tiny_model.rglob("*"):
+        if file.is_file():
+            client.fput_object("models", f"tiny/{file.relative_to(tiny_model)}", str(file))
 
     def archive(name: str, seconds: float, audio: bool) -> None:
         path = root / name
@@ -168,13 +172,19 @@ def _download(s3_server, url: str, dest: Path) -> Path:
 
 async def test_video_only_with_one_validation_clip(cluster, kubelet, s3_server, tiny_model,
                                                    tmp_path):
-    await cluster.apply("video-only", spec("clips.zip", closing=1, with_audio=False))
+    """The base model given by URL: the train pod downloads it (onto its volume: the
+    harness refuses writes anywhere else)."""
+    await cluster.apply("video-only", spec("clips.zip", closing=1, with_audio=False,
+                                           model={"url": "s3://models/tiny"}))
     training = await finished(cluster, "video-only", kubelet)
     await assert_succeeded(cluster, "video-only", training, s3_server, tiny_model, tmp_path,
                            audio=False, reel_clips=1)
+    assert training["status"]["effective"]["model"] == "s3://models/tiny"
     train = (await cluster.jobs())["video-only-train"]
-    assert train["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
-        "nvidia.com/gpu": "1"}
+    container = train["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "model" not in {v["name"] for v in train["spec"]["template"]["spec"]["volumes"]}
     assert [len(kubelet.pods(j)) for j in ("video-only-prepare", "video-only-train")] == [1, 1]
 
 

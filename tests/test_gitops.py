@@ -41,6 +41,11 @@ def health(status: dict | None) -> dict:
          "message": "All training videos are too short to be trainable"}]},
      "Degraded", "InvalidInput: All training videos are too short to be trainable"),
     ({"phase": "Suspended"}, "Suspended", "Suspended"),
+    ({"phase": "Pending", "conditions": [
+        {"type": "Running", "status": "False", "reason": "Unschedulable",
+         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]},
+     "Progressing", "Pending (Unschedulable: 0/3 nodes are available: 3 Insufficient "
+     "nvidia.com/gpu.)"),
 ])
 def test_health(status, expected, message):
     assert health(status) == {"status": expected, "message": message}

@@ -25,7 +25,7 @@ def test_the_model_volume_or_the_model_url():
                              "model": {"url": "s3://models/ltx-2.3"}})
     job = build_job("train", BODY, from_store, SETTINGS)
     assert container(job)["args"][-2:] == ["--model", "s3://models/ltx-2.3"]
-    assert set(volumes(job)) == {"work"}
+    assert set(volumes(job)) == {"work", "shm"}  # no model volume
     from_platform = SETTINGS.model_copy(update={"model_claim_name": None,
                                                 "model_url": "s3://models/ltx-2.3"})
     job = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip"}),
@@ -46,7 +46,8 @@ def test_every_pod_works_in_its_own_scratch_volume_with_the_platform_flags():
         assert args[args.index("--checkpoint-every") + 1] == "50"
         assert volumes(job)["work"] == {"name": "work", "emptyDir": {}}
         pod = job["spec"]["template"]["spec"]
-        assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["securityContext"] == {"runAsNonRoot": True,
+                                          "seccompProfile": {"type": "RuntimeDefault"}}
         assert pod["automountServiceAccountToken"] is False  # no API credentials in pods
         assert container(job)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert {"name": "work", "mountPath": "/work"} in container(job)["volumeMounts"]
@@ -116,16 +117,62 @@ def test_node_settings_come_from_json_variables():
     assert settings.train_tolerations == [{"key": "gpu", "operator": "Exists"}]
 
 
+def test_pods_write_only_to_their_volumes_and_carry_the_platform_shape():
+    settings = SETTINGS.model_copy(update={
+        "trainer_service_account": "trainer", "trainer_image_pull_secrets": ["registry"],
+        "trainer_env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "trainer_env_from": [{"configMapRef": {"name": "proxy"}}],
+        "trainer_volumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "trainer_volume_mounts": [{"name": "ca", "mountPath": "/etc/ssl/corp"}],
+        "trainer_pod_labels": {"team": "video"}, "trainer_pod_annotations": {"a": "b"}})
+    body = {"metadata": {**BODY["metadata"], "labels": {
+        "kueue.x-k8s.io/queue-name": "gpus", "kueue.x-k8s.io/priority-class": "high",
+        "other": "x"}}}
+    spec = parse_spec({"trainingDataUrl": "s3://d/c.zip"})
+    for stage in ("prepare", "train"):
+        job = build_job(stage, body, spec, settings)
+        pod, box = job["spec"]["template"]["spec"], container(job)
+        assert box["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e.get("value") for e in box["env"]}
+        assert (env["HOME"], env["TMPDIR"], env["XDG_CACHE_HOME"]) == (
+            "/work", "/work", "/work/.cache")
+        assert env["HF_HUB_OFFLINE"] == "1"
+        assert box["envFrom"] == [{"secretRef": {"name": "store-creds"}},
+                                  {"configMapRef": {"name": "proxy"}}]
+        assert (pod["serviceAccountName"], pod["imagePullSecrets"]) == (
+            "trainer", [{"name": "registry"}])
+        assert volumes(job)["ca"]["configMap"] == {"name": "corporate-ca"}
+        assert {"name": "ca", "mountPath": "/etc/ssl/corp"} in box["volumeMounts"]
+        template = job["spec"]["template"]["metadata"]
+        assert template["labels"]["team"] == "video" and template["annotations"] == {"a": "b"}
+        assert template["labels"]["ltx-training.io/stage"] == stage  # ours win over extras
+        labels = job["metadata"]["labels"]
+        assert labels["kueue.x-k8s.io/priority-class"] == "high" and "other" not in labels
+        assert "ephemeral-storage" in box["resources"]["requests"]
+    train = build_job("train", body, spec, settings)
+    assert volumes(train)["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    prepare = build_job("prepare", body, spec, settings)
+    assert "shm" not in volumes(prepare)
+    no_shm = settings.model_copy(update={"train_shm_size": "", "train_ephemeral_storage": ""})
+    bare = build_job("train", body, spec, no_shm)
+    assert "shm" not in volumes(bare)
+    assert "ephemeral-storage" not in container(bare)["resources"]["requests"]
+
+
 def test_both_jobs_are_valid_batch_v1_jobs():
     import kubernetes_validate
 
     settings = SETTINGS.model_copy(update={"train_tolerations": [
         {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "trainer_args": ["--checkpoint-every", "100"]})
+        "trainer_args": ["--checkpoint-every", "100"], "trainer_service_account": "t",
+        "trainer_volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+        "trainer_volume_mounts": [{"name": "ca", "mountPath": "/etc/ssl/corp"}],
+        "model_cache_claim_name": "cache"})
     spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2,
                        "activeDeadlineSeconds": 3600, "priorityClassName": "training",
                        "nodeSelector": {"pool": "gpu"}})
-    for stage in ("prepare", "train"):
-        job = build_job(stage, BODY, spec, settings)
+    by_url = parse_spec({"trainingDataUrl": "s3://d/c.zip", "model": {"url": "s3://m/x"}})
+    for stage, given in (("prepare", spec), ("train", spec), ("train", by_url)):
+        job = build_job(stage, BODY, given, settings)
         for version in ("1.30.0", "1.35.0"):
             kubernetes_validate.validate(job, version, strict=True)

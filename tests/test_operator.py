@@ -4,16 +4,21 @@ controller over HTTP, as a cluster would."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from typing import Any
 
+import kmock
 import pytest
 
 from ltx_operator import handlers
 from ltx_trainer.progress import ProgressServer, ProgressState
 
-from operator_cluster import JOBS, NAMESPACE, PODS, TRAININGS, Cluster
+import kube_api
+from operator_cluster import JOBS, NAMESPACE, OPERATOR_TOKEN, PODS, TRAININGS, Cluster
+
+CREATE, UPDATE = kmock.action.CREATE, kmock.action.UPDATE
 
 pytestmark = pytest.mark.asyncio
 
@@ -22,10 +27,7 @@ async def finish(cluster: Cluster, job: str, succeeded: bool, result: dict[str, 
                  exit_code: int = 0, reason: str = "Completed",
                  job_reason: str | None = None) -> None:
     """What kubelet and the Job controller do when the Job's pod ends."""
-    pod = await cluster.create(PODS, {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{job}-{uuid.uuid4().hex[:5]}", "namespace": "team",
-                     "labels": {"job-name": job}}})
+    pod = await start_pod(cluster, job, f"{job}-{uuid.uuid4().hex[:5]}")
     await cluster.request("PATCH", f"{PODS}/{pod['metadata']['name']}/status", {"status": {
         "phase": "Succeeded" if succeeded else "Failed", "containerStatuses": [{
             "name": "trainer", "ready": False, "restartCount": 0, "image": "t",
@@ -37,13 +39,45 @@ async def finish(cluster: Cluster, job: str, succeeded: bool, result: dict[str, 
     await cluster.request("PATCH", f"{JOBS}/{job}/status", {"status": {"conditions": [condition]}})
 
 
+async def start_pod(cluster: Cluster, job: str, name: str,
+                    status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Job controller's pod: the template's labels and `job-name`; with `status`,
+    what the scheduler and the kubelet report of it."""
+    template = (await cluster.request("GET", f"{JOBS}/{job}"))["spec"]["template"]
+    pod = await cluster.create(PODS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team",
+                     "labels": {**template["metadata"]["labels"], "job-name": job}}})
+    if status is not None:
+        await pod_status(cluster, name, status)
+    return pod
+
+
+async def pod_status(cluster: Cluster, name: str, status: dict[str, Any]) -> None:
+    await cluster.request("PATCH", f"{PODS}/{name}/status", {"status": status})
+
+
+RUNNING = {"phase": "Running", "podIP": "127.0.0.1"}
+
+
+async def condition(cluster: Cluster, name: str, type_: str, reason: str) -> dict[str, Any]:
+    """The training once its `type_` condition has `reason`."""
+    async def reached() -> dict | None:
+        training = await cluster.training(name)
+        found = next((c for c in (training.get("status") or {}).get("conditions") or []
+                      if c["type"] == type_), None)
+        return training if found and found["reason"] == reason else None
+    return await cluster.until(reached)
+
+
 SPEC = {"trainingDataUrl": "s3://datasets/clips.zip", "numberOfSteps": 2000, "gpus": 2,
         "nodeSelector": {"gpu": "h100"}, "priorityClassName": "training",
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
 
 
 async def test_a_training_from_apply_to_billed_success(cluster):
-    await cluster.apply("door", SPEC, labels={"kueue.x-k8s.io/queue-name": "gpus"})
+    await cluster.apply("door", SPEC, labels={"kueue.x-k8s.io/queue-name": "gpus",
+                                              "kueue.x-k8s.io/priority-class": "batch-high"})
     jobs = await cluster.until(cluster.jobs)
     prepare = jobs["door-prepare"]
     container = prepare["spec"]["template"]["spec"]["containers"][0]
@@ -55,7 +89,11 @@ async def test_a_training_from_apply_to_billed_success(cluster):
     assert json.loads(env["LTX_EXTEND_SPEC"])["numberOfFrames"] == 89
     assert prepare["metadata"]["ownerReferences"][0]["name"] == "door"
     assert prepare["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
-    assert training["status"]["phase"] == "Preparing"
+    assert prepare["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch-high"
+    training = await condition(cluster, "door", "Running", "JobPending")
+    assert training["status"]["phase"] == "Pending"  # the Job exists, its pod does not run
+    await start_pod(cluster, "door-prepare", "door-prepare-abcde", RUNNING)
+    await cluster.until(lambda: cluster.phase("door", "Preparing"))
 
     await finish(cluster, "door-prepare", True, {"outcome": "Succeeded",
                                                 "reason": "DatasetReady",
@@ -71,8 +109,8 @@ async def test_a_training_from_apply_to_billed_success(cluster):
     assert rules[1] == {"action": "Ignore",
                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[0]["onExitCodes"]["values"] == [3, 4]
-    training = await cluster.training("door")
-    assert training["status"]["phase"] == "Training"
+    await start_pod(cluster, "door-train", "door-train-abcde", RUNNING)
+    await cluster.until(lambda: cluster.phase("door", "Training"))
 
     artifacts = {"loraFile": "s3://runs/team/door/x/outputs/lora.safetensors"}
     await finish(cluster, "door-train", True, {"outcome": "Succeeded", "stepsCompleted": 2000,
@@ -145,17 +183,12 @@ async def test_a_failed_train_job_fails_the_training_with_its_reason(
 async def test_progress_is_pulled_from_the_train_pod(cluster):
     state = ProgressState()
     with ProgressServer(state, 0, host="127.0.0.1") as server:
-        handlers.configure(handlers.SETTINGS.model_copy(update={"progress_port": server.port}))
+        handlers.configure(handlers.current().model_copy(update={"progress_port": server.port}))
         await cluster.apply("live", SPEC)
         await cluster.until(lambda: cluster.has_job("live-prepare"))
         await finish(cluster, "live-prepare", True, {"outcome": "Succeeded"})
         await cluster.until(lambda: cluster.has_job("live-train"))
-        await cluster.create(PODS, {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "live-train-abcde", "namespace": "team",
-                         "labels": {"job-name": "live-train"}}})
-        await cluster.request("PATCH", f"{PODS}/live-train-abcde/status", {
-            "status": {"phase": "Running", "podIP": "127.0.0.1"}})
+        await start_pod(cluster, "live-train", "live-train-abcde", RUNNING)
         state.stage("training")
         state.step(500, 2000, 0.25, 2.0, 750.0)
 
@@ -172,6 +205,7 @@ async def test_progress_is_pulled_from_the_train_pod(cluster):
 async def test_suspend_and_resume_the_active_job(cluster):
     await cluster.apply("pause", SPEC)
     await cluster.until(lambda: cluster.has_job("pause-prepare"))
+    await start_pod(cluster, "pause-prepare", "pause-prepare-abcde", RUNNING)
     await cluster.until(lambda: cluster.phase("pause", "Preparing"))
     await cluster.request("PATCH", f"{TRAININGS}/pause", {"spec": {"suspend": True}})
     training = await cluster.until(lambda: cluster.phase("pause", "Suspended"))
@@ -179,8 +213,10 @@ async def test_suspend_and_resume_the_active_job(cluster):
     assert any(c["type"] == "Suspended" and c["status"] == "True"
                for c in training["status"]["conditions"])
     await cluster.request("PATCH", f"{TRAININGS}/pause", {"spec": {"suspend": False}})
-    await cluster.until(lambda: cluster.phase("pause", "Preparing"))
+    training = await condition(cluster, "pause", "Suspended", "Resumed")
+    assert training["status"]["phase"] == "Preparing"
     assert (await cluster.jobs())["pause-prepare"]["spec"]["suspend"] is False
+    assert (await cluster.event_reasons("pause", "Suspended", "Resumed")).count("Resumed") == 1
 
 
 async def test_ttl_deletes_the_finished_resource(cluster):
@@ -272,8 +308,8 @@ async def test_metrics_are_served_over_http(cluster):
     assert delta("ltx_operator_billable_units_total[]") == 2000
     assert delta("ltx_operator_outcomes_total[('reason', 'Succeeded')]") == 1
     assert after["ltx_operator_resources[('phase', 'Succeeded')]"] >= 1
-    assert delta("ltx_operator_seconds_to_finish_count[('outcome', 'Succeeded')]") == 1
-    assert delta("ltx_operator_seconds_to_train_job_count[]") == 1
+    assert delta("ltx_operator_time_to_finish_seconds_count[('outcome', 'Succeeded')]") == 1
+    assert delta("ltx_operator_time_to_train_job_seconds_count[]") == 1
 
 
 def _free_port() -> int:
@@ -289,6 +325,7 @@ async def test_deleting_a_running_training_stops_its_jobs_and_bills_nothing(clus
     await cluster.until(lambda: cluster.has_job("gone-prepare"))
     await finish(cluster, "gone-prepare", True, {"outcome": "Succeeded"})
     await cluster.until(lambda: cluster.has_job("gone-train"))
+    await start_pod(cluster, "gone-train", "gone-train-abcde", RUNNING)
     await cluster.until(lambda: cluster.phase("gone", "Training"))
     training = await cluster.training("gone")
     assert "ltx-training.io/finalizer" in training["metadata"].get("finalizers", [])
@@ -301,3 +338,228 @@ async def test_deleting_a_running_training_stops_its_jobs_and_bills_nothing(clus
 
     await cluster.until(cleaned)
 
+
+
+async def test_a_training_without_a_model_fails_at_once_with_no_job(cluster):
+    handlers.configure(handlers.current().model_copy(update={"model_claim_name": None}))
+    await cluster.apply("modelless", SPEC)
+    training = await cluster.until(lambda: cluster.phase("modelless", "Failed"))
+    failed = next(c for c in training["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "NoBaseModel" and "model.claimName" in failed["message"]
+    assert training["status"]["billing"]["units"] == 0
+    assert "NoBaseModel" in await cluster.event_reasons("modelless", "NoBaseModel")
+    await asyncio.sleep(0.5)
+    assert await cluster.jobs() == {}  # no GPU, not even the prepare Job
+
+
+async def test_a_stage_that_waits_says_why(cluster):
+    await cluster.apply("wait", SPEC)
+    await cluster.until(lambda: cluster.has_job("wait-prepare"))
+    scheduler = "0/3 nodes are available: 3 Insufficient cpu. preemption: not helpful."
+    await start_pod(cluster, "wait-prepare", "wait-prepare-a", {
+        "phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                            "reason": "Unschedulable", "message": scheduler}]})
+    training = await condition(cluster, "wait", "Running", "Unschedulable")
+    running = next(c for c in training["status"]["conditions"] if c["type"] == "Running")
+    assert training["status"]["phase"] == "Pending" and running["message"] == scheduler
+    pulling = "Back-off pulling image \"ghcr.io/ltx-extend/trainer:0.1.0\""
+    await pod_status(cluster, "wait-prepare-a", {
+        "phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0,
+                               "image": "t", "imageID": "", "state": {"waiting": {
+                                   "reason": "ImagePullBackOff", "message": pulling}}}]})
+    await condition(cluster, "wait", "Running", "ImagePullBackOff")
+    await pod_status(cluster, "wait-prepare-a", {**RUNNING, "containerStatuses": [{
+        "name": "trainer", "ready": True, "restartCount": 0, "image": "t", "imageID": "",
+        "state": {"running": {}}}]})
+    await cluster.until(lambda: cluster.phase("wait", "Preparing"))
+    events = {e["reason"]: e for e in await cluster.events("wait")}
+    assert events["Unschedulable"]["type"] == "Warning"
+    assert events["Unschedulable"]["message"] == scheduler
+    assert "ImagePullBackOff" in await cluster.event_reasons("wait", "ImagePullBackOff")
+
+
+class KueueStandIn:
+    """Kueue as a Job sees it: its webhook creates queued Jobs suspended, its controller
+    makes a Workload per Job, unsuspends a Job once admitted and suspends it again
+    when its Workload is deactivated (evicted)."""
+
+    WORKLOADS = f"/apis/kueue.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/workloads"
+
+    def __init__(self, cluster: Cluster, emulator: Any):
+        self.cluster, self.admitted = cluster, set()
+        emulator.admission.append(self.webhook)
+
+    @staticmethod
+    def webhook(request: Any) -> None:
+        labels = ((request.data or {}).get("metadata") or {}).get("labels") or {} \
+            if isinstance(request.data, dict) else {}
+        if request.resource is not None and request.resource.plural == "jobs" \
+                and request.action == CREATE and "kueue.x-k8s.io/queue-name" in labels:
+            request.data["spec"]["suspend"] = True
+
+    async def sync(self) -> None:
+        workloads = {w["metadata"]["labels"]["kueue.x-k8s.io/job-uid"]: w for w in
+                     (await self.cluster.request("GET", self.WORKLOADS)).get("items", [])}
+        for name, job in (await self.cluster.jobs()).items():
+            uid = job["metadata"]["uid"]
+            if uid not in workloads:
+                workloads[uid] = await self.cluster.create(self.WORKLOADS, {
+                    "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                    "metadata": {"name": f"job-{name}", "namespace": NAMESPACE,
+                                 "labels": {"kueue.x-k8s.io/job-uid": uid}},
+                    "spec": {"active": True, "queueName": "gpus"}})
+            admit = name in self.admitted and workloads[uid]["spec"].get("active", True)
+            if job["spec"].get("suspend") == admit:
+                await self.cluster.request("PATCH", f"{JOBS}/{name}",
+                                           {"spec": {"suspend": not admit}})
+
+    async def admit(self, job: str) -> None:
+        self.admitted.add(job)
+        await self.sync()
+
+
+async def test_kueue_admits_each_stage_and_suspends_through_the_workload(cluster, api_server):
+    emulator, _ = api_server
+    kueue = KueueStandIn(cluster, emulator)
+    operator_patches: list[str] = []
+    emulator.admission.append(lambda r: operator_patches.append(r.name) if (
+        r.resource is not None and r.resource.plural == "jobs" and r.action == UPDATE
+        and kube_api.bearer(r) == OPERATOR_TOKEN) else None)
+    await cluster.apply("queued", SPEC, labels={"kueue.x-k8s.io/queue-name": "gpus"})
+    await cluster.until(lambda: cluster.has_job("queued-prepare"))
+    await kueue.sync()
+    training = await condition(cluster, "queued", "Running", "Queued")
+    assert training["status"]["phase"] == "Pending"
+    assert "Queued" in await cluster.event_reasons("queued", "Queued")
+    await kueue.admit("queued-prepare")
+    await start_pod(cluster, "queued-prepare", "queued-prepare-a", RUNNING)
+    await cluster.until(lambda: cluster.phase("queued", "Preparing"))
+
+    await cluster.request("PATCH", f"{TRAININGS}/queued", {"spec": {"suspend": True}})
+    await cluster.until(lambda: cluster.phase("queued", "Suspended"))
+    workload = await cluster.request("GET", f"{KueueStandIn.WORKLOADS}/job-queued-prepare")
+    assert workload["spec"]["active"] is False  # Kueue's own way to stop a Job
+    await kueue.sync()
+    assert (await cluster.jobs())["queued-prepare"]["spec"]["suspend"] is True
+    await cluster.request("PATCH", f"{TRAININGS}/queued", {"spec": {"suspend": False}})
+    await condition(cluster, "queued", "Suspended", "Resumed")
+    workload = await cluster.request("GET", f"{KueueStandIn.WORKLOADS}/job-queued-prepare")
+    assert workload["spec"]["active"] is True
+    await kueue.sync()
+    assert (await cluster.jobs())["queued-prepare"]["spec"]["suspend"] is False
+
+    await finish(cluster, "queued-prepare", True, {"outcome": "Succeeded"})
+    await cluster.until(lambda: cluster.has_job("queued-train"))  # admitted in order
+    await kueue.sync()
+    await condition(cluster, "queued", "Running", "Queued")
+    await kueue.admit("queued-train")
+    await finish(cluster, "queued-train", True, {"outcome": "Succeeded", "stepsCompleted": 100})
+    training = await cluster.until(lambda: cluster.phase("queued", "Succeeded"))
+    assert training["status"]["billing"]["units"] == 100
+    assert operator_patches == []  # the Jobs' suspend field is Kueue's alone
+
+
+@pytest.mark.parametrize(("code", "reason", "message", "condition_reason"), [
+    (403, "Forbidden", 'jobs.batch "refused-prepare" is forbidden: exceeded quota: '
+     "team-quota, requested: count/jobs.batch=1, used: count/jobs.batch=8, limited: "
+     "count/jobs.batch=8", "QuotaExceeded"),
+    (403, "Forbidden", 'admission webhook "validate.kyverno.svc-fail" denied the request: '
+     "resource Job/team/refused-prepare was blocked: images must come from registry.corp",
+     "JobRefused"),
+])
+async def test_a_refused_job_is_retried_with_a_growing_delay_and_says_why(
+        cluster, api_server, code, reason, message, condition_reason):
+    emulator, _ = api_server
+    handlers.configure(handlers.current().model_copy(update={"job_retry_delay": 0.3}))
+    attempts: list[float] = []
+    refusing = [True]
+
+    def refuse(request: Any) -> None:
+        if request.resource is not None and request.resource.plural == "jobs" \
+                and request.action == CREATE and refusing[0]:
+            attempts.append(asyncio.get_running_loop().time())
+            raise kmock.KubernetesError(status=code, reason=reason, message=message)
+
+    emulator.admission.append(refuse)
+    await cluster.apply("refused", SPEC)
+    training = await condition(cluster, "refused", "JobCreated", condition_reason)
+    created = next(c for c in training["status"]["conditions"] if c["type"] == "JobCreated")
+    assert message in created["message"] and training["status"]["phase"] == "Pending"
+    assert condition_reason in await cluster.event_reasons("refused", condition_reason)
+
+    async def tried(n: int) -> bool:
+        return len(attempts) >= n
+    await cluster.until(lambda: tried(4))
+    gaps = [b - a for a, b in itertools.pairwise(attempts[:4])]
+    assert gaps[0] >= 0.25 and gaps[2] > gaps[0] * 2.5, gaps  # 0.3, 0.6, 1.2 s: no hot loop
+    refusing[0] = False
+    training = await condition(cluster, "refused", "JobCreated", "Created")
+    assert training["status"]["phase"] == "Pending" and "retry" not in training["status"]
+    assert set(await cluster.jobs()) == {"refused-prepare"}
+
+
+async def test_an_invalid_job_ends_failed_and_bills_nothing(cluster, api_server):
+    emulator, _ = api_server
+    message = ('Job.batch "rejected-prepare" is invalid: spec.template.spec.containers[0]'
+               '.resources.requests: Invalid value: "8Gi": must be less than or equal to '
+               'memory limit')
+
+    def invalid(request: Any) -> None:
+        if request.resource is not None and request.resource.plural == "jobs" \
+                and request.action == CREATE:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=message)
+
+    emulator.admission.append(invalid)
+    await cluster.apply("rejected", SPEC)
+    training = await cluster.until(lambda: cluster.phase("rejected", "Failed"))
+    failed = next(c for c in training["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "JobRejected" and message in failed["message"]
+    assert training["status"]["billing"]["units"] == 0 and await cluster.jobs() == {}
+
+
+async def test_the_role_grants_what_the_operator_uses_and_no_more(cluster, api_server):
+    """Every operator request is held to the chart's role (the fixture fails any test
+    whose operator was refused); this run takes every path, and the role grants
+    nothing it did not use — owner references count as a use of the Jobs' delete and
+    the trainings' finalizers, as OwnerReferencesPermissionEnforcement checks them."""
+    emulator, _ = api_server
+    kueue = KueueStandIn(cluster, emulator)
+    faults = {"status": 1, "create": 1}
+
+    def another_writer(request: Any) -> None:  # the first writes meet a concurrent change
+        if kube_api.bearer(request) != OPERATOR_TOKEN or request.resource is None:
+            return
+        if request.subresource == "status" and request.action == UPDATE and faults["status"]:
+            faults["status"] -= 1
+            raise kube_api.conflict("the object has been modified")
+        if request.resource.plural == "jobs" and request.action == CREATE and faults["create"]:
+            faults["create"] -= 1
+            raise kmock.KubernetesError(status=409, reason="AlreadyExists",
+                                        message='jobs.batch "plain-prepare" already exists')
+
+    emulator.admission.append(another_writer)
+    await cluster.apply("plain", {**SPEC, "ttlSecondsAfterFinished": 0})
+    await cluster.until(lambda: cluster.has_job("plain-prepare"))
+    await cluster.request("PATCH", f"{TRAININGS}/plain", {"spec": {"suspend": True}})
+    await cluster.until(lambda: cluster.phase("plain", "Suspended"))
+    await cluster.request("PATCH", f"{TRAININGS}/plain", {"spec": {"suspend": False}})
+    await condition(cluster, "plain", "Suspended", "Resumed")
+    await finish(cluster, "plain-prepare", True, {"outcome": "Succeeded"})
+    await cluster.until(lambda: cluster.has_job("plain-train"))
+    await finish(cluster, "plain-train", True, {"outcome": "Succeeded", "stepsCompleted": 100})
+
+    await cluster.apply("queued", SPEC, labels={"kueue.x-k8s.io/queue-name": "gpus"})
+    await cluster.until(lambda: cluster.has_job("queued-prepare"))
+    await kueue.admit("queued-prepare")
+    await cluster.request("PATCH", f"{TRAININGS}/queued", {"spec": {"suspend": True}})
+    await cluster.until(lambda: cluster.phase("queued", "Suspended"))
+    await cluster.request("DELETE", f"{TRAININGS}/queued")
+
+    async def gone() -> bool:  # TTL deleted the one, the user the other: Jobs stopped
+        listed = await cluster.request("GET", TRAININGS)
+        return not listed.get("items") and "queued-prepare" not in await cluster.jobs()
+    await cluster.until(gone)
+    assert faults == {"status": 0, "create": 0}
+    assert emulator.rbac.used == emulator.rbac.granted(), (
+        f"granted, never used: {sorted(emulator.rbac.granted() - emulator.rbac.used)}")

@@ -26,6 +26,10 @@ _KEPT = (
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
      "description": "One-word summary of the training's state."},
+    {"name": "Pod", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Running")].reason',
+     "description": "The active stage's pod: Running, or why it waits (JobPending, Queued, "
+     "Unschedulable, ImagePullBackOff, Preempted, …)."},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary",
      "description": "Steps done / total."},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss",

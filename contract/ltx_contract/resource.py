@@ -48,8 +48,8 @@ class StatusModel(BaseModel):
 class Condition(StatusModel):
     """A condition as the Kubernetes API conventions define it."""
 
-    type: str = Field(description="Validated, DatasetReady, Training, Succeeded, Failed or "
-                      "Suspended.")
+    type: str = Field(description="Validated, JobCreated, DatasetReady, Running, Training, "
+                      "Suspended, Succeeded or Failed.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field("", description="One CamelCase word for the last transition.")
     message: str = Field("", description="Human-readable details of the last transition.")
@@ -100,12 +100,24 @@ class Jobs(StatusModel):
 
 
 class Effective(StatusModel):
-    """Values in effect where the spec's were normalised (frame counts snapped to 8k+1)."""
+    """Values in effect where the spec's were normalised (frame counts snapped to 8k+1)
+    or filled in from the operator's settings."""
 
     number_of_frames: int | None = Field(None, description="numberOfFrames as used.")
     validation_number_of_frames: int | None = Field(
         None, description="validationNumberOfFrames as used."
     )
+    model: str | None = Field(
+        None, description="The base model the train Job uses (a store URL or claim:path)."
+    )
+
+
+class Retry(StatusModel):
+    """A Job the API refused to create, and when the operator tries again."""
+
+    stage: str = Field(description="The stage whose Job was refused.")
+    attempts: int = Field(description="Refusals so far.")
+    next_attempt_time: str | None = Field(None, description="When the next try is due.")
 
 
 class TrainingStatus(StatusModel):
@@ -120,6 +132,11 @@ class TrainingStatus(StatusModel):
     artifacts: Artifacts | None = Field(None, description="Output URLs.")
     effective: Effective | None = Field(None, description="Normalised values in effect.")
     jobs: Jobs | None = Field(None, description="Child Job names.")
+    retry: Retry | None = Field(None, description="A refused Job creation being retried.")
+    result_url: str | None = Field(
+        None, description="Presigned HTTPS link to the run's result document, which lists a "
+        "download link for every artifact."
+    )
     observed_generation: int | None = Field(None, description="Last spec generation acted on.")
     start_time: str | None = Field(None, description="When the first Job started (RFC 3339).")
     completion_time: str | None = Field(None, description="When the training finished.")

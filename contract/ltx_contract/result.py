@@ -29,6 +29,9 @@ class JobResult(Document):
     artifacts: Artifacts = Field(default_factory=Artifacts)
     #: presigned HTTPS links for the artifacts; in the store's copy only
     download_urls: Artifacts = Field(default_factory=Artifacts)
+    #: a presigned HTTPS link to the store's copy of this result (which has the links
+    #: above): the one link that travels in the termination message
+    result_url: str | None = None
 
     def to_dict(self) -> dict:
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -44,6 +47,9 @@ class JobResult(Document):
         text = json.dumps(short)
         while len(text.encode()) > MAX_TERMINATION_BYTES and short["message"]:
             short["message"] = short["message"][: len(short["message"]) // 2] + "…"
+            text = json.dumps(short)
+        if len(text.encode()) > MAX_TERMINATION_BYTES:  # the link alone is too long
+            short.pop("resultUrl", None)
             text = json.dumps(short)
         return text
 

@@ -10,10 +10,14 @@ if obj.status == nil or obj.status.phase == nil then
 end
 local phase = obj.status.phase
 local message = ""
+local waiting = nil
 if obj.status.conditions ~= nil then
   for _, condition in ipairs(obj.status.conditions) do
     if condition.type == "Failed" and condition.status == "True" then
       message = (condition.reason or "") .. ": " .. (condition.message or "")
+    end
+    if condition.type == "Running" and condition.status == "False" then
+      waiting = (condition.reason or "") .. ": " .. (condition.message or "")
     end
   end
 end
@@ -26,6 +30,9 @@ elseif phase == "Failed" then
 elseif phase == "Suspended" then
   health.status = "Suspended"
   health.message = "Suspended"
+elseif phase == "Pending" and waiting ~= nil then
+  health.status = "Progressing"
+  health.message = "Pending (" .. waiting .. ")"
 else
   health.status = "Progressing"
   local progress = obj.status.progress

@@ -1,36 +1,49 @@
-"""Kopf handlers: each does one thing; the state lives in the resource's status and
-its child Jobs, never in memory, so a restarted operator carries on where it was."""
+"""Kopf wiring. Indexes hold each training's Jobs and pods (from watches); every
+trigger — the training, one of its Jobs or pods changing, or the resync interval —
+wakes the training's one reconcile loop, which observes, calls the pure `reconcile`
+and carries out its plan. One loop per training, so no locks; the state lives in the
+training's status and its Jobs, never in memory, so a restarted operator carries on
+where it was. Status writes name the resourceVersion they were computed from: a write
+based on a stale read is refused and recomputed, so a transition (and its bill) is
+written once."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import copy
 import logging
-import threading
 import urllib.request
-from collections import defaultdict
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
-from ltx_contract.billing import billable_units, cost
 from ltx_contract.progress import ProgressReport
 from ltx_contract.resource import GROUP, KIND, PLURAL, VERSION
-from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
 from . import kube, metrics
-from .jobs import MANAGED_BY, STAGE_LABEL, TRAINING_LABEL, build_job, job_name
+from .observed import MANAGED_BY, STAGE_LABEL, JobView, PodView, training_key
+from .reconcile import Effects, Observed, Plan, Refusal, events, reconcile
 from .settings import OperatorSettings
-from .status import is_finished, now, seconds_since, set_condition
+from .status import dump_status, is_finished, merge_patch, parse_status, seconds_since
 
 log = logging.getLogger(__name__)
-SETTINGS = OperatorSettings.from_env()
-#: One writer at a time per training within this (single active) operator.
-_LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_settings: OperatorSettings | None = None
 
 
 def configure(settings: OperatorSettings) -> None:
-    global SETTINGS
-    SETTINGS = settings
+    global _settings
+    _settings = settings
+
+
+def current() -> OperatorSettings:
+    """The settings in force: configured by `ltx-operator`, else read at start-up."""
+    global _settings
+    if _settings is None:
+        _settings = OperatorSettings.from_env()
+    return _settings
 
 
 def _log(training: Any, message: str, *args: Any, level: int = logging.INFO) -> None:
@@ -43,286 +56,275 @@ def _log(training: Any, message: str, *args: Any, level: int = logging.INFO) -> 
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    own = current()
     settings.scanning.disabled = True
-    settings.execution.max_workers = SETTINGS.max_workers
-    # Events are the transitions the handlers post, not every log line
+    settings.execution.max_workers = own.max_workers
+    # the reconcile loops' API calls run in Kopf's pool: MAX_WORKERS bounds them too
+    asyncio.get_running_loop().set_default_executor(settings.execution.executor)
+    # Events are the transitions the reconcile posts, not every log line
     settings.posting.loggers = False
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Kopf's own bookkeeping goes to annotations under our prefix, never into our status
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    metrics.serve(SETTINGS.metrics_port)
+    memo.wakeups = {}  # (namespace, name) → the asyncio.Event its reconcile loop waits on
+    metrics.serve(own.metrics_port)
 
 
-def _fail(body: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
-    """The status of a training that ended before training completed: bills 0."""
-    status = dict(body.get("status") or {})
-    generation = body["metadata"].get("generation")
-    conditions = set_condition(status.get("conditions"), "Failed", True, reason, message,
-                               generation)
-    if reason == "InvalidSpec":
-        conditions = set_condition(conditions, "Validated", False, reason, message, generation)
-    metrics.OUTCOMES.labels(reason=reason).inc()
-    return {"phase": "Failed", "conditions": conditions, "completionTime": now(),
-            "billing": status.get("billing") or {"units": 0, "steps": 0, "cost": "0.00",
-                                                 "billedTime": now()}}
+@kopf.index("batch", "v1", "jobs", labels=MANAGED_BY)
+def training_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobView] | None:
+    key = training_key(body)
+    return {key: JobView.of(dict(body))} if key else None
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-def create_prepare_job(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch,
-                       **_: Any) -> None:
-    """Validate the spec and start the prepare Job (no GPU)."""
-    generation = meta.get("generation")
-    try:
-        parsed = parse_spec(dict(spec))
-    except SpecError as exc:
-        message = "; ".join(exc.problems)
-        patch.status.update(_fail(dict(body), "InvalidSpec", message))
-        kopf.warn(body, reason="InvalidSpec", message=message)
-        _log(body, "invalid spec: %s", message, level=logging.WARNING)
-        return
-    job = build_job("prepare", dict(body), parsed, SETTINGS)
-    kopf.adopt(job, owner=body)
-    conditions = set_condition(body.status.get("conditions"), "Validated", True, "Valid",
-                               "the spec is valid", generation)
-    namespace, name = meta["namespace"], meta["name"]
-    # The status is written before the Job exists (not by Kopf after the handler), so a
-    # Job that ends at once cannot have its outcome overwritten by "Preparing".
-    with _LOCKS[namespace, name]:
-        current = (kube.get_training(namespace, name) or {}).get("status") or {}
-        if not current.get("jobs") and not is_finished(current):  # not on a handler rerun
-            kube.patch_training_status(namespace, name, {
-                "phase": "Suspended" if parsed.suspend else "Preparing",
-                "conditions": conditions, "observedGeneration": generation,
-                "startTime": body.status.get("startTime") or now(),
-                "jobs": {"prepare": job["metadata"]["name"]},
-                "effective": {"numberOfFrames": parsed.number_of_frames,
-                              "validationNumberOfFrames": parsed.validation_number_of_frames},
-            })
-        if kube.create_job(job):
-            metrics.JOBS_CREATED.labels(stage="prepare").inc()
-            _log(body, "prepare Job %s created", job["metadata"]["name"])
-    kopf.info(body, reason="PrepareStarted", message=f"Job {job['metadata']['name']} created")
+@kopf.index("v1", "pods", labels=MANAGED_BY)
+def training_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView] | None:
+    key = training_key(body)
+    return {key: PodView.of(dict(body))} if key else None
 
 
-def _finished(job: dict[str, Any]) -> tuple[str, str] | None:
-    """('Complete' | 'Failed', reason) once the Job has finished."""
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
-            return condition["type"], condition.get("reason") or condition["type"]
-    return None
+def _wake(memo: kopf.Memo, key: tuple[str, str] | None) -> None:
+    wakeup = (getattr(memo, "wakeups", None) or {}).get(key)
+    if wakeup is not None:
+        wakeup.set()
 
 
-def _result(namespace: str, job: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The trainer's result from the newest pod's termination message, and how the
-    container ended (e.g. OOMKilled)."""
-    for pod in reversed(kube.job_pods(namespace, job)):
-        for state in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (state.get("state") or {}).get("terminated") or {}
-            if terminated:
-                try:
-                    return json.loads(terminated.get("message") or ""), terminated.get("reason")
-                except json.JSONDecodeError:
-                    return None, terminated.get("reason")
-    return None, None
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
+async def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _wake(memo, training_key(body))
+
+
+@kopf.on.event("v1", "pods", labels=MANAGED_BY)
+async def pod_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _wake(memo, training_key(body))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def track_phase(body: kopf.Body, type: str, **_: Any) -> None:
-    """Keep the resources-by-phase metric in step with the watch."""
+async def training_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the resources-by-phase metric in step with the watch, and wake the
+    reconcile when the spec changed (suspend); its own status writes wake nothing."""
     key = (body.metadata.get("namespace", ""), body.metadata.get("name", ""))
     if type == "DELETED":
         metrics.PHASES.pop(key, None)
-    else:
-        metrics.PHASES[key] = body.status.get("phase") or "Pending"
+        return
+    metrics.PHASES[key] = body.status.get("phase") or "Pending"
+    if body.metadata.get("generation") != body.status.get("observedGeneration"):
+        _wake(memo, key)
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return not is_finished(dict(status))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_unfinished, cancellation_timeout=10.0)
+async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
+                         training_jobs: kopf.Index, training_pods: kopf.Index,
+                         **_: Any) -> None:
+    """The training's one reconcile loop: on every wake-up, and every progress
+    interval (when it also pulls progress), until the training finishes."""
+    key = (body.metadata["namespace"], body.metadata["name"])
+    wakeup = asyncio.Event()
+    memo.wakeups[key] = wakeup
+    periodic = True
+    try:
+        while not stopped:
+            wakeup.clear()
+            # the indexes are read here, on the operator's loop, and handed over
+            jobs = {j.stage: j for j in (training_jobs[key] if key in training_jobs else ())}
+            pods = list(training_pods[key] if key in training_pods else ())
+            try:
+                again = await asyncio.to_thread(run_reconcile, copy.deepcopy(dict(body)),
+                                                jobs, pods, periodic)
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels(handler="reconcile").inc()
+                log.exception("reconcile of %s/%s failed", *key)
+                again = None
+            interval = current().progress_interval
+            periodic = not await _woken(wakeup, stopped, min(interval, again or interval))
+    finally:
+        if memo.wakeups.get(key) is wakeup:
+            del memo.wakeups[key]
+
+
+async def _woken(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> bool:
+    """Wait for a wake-up, the daemon's stop or the timeout; True when woken."""
+    async def stop() -> None:
+        await stopped.wait()
+
+    waits = {asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop())}
+    done, pending = await asyncio.wait(waits, timeout=max(timeout, 0.05),
+                                       return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return bool(done)
+
+
+def run_reconcile(training: dict[str, Any], jobs: dict[str, JobView], pods: list[PodView],
+                  periodic: bool) -> float | None:
+    """Observe, reconcile, act, write the status; returns when to run again (None:
+    at the next interval). Runs in a worker thread.
+
+    The watch's copy of the training may lag behind the last write: a transition (a
+    Job to make, a condition to change, a bill) is decided on the object read afresh,
+    and its actions are carried out once even when the write has to be recomputed."""
+    own = current()
+    meta = training["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    progress: ProgressReport | None = None
+    effects: Effects | None = None
+    listed: list[PodView] = []
+    fresh = False
+    for _ in range(4):
+        observed = Observed(training, jobs, [*pods, *listed], datetime.now(UTC), progress,
+                            listed=frozenset(p.job for p in listed))
+        plan = reconcile(observed, own)
+        if plan.missing_results and not listed:  # a finished Job's pod not seen by the watch
+            listed = [PodView.of(p) for job in plan.missing_results
+                      for p in kube.job_pods(namespace, job)]
+            observed = replace(observed, pods=[*pods, *listed],
+                               listed=frozenset(plan.missing_results))
+            plan = reconcile(observed, own)
+        if plan.progress_from and periodic and progress is None:
+            progress = _pull_progress(plan.progress_from, own.progress_port)
+            if progress is not None:
+                observed = replace(observed, progress=progress)
+                plan = reconcile(observed, own)
+        if effects is not None:  # carried out already: their answers, not a second try
+            observed = observed.with_effects(effects)
+            plan = reconcile(observed, own)
+        old = parse_status(training.get("status"))
+        new = dump_status(plan.status)
+        if new == dump_status(old) and (effects is not None or not plan.actions):
+            return plan.requeue_after
+        if not fresh and (plan.actions or _transition(old, plan.status)):
+            training, fresh = kube.get_training(namespace, name), True
+            if training is None:
+                return None
+            continue
+        if effects is None and plan.actions:
+            effects = _act(plan, training, jobs, own)
+            jobs = {**jobs, **effects.created}
+            plan = reconcile(observed.with_effects(effects), own)
+            new = dump_status(plan.status)
+        try:
+            written = kube.patch_training_status(
+                namespace, name, merge_patch(training.get("status") or {}, new),
+                training["metadata"].get("resourceVersion"))
+        except kube.Conflict:  # computed from a stale read: read again, compute again
+            training, fresh = kube.get_training(namespace, name), True
+            if training is None:
+                return None
+            continue
+        if written is not None:
+            _announce(training, old, plan)
+        return plan.requeue_after
+    return 1.0
+
+
+def _transition(old: Any, new: Any) -> bool:
+    """More than progress changed: a transition, decided on a fresh read."""
+    return old.model_copy(update={"progress": None}) != new.model_copy(update={"progress": None})
+
+
+def _act(plan: Plan, training: dict[str, Any], jobs: dict[str, JobView],
+         own: OperatorSettings) -> Effects:
+    namespace = training["metadata"]["namespace"]
+    created: dict[str, JobView] = {}
+    refusal = None
+    for manifest in plan.create:
+        kopf.adopt(manifest, owner=training)
+        stage = manifest["metadata"]["labels"][STAGE_LABEL]
+        try:
+            job = kube.create_job(manifest)
+        except ApiException as exc:  # quota, an admission webhook, an invalid object
+            refusal = Refusal(stage, exc.status or 0, exc.reason or "", kube.api_message(exc))
+            _log(training, "the API refused the %s Job (%s): %s", stage, exc.status,
+                 refusal.message, level=logging.WARNING)
+            continue
+        if job is None:  # made by an earlier try
+            job = kube.get_job(namespace, manifest["metadata"]["name"]) or manifest
+        else:
+            metrics.JOBS_CREATED.labels(stage=stage).inc()
+            _log(training, "%s Job %s created", stage, manifest["metadata"]["name"])
+        created[stage] = JobView.of(job)
+    for name, suspend in plan.suspend.items():
+        kube.patch_job(namespace, name, {"spec": {"suspend": suspend}})
+        _log(training, "Job %s %s", name, "suspended" if suspend else "resumed")
+    missing = set()
+    by_name = {j.name: j for j in jobs.values()}
+    for name, active in plan.activate.items():
+        job = by_name.get(name)
+        if job is None or not kube.set_workload_active(namespace, job.uid, active,
+                                                       own.kueue_api_version):
+            missing.add(name)
+        else:
+            _log(training, "Kueue Workload of Job %s %s", name,
+                 "activated" if active else "deactivated")
+    return Effects(created=created, refusal=refusal, no_workload=frozenset(missing))
+
+
+def _announce(training: dict[str, Any], old: Any, plan: Plan) -> None:
+    """Events, metrics and logs of a written transition."""
+    new = plan.status
+    for event in events(old, new):
+        kopf.event(training, type=event.type, reason=event.reason, message=event.message)
+    age = _age(training)
+    if (new.jobs and new.jobs.train) and not (old.jobs and old.jobs.train):
+        _log(training, "dataset ready; train Job %s created", new.jobs.train)
+        if age is not None:
+            metrics.TIME_TO_TRAIN_JOB.observe(age)
+    if new.billing and not old.billing and new.billing.units:
+        metrics.BILLABLE_UNITS.inc(new.billing.units)
+        metrics.STEPS_TRAINED.inc(new.billing.steps)
+        _log(training, "succeeded after %d steps; billed %d units", new.billing.steps,
+             new.billing.units)
+    if is_finished(new) and not is_finished(old):
+        reason = "Succeeded" if new.phase == "Succeeded" else next(
+            c.reason for c in new.conditions if c.type == "Failed")
+        metrics.OUTCOMES.labels(reason=reason).inc()
+        if age is not None:
+            metrics.TIME_TO_FINISH.labels(outcome=new.phase).observe(age)
+        if new.phase == "Failed":
+            failed = next(c for c in new.conditions if c.type == "Failed")
+            _log(training, "failed (%s): %s; billed 0 units", failed.reason, failed.message,
+                 level=logging.WARNING)
 
 
 def _age(training: dict[str, Any]) -> float | None:
     created = training["metadata"].get("creationTimestamp")
-    if not created:
-        return None
-    return seconds_since(created)
+    return seconds_since(created) if created else None
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
-def job_changed(body: kopf.Body, type: str, **_: Any) -> None:
-    """Move the owning training on when one of its Jobs finishes."""
+def _pull_progress(address: str, port: int) -> ProgressReport | None:
+    """/progress of the train pod (no API credentials in the pod)."""
     try:
-        _job_changed(body, type)
-    except Exception:
-        metrics.RECONCILE_ERRORS.labels(handler="job_changed").inc()
-        raise
-
-
-def _job_changed(body: kopf.Body, type: str) -> None:
-    if type == "DELETED":
-        return
-    finished = _finished(dict(body))
-    labels = body.metadata.get("labels") or {}
-    name, stage = labels.get(TRAINING_LABEL), labels.get(STAGE_LABEL)
-    if finished is None or name is None:
-        return
-    namespace = body.metadata["namespace"]
-    # Events of a training's two Jobs are handled concurrently (after a restart both
-    # replay at once): one at a time per training, each reading the status afresh.
-    with _LOCKS[namespace, name]:
-        _settle_job(body, namespace, name, stage, finished)
-
-
-def _settle_job(body: kopf.Body, namespace: str, name: str, stage: str,
-                finished: tuple[str, str]) -> None:
-    training = kube.get_training(namespace, name)
-    if training is None or is_finished(training.get("status")):
-        return  # deleted, or already settled (a replayed event bills nothing twice)
-    if stage == "prepare" and (training.get("status") or {}).get("jobs", {}).get("train"):
-        return  # the train Job exists already: the prepare result was taken
-    outcome, job_reason = finished
-    result, container_reason = _result(namespace, body.metadata["name"])
-    if outcome == "Failed":
-        reason = (result or {}).get("reason") or (
-            "OOMKilled" if container_reason == "OOMKilled" else job_reason)
-        message = (result or {}).get("message") or f"the {stage} Job failed: {job_reason}"
-        kube.patch_training_status(namespace, name, _fail(training, reason, message))
-        if (age := _age(training)) is not None:
-            metrics.TIME_TO_FINISH.labels(outcome="Failed").observe(age)
-        kopf.warn(training, reason=reason, message=message)
-        _log(training, "%s Job failed (%s): %s; billed 0 units", stage, reason, message,
-             level=logging.WARNING)
-        return
-    spec = parse_spec(training["spec"])
-    if stage == "prepare":
-        _start_training(training, spec, result or {})
-    else:
-        _succeed(training, spec, result or {})
-
-
-def _start_training(training: dict[str, Any], spec: TrainingSpec, result: dict[str, Any]
-                    ) -> None:
-    meta = training["metadata"]
-    job = build_job("train", training, spec, SETTINGS)
-    kopf.adopt(job, owner=training)
-    if kube.create_job(job):
-        metrics.JOBS_CREATED.labels(stage="train").inc()
-        if (age := _age(training)) is not None:
-            metrics.TIME_TO_TRAIN_JOB.observe(age)
-        kopf.info(training, reason="TrainingStarted",
-                  message=f"dataset ready; Job {job['metadata']['name']} created")
-        _log(training, "dataset ready; train Job %s created", job["metadata"]["name"])
-    status = training.get("status") or {}
-    generation = meta.get("generation")
-    conditions = set_condition(status.get("conditions"), "DatasetReady", True, "DatasetReady",
-                               result.get("message", "dataset prepared"), generation)
-    conditions = set_condition(conditions, "Training", True, "Started", "training started",
-                               generation)
-    kube.patch_training_status(meta["namespace"], meta["name"], {
-        "phase": "Suspended" if spec.suspend else "Training", "conditions": conditions,
-        "jobs": {**(status.get("jobs") or {}), "train": job["metadata"]["name"]},
-        "artifacts": {**(status.get("artifacts") or {}), **(result.get("artifacts") or {})},
-        "progress": {"step": 0, "totalSteps": spec.number_of_steps, "percent": 0.0,
-                     "summary": f"0/{spec.number_of_steps}", "lastUpdateTime": now()},
-    })
-
-
-def _succeed(training: dict[str, Any], spec: TrainingSpec, result: dict[str, Any]) -> None:
-    meta, status = training["metadata"], training.get("status") or {}
-    generation = meta.get("generation")
-    steps = int(result.get("stepsCompleted") or spec.number_of_steps)
-    patch: dict[str, Any] = {
-        "phase": "Succeeded", "completionTime": now(),
-        "artifacts": {**(status.get("artifacts") or {}), **(result.get("artifacts") or {})},
-        "progress": {"step": steps, "totalSteps": spec.number_of_steps, "percent": 100.0,
-                     "summary": f"{steps}/{spec.number_of_steps}", "lastUpdateTime": now()},
-    }
-    conditions = set_condition(status.get("conditions"), "Training", False, "Completed",
-                               result.get("message", "training completed"), generation)
-    patch["conditions"] = set_condition(conditions, "Succeeded", True, "Succeeded",
-                                        "the LoRA is ready", generation)
-    if not status.get("billing"):  # billed once per resource, whatever replays happen
-        units = billable_units(steps, succeeded=True)
-        patch["billing"] = {"units": units, "steps": steps, "billedTime": now(),
-                            "cost": str(cost(units, SETTINGS.price_per_unit))}
-        metrics.BILLABLE_UNITS.inc(units)
-        metrics.STEPS_TRAINED.inc(steps)
-        kopf.info(training, reason="Billed", message=f"{units} billable units")
-        _log(training, "succeeded after %d steps; billed %d units", steps, units)
-    metrics.OUTCOMES.labels(reason="Succeeded").inc()
-    if (age := _age(training)) is not None:
-        metrics.TIME_TO_FINISH.labels(outcome="Succeeded").observe(age)
-    kube.patch_training_status(meta["namespace"], meta["name"], patch)
-    kopf.info(training, reason="Succeeded", message="training succeeded")
-
-
-def _training_running(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") == "Training"
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.progress_interval, when=_training_running)
-def pull_progress(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
-    """Pull /progress from the train pod (no API credentials in the pod)."""
-    pods = kube.job_pods(meta["namespace"], job_name(meta["name"], "train"))
-    address = next((p["status"].get("podIP") for p in reversed(pods)
-                    if (p.get("status") or {}).get("phase") == "Running"
-                    and p["status"].get("podIP")), None)
-    if address is None:
-        return
-    try:
-        url = f"http://{address}:{SETTINGS.progress_port}/progress"
-        with urllib.request.urlopen(url, timeout=3) as response:
-            progress = ProgressReport.model_validate_json(response.read())
+        with urllib.request.urlopen(f"http://{address}:{port}/progress", timeout=3) as response:
+            return ProgressReport.model_validate_json(response.read())
     except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
-        return
-    total, step = progress.total_steps or 0, progress.step
-    new = {"stage": progress.stage, "step": step, "totalSteps": total,
-           "loss": progress.loss, "etaSeconds": progress.eta_seconds,
-           "percent": round(100 * step / total, 1) if total else None,
-           "summary": f"{step}/{total}"}
-    old = {k: v for k, v in (body.status.get("progress") or {}).items() if k in new}
-    if old != new:  # status is patched only when something changed
-        patch.status["progress"] = {**new, "lastUpdateTime": now()}
+        return None
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend")
-def suspend_or_resume(body: kopf.Body, meta: kopf.Meta, old: Any, new: Any, **_: Any) -> None:
-    """Suspend the active Job (batch/v1 `suspend`) or resume it."""
-    status = body.status
-    if is_finished(dict(status)) or bool(old) == bool(new):  # absent counts as false
-        return
-    namespace, name = meta["namespace"], meta["name"]
-    with _LOCKS[namespace, name]:
-        current = (kube.get_training(namespace, name) or {}).get("status") or {}
-        if is_finished(current):
-            return
-        jobs = current.get("jobs") or {}
-        active = jobs.get("train") or jobs.get("prepare")
-        if active:
-            kube.patch_job(namespace, active, {"spec": {"suspend": bool(new)}})
-        kube.patch_training_status(namespace, name, {
-            "phase": "Suspended" if new else ("Training" if jobs.get("train") else "Preparing"),
-            "conditions": set_condition(
-                current.get("conditions"), "Suspended", bool(new),
-                "Suspended" if new else "Resumed",
-                f"Job {active} {'suspended' if new else 'resumed'}", meta.get("generation")),
-        })
-    kopf.info(body, reason="Suspended" if new else "Resumed",
-              message=f"Job {active} {'suspended' if new else 'resumed'}")
-    _log(body, "Job %s %s", active, "suspended" if new else "resumed")
+def _finished_with_ttl(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return spec.get("ttlSecondsAfterFinished") is not None and is_finished(dict(status)) \
+        and bool(status.get("completionTime"))
 
 
-def _expired(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    ttl = spec.get("ttlSecondsAfterFinished")
-    done = status.get("completionTime")
-    if ttl is None or not done or not is_finished(dict(status)):
-        return False
-    return seconds_since(done) >= ttl
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.ttl_interval, when=_expired)
-def delete_after_ttl(meta: kopf.Meta, **_: Any) -> None:
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_finished_with_ttl, cancellation_timeout=5.0)
+async def delete_after_ttl(stopped: kopf.DaemonStopped, spec: kopf.Spec, status: kopf.Status,
+                           meta: kopf.Meta, **_: Any) -> None:
     """`ttlSecondsAfterFinished`: delete the finished resource and, with it, its Jobs."""
-    _log({"metadata": meta}, "TTL after finish reached: deleting")
-    kube.delete_training(meta["namespace"], meta["name"])
+    while not stopped:
+        ttl, done = spec.get("ttlSecondsAfterFinished"), status.get("completionTime")
+        if ttl is None or not done:
+            return
+        remaining = ttl - seconds_since(done)
+        if remaining <= 0:
+            _log({"metadata": meta}, "TTL after finish reached: deleting")
+            await asyncio.to_thread(kube.delete_training, meta["namespace"], meta["name"])
+            return
+        await stopped.wait(min(remaining, current().ttl_interval))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

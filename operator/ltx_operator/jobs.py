@@ -1,7 +1,9 @@
-"""The prepare (CPU) and train (GPU) Jobs of a training, built from its spec.
+"""The prepare (CPU) and train (GPU) Jobs of a training, built from its spec and the
+platform's settings.
 
-Names are deterministic (`<name>-prepare`, `<name>-train`), so re-running a handler
-finds the Job it made instead of making another.
+Names are deterministic (`<name>-prepare`, `<name>-train`), so a second try finds the
+Job the first one made instead of making another. Both pods pass the "restricted" Pod
+Security Standard and write only to their volumes: the root filesystem is read-only.
 """
 
 from __future__ import annotations
@@ -9,19 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 from ltx_contract.outcomes import ExitCode
-from ltx_contract.resource import GROUP
 from ltx_contract.spec import TrainingSpec
 
+from .observed import (
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
+    MANAGED_BY,
+    STAGE_LABEL,
+    TRAINING_LABEL,
+)
 from .settings import OperatorSettings
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "ltx-extend"}
-TRAINING_LABEL = f"{GROUP}/training"
-STAGE_LABEL = f"{GROUP}/stage"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 MODEL_MOUNT = "/models"
-#: Scratch space of the pod (the root filesystem is read-only): dataset, cache, checkpoints.
+MODEL_CACHE_MOUNT = "/model-cache"
+#: Scratch space of the pod: dataset, caches, checkpoints, HOME and temporary files.
 WORK_MOUNT = "/work"
+#: Labels a training passes on to its Jobs (Kueue's queue and priority).
+CARRIED_LABELS = (KUEUE_QUEUE_LABEL, KUEUE_PRIORITY_LABEL)
 
 
 def job_name(name: str, stage: str) -> str:
@@ -32,15 +39,25 @@ def run_path(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}/{name}/{uid}"
 
 
+def model_in_use(spec: TrainingSpec, settings: OperatorSettings) -> str | None:
+    """The base model the train Job gets: the spec's, else the platform's; None when
+    neither names one (nothing can train)."""
+    if spec.model and spec.model.url:
+        return spec.model.url
+    if spec.model and spec.model.claim_name:
+        return f"pvc://{spec.model.claim_name}/{spec.model.sub_path or ''}".rstrip("/")
+    if settings.model_claim_name:
+        return f"pvc://{settings.model_claim_name}/{settings.model_sub_path}".rstrip("/")
+    return settings.model_url
+
+
 def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
               settings: OperatorSettings) -> dict[str, Any]:
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
     labels = {**MANAGED_BY, "app.kubernetes.io/name": "ltx-extend",
               "app.kubernetes.io/component": stage, TRAINING_LABEL: name, STAGE_LABEL: stage}
-    queue = (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL)
-    if queue:
-        labels[KUEUE_QUEUE_LABEL] = queue
+    carried = {k: v for k, v in (meta.get("labels") or {}).items() if k in CARRIED_LABELS}
     store = spec.output.url if spec.output and spec.output.url else settings.store_url
     secret = spec.output.secret_name if spec.output and spec.output.secret_name \
         else settings.store_secret
@@ -50,26 +67,43 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         {"name": "LTX_EXTEND_SPEC", "value": spec.to_json()},
         {"name": "LTX_EXTEND_STORE", "value": store},
         {"name": "LTX_EXTEND_RUN", "value": run_path(namespace, name, uid)},
+        # the root filesystem is read-only: home, temporary files and caches on /work
+        {"name": "HOME", "value": WORK_MOUNT},
+        {"name": "TMPDIR", "value": WORK_MOUNT},
+        {"name": "XDG_CACHE_HOME", "value": f"{WORK_MOUNT}/.cache"},
     ]
+    if settings.store_endpoint:  # `env` wins over the Secret's `envFrom`
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.store_endpoint})
+    env += [dict(e) for e in settings.trainer_env]
     container: dict[str, Any] = {
         "name": CONTAINER, "image": settings.trainer_image, "args": args, "env": env,
         "ports": [{"name": "progress", "containerPort": settings.progress_port}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                            "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
-    if secret:
-        container["envFrom"] = [{"secretRef": {"name": secret}}]
-    if settings.store_endpoint:  # `env` wins over the Secret's `envFrom`
-        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.store_endpoint})
-    container["volumeMounts"] = [{"name": "work", "mountPath": WORK_MOUNT}]
+    env_from = [{"secretRef": {"name": secret}}] if secret else []
+    env_from += [dict(e) for e in settings.trainer_env_from]
+    if env_from:
+        container["envFrom"] = env_from
+    mounts = [{"name": "work", "mountPath": WORK_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container],
                            "automountServiceAccountToken": False,
-                           "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                           "volumes": [{"name": "work", "emptyDir": {}}]}
+                           "securityContext": {"runAsNonRoot": True,
+                                               "seccompProfile": {"type": "RuntimeDefault"}},
+                           "volumes": volumes}
+    if settings.trainer_service_account:
+        pod["serviceAccountName"] = settings.trainer_service_account
+    if settings.trainer_image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
+    requests: dict[str, str]
     if stage == "prepare":
-        container["resources"] = {"requests": {"cpu": settings.prepare_cpu,
-                                               "memory": settings.prepare_memory}}
+        requests = {"cpu": settings.prepare_cpu, "memory": settings.prepare_memory}
+        if settings.prepare_ephemeral_storage:
+            requests["ephemeral-storage"] = settings.prepare_ephemeral_storage
+        container["resources"] = {"requests": requests}
         backoff, deadline = 2, None
         if settings.prepare_node_selector:
             pod["nodeSelector"] = dict(settings.prepare_node_selector)
@@ -78,24 +112,15 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     else:
         gpu = spec.gpu_resource_name or settings.gpu_resource_name
         count = str(spec.gpus or settings.gpu_count)
-        container["resources"] = {
-            "requests": {"cpu": settings.train_cpu, "memory": settings.train_memory, gpu: count},
-            "limits": {gpu: count},
-        }
-        claim = spec.model.claim_name if spec.model and spec.model.claim_name \
-            else settings.model_claim_name
-        if spec.model and spec.model.url:
-            args += ["--model", spec.model.url]  # the trainer downloads it from the store
-        elif claim:
-            sub_path = (spec.model.sub_path if spec.model and spec.model.claim_name
-                        else settings.model_sub_path) or ""
-            pod["volumes"].append({"name": "model", "persistentVolumeClaim": {
-                "claimName": claim, "readOnly": True}})
-            container["volumeMounts"].append({"name": "model", "mountPath": MODEL_MOUNT,
-                                              "readOnly": True})
-            args += ["--model", f"{MODEL_MOUNT}/{sub_path}".rstrip("/")]
-        elif settings.model_url:
-            args += ["--model", settings.model_url]
+        requests = {"cpu": settings.train_cpu, "memory": settings.train_memory, gpu: count}
+        if settings.train_ephemeral_storage:
+            requests["ephemeral-storage"] = settings.train_ephemeral_storage
+        container["resources"] = {"requests": requests, "limits": {gpu: count}}
+        args += _model_args(spec, settings, volumes, mounts)
+        if settings.train_shm_size:  # PyTorch's data loader and NCCL share memory here
+            volumes.append({"name": "shm", "emptyDir": {"medium": "Memory",
+                                                        "sizeLimit": settings.train_shm_size}})
+            mounts.append({"name": "shm", "mountPath": "/dev/shm"})
         node_selector = {**settings.train_node_selector, **spec.node_selector}
         if node_selector:
             pod["nodeSelector"] = node_selector
@@ -107,13 +132,18 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         if spec.priority_class_name:
             pod["priorityClassName"] = spec.priority_class_name
         backoff, deadline = spec.backoff_limit, spec.active_deadline_seconds
+    volumes += [dict(v) for v in settings.trainer_volumes]
+    container["volumeMounts"] = mounts + [dict(m) for m in settings.trainer_volume_mounts]
+    template_meta: dict[str, Any] = {"labels": {**settings.trainer_pod_labels, **labels}}
+    if settings.trainer_pod_annotations:
+        template_meta["annotations"] = dict(settings.trainer_pod_annotations)
     job_spec: dict[str, Any] = {
         "backoffLimit": backoff,
         "suspend": spec.suspend,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
-        # Invalid input and download failures will not get better on retry; a node
-        # that goes away (preemption, drain) is not the pod's fault: retry without
-        # counting, and the new pod resumes from the last checkpoint.
+        "template": {"metadata": template_meta, "spec": pod},
+        # Invalid input (a diverged run too) and download failures will not get better
+        # on retry; a node that goes away (preemption, drain) is not the pod's fault:
+        # retry without counting, and the new pod resumes from the last checkpoint.
         "podFailurePolicy": {"rules": [
             {"action": "FailJob", "onExitCodes": {
                 "containerName": CONTAINER, "operator": "In",
@@ -126,5 +156,31 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         job_spec["activeDeadlineSeconds"] = deadline
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": job_name(name, stage), "namespace": namespace,
-                         "labels": labels},
+                         "labels": {**labels, **carried}},
             "spec": job_spec}
+
+
+def _model_args(spec: TrainingSpec, settings: OperatorSettings, volumes: list[dict[str, Any]],
+                mounts: list[dict[str, Any]]) -> list[str]:
+    """`--model` (and `--model-cache`) of the train Job, with the volumes they need."""
+    url = spec.model.url if spec.model and spec.model.url else None
+    claim, sub_path = None, ""
+    if url is None and spec.model and spec.model.claim_name:
+        claim, sub_path = spec.model.claim_name, spec.model.sub_path or ""
+    elif url is None and settings.model_claim_name:
+        claim, sub_path = settings.model_claim_name, settings.model_sub_path
+    elif url is None:
+        url = settings.model_url
+    if claim:
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim,
+                                                                   "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+        return ["--model", f"{MODEL_MOUNT}/{sub_path}".rstrip("/")]
+    if url is None:
+        return []  # not reached: a training without a model fails before any Job
+    if settings.model_cache_claim_name:  # downloaded once per claim, kept across pods
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {
+            "claimName": settings.model_cache_claim_name}})
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT})
+        return ["--model", url, "--model-cache", MODEL_CACHE_MOUNT]
+    return ["--model", url]

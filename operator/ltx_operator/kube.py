@@ -1,7 +1,8 @@
-"""The few Kubernetes API calls the handlers make beyond their own object."""
+"""The Kubernetes API calls the operator makes beyond Kopf's own watches."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes import client
@@ -9,7 +10,13 @@ from kubernetes.client.rest import ApiException
 
 from ltx_contract.resource import GROUP, PLURAL, VERSION
 
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 _api: client.ApiClient | None = None
+
+
+class Conflict(Exception):
+    """A write named a resourceVersion that is no longer the object's."""
 
 
 def configure(api_client: client.ApiClient) -> None:
@@ -30,15 +37,25 @@ def api() -> client.ApiClient:
     return _api
 
 
-def create_job(job: dict[str, Any]) -> bool:
-    """Create the Job; False when it exists already (a handler ran twice)."""
+def api_message(exc: ApiException) -> str:
+    """The API server's own message (its Status object), else the HTTP reason."""
     try:
-        client.BatchV1Api(api()).create_namespaced_job(job["metadata"]["namespace"], job)
+        return json.loads(exc.body or "")["message"]
+    except (ValueError, KeyError, TypeError):
+        return str(exc.reason or exc.status)
+
+
+def create_job(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Create the Job and return it as stored; None when it exists already. A refusal
+    (quota, admission webhook, invalid) raises ApiException."""
+    try:
+        created = client.BatchV1Api(api()).create_namespaced_job(
+            job["metadata"]["namespace"], job)
     except ApiException as exc:
         if exc.status == 409:
-            return False
+            return None
         raise
-    return True
+    return api().sanitize_for_serialization(created)
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
@@ -61,18 +78,29 @@ def get_training(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def patch_training_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+def patch_training_status(namespace: str, name: str, patch: dict[str, Any],
+                          resource_version: str | None = None) -> dict[str, Any] | None:
+    """Merge `patch` into the status; with `resource_version`, only if the object is
+    still that version (else Conflict). None when the training is gone."""
+    body: dict[str, Any] = {"status": patch}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    try:
+        return client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, body)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(api_message(exc)) from None
+        if exc.status == 404:
+            return None
+        raise
 
 
 def job_pods(namespace: str, job: str) -> list[dict[str, Any]]:
-    """The Job's pods, newest last. Filtered here too: a selector is a request, and the
-    result is checked rather than trusted."""
+    """The Job's pods (a LIST: only for a finished Job whose pod the watch missed)."""
     pods = client.CoreV1Api(api()).list_namespaced_pod(namespace, label_selector=f"job-name={job}")
     found = [api().sanitize_for_serialization(p) for p in pods.items]
-    found = [p for p in found if (p["metadata"].get("labels") or {}).get("job-name") == job]
-    return sorted(found, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    return [p for p in found if (p["metadata"].get("labels") or {}).get("job-name") == job]
 
 
 def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> bool:
@@ -83,6 +111,24 @@ def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> bool:
             return False
         raise
     return True
+
+
+def set_workload_active(namespace: str, job_uid: str, active: bool,
+                        version: str) -> bool:
+    """Kueue's way to stop and restart a Job it manages: the Workload's `spec.active`
+    (Kueue then suspends the Job, or admits it again). False when Kueue has not made
+    the Workload (yet)."""
+    objects = client.CustomObjectsApi(api())
+    listed = objects.list_namespaced_custom_object(
+        KUEUE_GROUP, version, namespace, "workloads",
+        label_selector=f"{KUEUE_JOB_UID_LABEL}={job_uid}")
+    workloads = [w for w in listed.get("items") or []
+                 if (w["metadata"].get("labels") or {}).get(KUEUE_JOB_UID_LABEL) == job_uid]
+    for workload in workloads:
+        objects.patch_namespaced_custom_object(KUEUE_GROUP, version, namespace, "workloads",
+                                               workload["metadata"]["name"],
+                                               {"spec": {"active": active}})
+    return bool(workloads)
 
 
 def delete_training(namespace: str, name: str) -> None:

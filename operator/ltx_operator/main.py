@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = OperatorSettings.from_env()
     except ValueError as exc:  # pydantic's errors too: the variable and the rule, no trace
         parser.error(f"invalid settings: {exc}")
-    from . import handlers  # reads the settings when it loads: checked above first
+    from . import handlers
     if args.namespace:
         settings = settings.model_copy(update={"namespaces": args.namespace})
     configure_logging(args.log_format, args.verbose)

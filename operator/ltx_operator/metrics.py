@@ -1,4 +1,6 @@
-"""Operator metrics (prometheus-client), served on the metrics port."""
+"""Operator metrics (prometheus-client), served on the metrics port, named by the
+Prometheus guide: counters end in `_total` (the client adds it), durations in
+`_seconds`, gauges carry no `_total`."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ STEPS_TRAINED = Counter("ltx_operator_steps_trained", "Optimization steps of suc
 RECONCILE_ERRORS = Counter("ltx_operator_reconcile_errors", "Handler runs that raised",
                            ["handler"])
 _BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
-TIME_TO_TRAIN_JOB = Histogram("ltx_operator_seconds_to_train_job",
+TIME_TO_TRAIN_JOB = Histogram("ltx_operator_time_to_train_job_seconds",
                               "From the resource's creation to its train Job", buckets=_BUCKETS)
-TIME_TO_FINISH = Histogram("ltx_operator_seconds_to_finish",
+TIME_TO_FINISH = Histogram("ltx_operator_time_to_finish_seconds",
                            "From the resource's creation to its outcome", ["outcome"],
                            buckets=_BUCKETS)
 

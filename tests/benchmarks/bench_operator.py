@@ -43,7 +43,8 @@ async def main(count: int) -> dict:
             "clusters": [{"name": "kmock", "cluster": {"server": url}}],
             "users": [{"name": "u", "user": {"token": "bench"}}],
             "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u"}}]}))
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LTX_OPERATOR_METRICS_PORT": "0"}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LTX_OPERATOR_METRICS_PORT": "0",
+               "LTX_OPERATOR_MODEL_CLAIM_NAME": "models"}  # without a model: no Job at all
         operator = subprocess.Popen(
             [str(Path(sys.executable).parent / "ltx-operator"), "--liveness",
              "http://127.0.0.1:0/healthz"], env=env, stdout=subprocess.DEVNULL,

@@ -1,0 +1,103 @@
+"""What the operator observes of a training's Jobs and pods: small, immutable views
+of the API objects, kept in Kopf's indexes (so a training's children are looked up in
+memory, never listed per training) and handed to the reconcile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ltx_contract.resource import GROUP
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "ltx-extend"}
+TRAINING_LABEL = f"{GROUP}/training"
+STAGE_LABEL = f"{GROUP}/stage"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+#: Container waiting reasons that mean the image cannot be pulled.
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    stage: str
+    uid: str
+    suspended: bool
+    #: the queue's name when Kueue manages the Job (it then owns `spec.suspend`)
+    queue: str | None
+    #: ("Complete" | "Failed", reason, message) once the Job has finished
+    finished: tuple[str, str, str] | None
+    failed_pods: int = 0
+
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> JobView:
+        meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
+        labels = meta.get("labels") or {}
+        finished = None
+        for condition in status.get("conditions") or []:
+            if condition.get("status") == "True" and condition.get("type") in ("Complete",
+                                                                                "Failed"):
+                finished = (condition["type"], condition.get("reason") or condition["type"],
+                            condition.get("message") or "")
+        return cls(name=meta["name"], stage=labels.get(STAGE_LABEL, ""),
+                   uid=meta.get("uid") or "", suspended=bool(spec.get("suspend")),
+                   queue=labels.get(KUEUE_QUEUE_LABEL), finished=finished,
+                   failed_pods=int(status.get("failed") or 0))
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    job: str
+    stage: str
+    created: str
+    phase: str
+    ip: str | None = None
+    #: (reason, message) of a PodScheduled=False condition
+    unschedulable: tuple[str, str] | None = None
+    #: (reason, message) of the container while it waits to start
+    waiting: tuple[str, str] | None = None
+    #: (exit code, reason, message) once the container ended
+    terminated: tuple[int, str, str] | None = None
+    #: (reason, message) of a DisruptionTarget condition: preempted, evicted, drained
+    disrupted: tuple[str, str] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "Running" and self.terminated is None
+
+    @classmethod
+    def of(cls, pod: dict[str, Any]) -> PodView:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        labels = meta.get("labels") or {}
+        unschedulable = disrupted = waiting = terminated = None
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                unschedulable = (condition.get("reason") or "Unschedulable",
+                                 condition.get("message") or "")
+            if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+                disrupted = (condition.get("reason") or "Disrupted",
+                             condition.get("message") or "")
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state") or {}
+            if state.get("waiting"):
+                waiting = (state["waiting"].get("reason") or "Waiting",
+                           state["waiting"].get("message") or "")
+            if state.get("terminated"):
+                ended = state["terminated"]
+                terminated = (int(ended.get("exitCode") or 0), ended.get("reason") or "",
+                              ended.get("message") or "")
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", "")
+        return cls(name=meta["name"], job=job,
+                   stage=labels.get(STAGE_LABEL, ""), created=meta.get("creationTimestamp") or "",
+                   phase=status.get("phase") or "Pending", ip=status.get("podIP"),
+                   unschedulable=unschedulable, waiting=waiting, terminated=terminated,
+                   disrupted=disrupted)
+
+
+def training_key(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(namespace, training name) of one of our Jobs or pods."""
+    meta = body["metadata"]
+    name = (meta.get("labels") or {}).get(TRAINING_LABEL)
+    return (meta.get("namespace") or "", name) if name else None

@@ -1,0 +1,430 @@
+"""The one reconcile: from what is observed of a training (the resource, its Jobs and
+their pods) to what should be (the Jobs to create or change, and its status).
+
+Pure: no API calls, no clock of its own. The handlers observe, call `reconcile`, carry
+out the plan, feed the API's answers back (`Effects`) and call it again; the status
+they write is the plan's. The status is the training's memory across restarts: a
+prepare that finished (`DatasetReady`), the bill (written once), refused creations
+being retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from ltx_contract.billing import billable_units, cost
+from ltx_contract.progress import ProgressReport
+from ltx_contract.resource import (
+    Artifacts,
+    Billing,
+    Effective,
+    Jobs,
+    Progress,
+    Retry,
+    TrainingStatus,
+)
+from ltx_contract.result import JobResult
+from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
+
+from .jobs import build_job, model_in_use
+from .observed import IMAGE_PULL_REASONS, JobView, PodView
+from .settings import OperatorSettings
+from .status import (
+    condition,
+    drop_condition,
+    is_finished,
+    is_true,
+    later,
+    parse_status,
+    parse_time,
+    set_condition,
+    stamp,
+)
+
+NO_MODEL = ("no base model to train: set spec.model (a claim or a store URL) or the "
+            "operator's default, the chart's model.claimName or model.url")
+#: Waiting reasons that are worth an Event (the rest show in the status only).
+NOTABLE_WAITS = {"Queued": "Normal", "Unschedulable": "Warning", "Preempted": "Warning",
+                 **{reason: "Warning" for reason in IMAGE_PULL_REASONS}}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API's refusal to create a stage's Job."""
+
+    stage: str
+    code: int
+    reason: str
+    message: str
+
+    @property
+    def final(self) -> bool:
+        """Invalid or malformed: the same Job is refused again, whatever the wait."""
+        return self.code in (400, 422)
+
+    @property
+    def quota(self) -> bool:
+        return self.code == 403 and "exceeded quota" in self.message
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What the API answered to the last plan."""
+
+    created: Mapping[str, JobView] = field(default_factory=dict)
+    refusal: Refusal | None = None
+    #: Kueue-managed Jobs whose Workload was not found (Kueue has not made it yet)
+    no_workload: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Observed:
+    training: dict[str, Any]
+    jobs: Mapping[str, JobView]  # by stage
+    pods: Sequence[PodView]
+    now: datetime
+    progress: ProgressReport | None = None
+    effects: Effects = field(default_factory=Effects)
+    #: Jobs whose pods were listed from the API (not only taken from the index)
+    listed: frozenset[str] = frozenset()
+
+    def with_effects(self, effects: Effects) -> Observed:
+        return replace(self, jobs={**self.jobs, **effects.created}, effects=effects)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: TrainingStatus
+    create: list[dict[str, Any]] = field(default_factory=list)
+    #: Job name → spec.suspend, for Jobs Kueue does not manage
+    suspend: dict[str, bool] = field(default_factory=dict)
+    #: Job name → Workload spec.active, for Jobs Kueue manages
+    activate: dict[str, bool] = field(default_factory=dict)
+    #: Jobs that finished before their pod's end was observed: list their pods
+    missing_results: list[str] = field(default_factory=list)
+    #: the pod address whose /progress to read
+    progress_from: str | None = None
+    #: run again after this many seconds (a retry that is due)
+    requeue_after: float | None = None
+
+    @property
+    def actions(self) -> bool:
+        return bool(self.create or self.suspend or self.activate)
+
+
+def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
+    status = parse_status(observed.training.get("status"))
+    plan = Plan(status=status)
+    if is_finished(status):
+        return plan  # the outcome and the bill are final
+    meta = observed.training["metadata"]
+    generation, now = meta.get("generation"), observed.now
+    try:
+        spec = parse_spec(dict(observed.training.get("spec") or {}))
+    except SpecError as exc:
+        message = "; ".join(exc.problems)
+        set_condition(status, "Validated", False, "InvalidSpec", message, generation, now)
+        _fail(status, "InvalidSpec", message, generation, now)
+        return plan
+    set_condition(status, "Validated", True, "Valid", "the spec is valid", generation, now)
+    status.observed_generation = generation
+    model = model_in_use(spec, settings)
+    status.effective = Effective(number_of_frames=spec.number_of_frames,
+                                 validation_number_of_frames=spec.validation_number_of_frames,
+                                 model=model)
+    if model is None:  # nothing could train: no Job, no GPU, no bill
+        _fail(status, "NoBaseModel", NO_MODEL, generation, now)
+        return plan
+
+    stage = "train" if is_true(status, "DatasetReady") else "prepare"
+    job = observed.jobs.get(stage)
+    if stage == "prepare" and job is not None and job.finished:
+        result = _result(observed, job, plan)
+        if job.name in plan.missing_results:
+            return plan
+        if job.finished[0] == "Failed":
+            _fail_job(observed, status, job, result, generation)
+            return plan
+        set_condition(status, "DatasetReady", True, "DatasetReady",
+                      (result and result.message) or "dataset prepared", generation, now)
+        _add_artifacts(status, result)
+        stage, job = "train", observed.jobs.get("train")
+    if stage == "train" and job is not None and job.finished:
+        result = _result(observed, job, plan)
+        if job.name in plan.missing_results:
+            return plan
+        if job.finished[0] == "Failed":
+            _fail_job(observed, status, job, result, generation)
+        else:
+            _succeed(status, spec, result, generation, now, settings)
+        return plan
+
+    if spec.suspend:
+        _suspend(observed, status, plan, stage, job, generation)
+        return plan
+    if is_true(status, "Suspended"):
+        _resume(observed, status, plan, job, generation)
+    if job is None:
+        _create(observed, spec, status, plan, stage, settings)
+        if not is_finished(status):
+            status.phase = "Pending"  # until the Job exists
+        return plan
+    if job.suspended and not job.queue:
+        plan.suspend[job.name] = False  # not Kueue's: nothing else resumes it
+    if status.retry is not None and status.retry.stage == stage:
+        set_condition(status, "JobCreated", True, "Created",
+                      f"Job {job.name} created after {status.retry.attempts} refusal(s)",
+                      generation, now)
+        status.retry = None
+    _follow_pods(observed, status, plan, stage, job, spec, generation)
+    return plan
+
+
+def _fail(status: TrainingStatus, reason: str, message: str, generation: int | None,
+          now: datetime) -> None:
+    """Ended before training completed: bills 0."""
+    status.phase = "Failed"
+    set_condition(status, "Failed", True, reason, message, generation, now)
+    drop_condition(status, "Running")
+    status.retry = None
+    status.completion_time = stamp(now)
+    status.billing = status.billing or Billing(units=0, steps=0, cost="0.00",
+                                               billed_time=stamp(now))
+
+
+def _ended(observed: Observed, job: JobView) -> PodView | None:
+    ended = [p for p in observed.pods if p.job == job.name and p.terminated is not None]
+    return max(ended, key=lambda p: p.created) if ended else None
+
+
+def _result(observed: Observed, job: JobView, plan: Plan) -> JobResult | None:
+    """The stage's result, from the newest ended pod's termination message. A finished
+    Job whose pod's end the watch has not brought yet: its pods are listed first."""
+    pod = _ended(observed, job)
+    if pod is None:
+        if job.name not in observed.listed:
+            plan.missing_results.append(job.name)
+        return None
+    return JobResult.from_termination_message(pod.terminated[2])
+
+
+def _fail_job(observed: Observed, status: TrainingStatus, job: JobView, result: JobResult | None,
+              generation: int | None) -> None:
+    _, job_reason, _ = job.finished
+    pod = _ended(observed, job)
+    reason = (result and result.reason) or (
+        "OOMKilled" if pod is not None and pod.terminated[1] == "OOMKilled" else job_reason)
+    message = (result and result.message) or f"the {job.stage} Job failed: {job_reason}"
+    _fail(status, reason, message, generation, observed.now)
+
+
+def _succeed(status: TrainingStatus, spec: TrainingSpec, result: JobResult | None,
+             generation: int | None, now: datetime, settings: OperatorSettings) -> None:
+    steps = (result and result.steps_completed) or spec.number_of_steps
+    status.phase = "Succeeded"
+    status.completion_time = stamp(now)
+    _add_artifacts(status, result)
+    status.result_url = result.result_url if result else None
+    status.progress = Progress(step=steps, total_steps=spec.number_of_steps, percent=100.0,
+                               summary=f"{steps}/{spec.number_of_steps}",
+                               stage=status.progress.stage if status.progress else None,
+                               loss=status.progress.loss if status.progress else None,
+                               last_update_time=stamp(now))
+    set_condition(status, "Training", False, "Completed",
+                  (result and result.message) or "training completed", generation, now)
+    set_condition(status, "Succeeded", True, "Succeeded", "the LoRA is ready", generation, now)
+    drop_condition(status, "Running")
+    status.retry = None
+    if status.billing is None:  # billed once per resource, whatever replays happen
+        units = billable_units(steps, succeeded=True)
+        status.billing = Billing(units=units, steps=steps, billed_time=stamp(now),
+                                 cost=str(cost(units, settings.price_per_unit)))
+
+
+def _add_artifacts(status: TrainingStatus, result: JobResult | None) -> None:
+    if result is None:
+        return
+    merged = {**(status.artifacts.model_dump(exclude_none=True) if status.artifacts else {}),
+              **result.artifacts.model_dump(exclude_none=True)}
+    status.artifacts = Artifacts(**merged) if merged else status.artifacts
+
+
+def _suspend(observed: Observed, status: TrainingStatus, plan: Plan, stage: str,
+             job: JobView | None, generation: int | None) -> None:
+    """Hold the active Job; a Job not yet made waits for the resume (so Kueue cannot
+    admit it meanwhile)."""
+    status.phase = "Suspended"
+    drop_condition(status, "Running")
+    if job is None:
+        message = f"suspended; the {stage} Job is created when the training resumes"
+    elif job.queue:
+        if not is_true(status, "Suspended"):
+            if job.name in observed.effects.no_workload:  # not made by Kueue yet: again soon
+                plan.requeue_after = 1.0
+                return
+            plan.activate[job.name] = False
+        message = f"Job {job.name} suspended: its Kueue Workload is deactivated"
+    else:
+        if not job.suspended:
+            plan.suspend[job.name] = True
+        message = f"Job {job.name} suspended"
+    set_condition(status, "Suspended", True, "Suspended", message, generation, observed.now)
+
+
+def _resume(observed: Observed, status: TrainingStatus, plan: Plan, job: JobView | None,
+            generation: int | None) -> None:
+    if job is not None and job.queue:
+        plan.activate[job.name] = True  # Kueue admits it again and resumes the Job
+    elif job is not None and job.suspended:
+        plan.suspend[job.name] = False
+    message = f"Job {job.name} resumed" if job is not None else "resumed"
+    set_condition(status, "Suspended", False, "Resumed", message, generation, observed.now)
+
+
+def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan, stage: str,
+            settings: OperatorSettings) -> None:
+    """Ask for the stage's Job, unless a refused one waits for its retry time."""
+    now, generation = observed.now, observed.training["metadata"].get("generation")
+    retry = status.retry if status.retry is not None and status.retry.stage == stage else None
+    refusal = observed.effects.refusal
+    if refusal is not None and refusal.stage == stage:
+        attempts = (retry.attempts if retry else 0) + 1
+        if refusal.final:
+            set_condition(status, "JobCreated", False, "JobRejected", refusal.message,
+                          generation, now)
+            _fail(status, "JobRejected",
+                  f"the API rejected the {stage} Job: {refusal.message}", generation, now)
+            return
+        delay = min(settings.job_retry_max_delay,
+                    settings.job_retry_delay * 2 ** (attempts - 1))
+        status.retry = Retry(stage=stage, attempts=attempts,
+                             next_attempt_time=later(now, delay))
+        reason, what = (("QuotaExceeded", "waiting for quota") if refusal.quota
+                        else ("JobRefused", f"the API refused the {stage} Job"))
+        set_condition(status, "JobCreated", False, reason,
+                      f"{what}: {refusal.message} (try {attempts}; next in {delay:.0f} s)",
+                      generation, now)
+        plan.requeue_after = delay
+        return
+    if retry is not None and retry.next_attempt_time \
+            and parse_time(retry.next_attempt_time) > now:
+        plan.requeue_after = (parse_time(retry.next_attempt_time) - now).total_seconds()
+        return
+    plan.create.append(build_job(stage, observed.training, spec, settings))
+
+
+def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: str, job: JobView,
+                 spec: TrainingSpec, generation: int | None) -> None:
+    """Phase and conditions of an active stage, and its progress."""
+    now = observed.now
+    jobs = status.jobs.model_copy() if status.jobs else Jobs()
+    if getattr(jobs, stage) != job.name:
+        setattr(jobs, stage, job.name)
+        status.jobs = jobs
+    status.start_time = status.start_time or stamp(now)
+    if stage == "train" and not is_true(status, "Training"):
+        set_condition(status, "Training", True, "Started", "training started", generation, now)
+        status.progress = Progress(step=0, total_steps=spec.number_of_steps, percent=0.0,
+                                   summary=f"0/{spec.number_of_steps}",
+                                   last_update_time=stamp(now))
+    running, reason, message = pod_state(job, observed.pods)
+    set_condition(status, "Running", running, reason, message, generation, now)
+    # Pending until a pod of the stage runs: `kubectl get ltxt` tells waiting from working
+    status.phase = ("Training" if stage == "train" else "Preparing") if running else "Pending"
+    pod = _newest(job, observed.pods)
+    if stage == "train" and pod is not None and pod.running:
+        plan.progress_from = pod.ip
+        if observed.progress is not None:
+            _progress(status, observed.progress, now)
+
+
+def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
+    """(a pod of the Job runs, reason, message): what `kubectl get ltxt` shows while the
+    stage waits — queued by Kueue, unschedulable, image pull failures, preempted."""
+    if job.suspended and job.queue:
+        return False, "Queued", (f"Job {job.name} waits for Kueue to admit it "
+                                 f"(queue {job.queue})")
+    pod = _newest(job, pods)
+    if pod is None:
+        return False, "JobPending", f"Job {job.name} has no pod yet"
+    if pod.running:
+        return True, "Running", f"pod {pod.name} is running"
+    if pod.terminated is not None or pod.phase in ("Succeeded", "Failed"):
+        if pod.phase == "Succeeded":
+            return True, "Completed", f"pod {pod.name} succeeded"
+        if pod.disrupted is not None:
+            why, detail = pod.disrupted
+            return False, "Preempted", (f"pod {pod.name} was stopped ({why}: {detail}); the "
+                                        "Job starts another, which resumes from the last "
+                                        "checkpoint")
+        code = pod.terminated[0] if pod.terminated else None
+        return False, "Restarting", f"pod {pod.name} failed (exit code {code}); the Job retries"
+    if pod.unschedulable is not None:
+        return False, "Unschedulable", pod.unschedulable[1] or pod.unschedulable[0]
+    if pod.waiting is not None and pod.waiting[0] in IMAGE_PULL_REASONS:
+        return False, pod.waiting[0], pod.waiting[1] or f"cannot pull the image of {pod.name}"
+    if pod.waiting is not None:
+        return False, "PodPending", f"pod {pod.name}: {pod.waiting[0]} {pod.waiting[1]}".strip()
+    return False, "PodPending", f"pod {pod.name} is {pod.phase}"
+
+
+def _newest(job: JobView, pods: Sequence[PodView]) -> PodView | None:
+    mine = [p for p in pods if p.job == job.name]
+    return max(mine, key=lambda p: p.created) if mine else None
+
+
+def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> None:
+    total, step = report.total_steps or 0, report.step
+    new = Progress(stage=report.stage, step=step, total_steps=total, loss=report.loss,
+                   eta_seconds=report.eta_seconds,
+                   percent=round(100 * step / total, 1) if total else None,
+                   summary=f"{step}/{total}")
+    old = status.progress.model_copy(update={"last_update_time": None}) \
+        if status.progress else None
+    if old != new:  # written only when something changed
+        status.progress = new.model_copy(update={"last_update_time": stamp(now)})
+
+
+def events(old: TrainingStatus, new: TrainingStatus) -> list[Event]:
+    """The Events a status transition posts (each once: a transition is written once)."""
+    out = []
+    old_jobs, new_jobs = old.jobs or Jobs(), new.jobs or Jobs()
+    if new_jobs.prepare and not old_jobs.prepare:
+        out.append(Event("Normal", "PrepareStarted", f"Job {new_jobs.prepare} created"))
+    if new_jobs.train and not old_jobs.train:
+        out.append(Event("Normal", "TrainingStarted",
+                         f"dataset ready; Job {new_jobs.train} created"))
+    for type_ in ("Suspended", "JobCreated", "Running"):
+        before, after = condition(old, type_), condition(new, type_)
+        if after is None or (before is not None and (before.status, before.reason,
+                                                     before.message) ==
+                             (after.status, after.reason, after.message)):
+            continue
+        if type_ == "Suspended":
+            if before is None or before.status != after.status:
+                out.append(Event("Normal", after.reason, after.message))
+        elif type_ == "JobCreated":
+            out.append(Event("Warning" if after.status == "False" else "Normal",
+                             after.reason, after.message))
+        elif type_ == "Running" and after.reason in NOTABLE_WAITS and (
+                before is None or before.reason != after.reason):
+            out.append(Event(NOTABLE_WAITS[after.reason], after.reason, after.message))
+    if new.billing and not old.billing and new.billing.units:
+        out.append(Event("Normal", "Billed", f"{new.billing.units} billable units"))
+    if new.phase != old.phase and new.phase == "Succeeded":
+        out.append(Event("Normal", "Succeeded", "training succeeded"))
+    if new.phase != old.phase and new.phase == "Failed":
+        failed = condition(new, "Failed")
+        out.append(Event("Warning", failed.reason, failed.message))
+    return out
+

@@ -1,0 +1,257 @@
+"""The pure reconcile, without an API server: observed state in, plan and status out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from ltx_contract.progress import ProgressReport
+from ltx_operator.observed import JobView, PodView
+from ltx_operator.reconcile import Effects, Observed, Refusal, events, reconcile
+from ltx_operator.settings import OperatorSettings
+from ltx_operator.status import dump_status
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SETTINGS = OperatorSettings(store_url="s3://runs", model_claim_name="models", metrics_port=0,
+                            job_retry_delay=10, job_retry_max_delay=60)
+SPEC = {"trainingDataUrl": "s3://d/c.zip", "numberOfSteps": 300}
+
+
+def training(status: dict | None = None, spec: dict | None = None,
+             labels: dict | None = None) -> dict:
+    return {"apiVersion": "ltx-training.io/v1alpha1", "kind": "LtxExtendTraining",
+            "metadata": {"name": "door", "namespace": "team", "uid": "u-1", "generation": 1,
+                         "resourceVersion": "7", "labels": labels or {},
+                         "creationTimestamp": "2026-01-01T11:00:00Z"},
+            "spec": spec or SPEC, "status": status or {}}
+
+
+def job(stage: str, finished: tuple | None = None, suspended: bool = False,
+        queue: str | None = None) -> JobView:
+    return JobView(name=f"door-{stage}", stage=stage, uid=f"uid-{stage}", suspended=suspended,
+                   queue=queue, finished=finished)
+
+
+def pod(stage: str, phase: str = "Running", result: dict | None = None, code: int = 0,
+        reason: str = "Completed", **extra) -> PodView:
+    ended = (code, reason, json.dumps(result) if result else "") \
+        if phase in ("Succeeded", "Failed") else None
+    return PodView(name=f"door-{stage}-x", job=f"door-{stage}", stage=stage,
+                   created="2026-01-01T11:30:00Z", phase=phase, ip="10.0.0.9",
+                   terminated=ended, **extra)
+
+
+def run(body: dict, jobs: dict | None = None, pods: list | None = None, now: datetime = NOW,
+        settings: OperatorSettings = SETTINGS, **kwargs):
+    return reconcile(Observed(body, jobs or {}, pods or [], now, **kwargs), settings)
+
+
+def written(plan) -> dict:
+    return dump_status(plan.status)
+
+
+def conditions(plan) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in plan.status.conditions}
+
+
+def test_a_new_training_asks_for_its_prepare_job_and_is_pending_until_it_exists():
+    plan = run(training())
+    (manifest,) = plan.create
+    assert manifest["metadata"]["name"] == "door-prepare"
+    assert manifest["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["job",
+                                                                               "prepare"]
+    assert plan.status.phase == "Pending" and plan.status.jobs is None
+    assert conditions(plan)["Validated"] == ("True", "Valid")
+    assert plan.status.effective.number_of_frames == 89
+    assert plan.status.effective.model == "pvc://models"
+    created = Observed(training(), {}, [], NOW).with_effects(
+        Effects(created={"prepare": job("prepare")}))
+    plan = reconcile(created, SETTINGS)
+    assert not plan.create
+    assert plan.status.phase == "Pending" and plan.status.jobs.prepare == "door-prepare"
+    assert conditions(plan)["Running"] == ("False", "JobPending")
+    assert [e.reason for e in events(run(training()).status, plan.status)] == ["PrepareStarted"]
+    running = run(training(written(plan)), {"prepare": job("prepare")}, [pod("prepare")])
+    assert running.status.phase == "Preparing"
+    assert conditions(running)["Running"] == ("True", "Running")
+
+
+def test_an_invalid_spec_or_no_model_fails_at_once_without_a_job_or_a_bill():
+    plan = run(training(spec={"trainingDataUrl": "s3://d/c.zip", "conditioningFrames": 12}))
+    assert not plan.create and plan.status.phase == "Failed"
+    assert conditions(plan)["Failed"][1] == "InvalidSpec"
+    assert conditions(plan)["Validated"][0] == "False"
+    assert plan.status.billing.units == 0
+
+    no_model = SETTINGS.model_copy(update={"model_claim_name": None})
+    plan = run(training(), settings=no_model)
+    assert not plan.create and plan.status.phase == "Failed"
+    failed = next(c for c in plan.status.conditions if c.type == "Failed")
+    assert failed.reason == "NoBaseModel" and "spec.model" in failed.message
+    assert "model.claimName" in failed.message and plan.status.billing.units == 0
+    given = run(training(spec={**SPEC, "model": {"url": "s3://models/ltx-2.3"}}),
+                settings=no_model)
+    assert [m["metadata"]["name"] for m in given.create] == ["door-prepare"]
+
+
+def preparing() -> dict:
+    plan = reconcile(Observed(training(), {}, [], NOW).with_effects(
+        Effects(created={"prepare": job("prepare")})), SETTINGS)
+    return written(plan)
+
+
+def test_a_finished_prepare_starts_the_train_job_with_its_result():
+    done = job("prepare", finished=("Complete", "Completed", ""))
+    result = {"outcome": "Succeeded", "message": "12 samples ready",
+              "artifacts": {"debugDataset": "s3://runs/x/debug.zip"}}
+    plan = run(training(preparing()), {"prepare": done},
+               [pod("prepare", "Succeeded", result)])
+    (manifest,) = plan.create
+    assert manifest["metadata"]["name"] == "door-train"
+    assert conditions(plan)["DatasetReady"] == ("True", "DatasetReady")
+    assert plan.status.artifacts.debug_dataset == "s3://runs/x/debug.zip"
+
+
+def test_a_finished_job_whose_pod_was_not_seen_lists_its_pods_first():
+    done = job("prepare", finished=("Complete", "Completed", ""))
+    plan = run(training(preparing()), {"prepare": done})
+    assert plan.missing_results == ["door-prepare"] and not plan.create
+    plan = run(training(preparing()), {"prepare": done}, listed=frozenset({"door-prepare"}))
+    assert [m["metadata"]["name"] for m in plan.create] == ["door-train"]  # no result: go on
+
+
+def training_status() -> dict:
+    done = job("prepare", finished=("Complete", "Completed", ""))
+    observed = Observed(training(preparing()), {"prepare": done},
+                        [pod("prepare", "Succeeded", {"outcome": "Succeeded"})], NOW)
+    plan = reconcile(observed.with_effects(Effects(created={"train": job("train")})),
+                     SETTINGS)
+    assert plan.status.phase == "Pending"  # until the train pod runs
+    assert conditions(plan)["Training"] == ("True", "Started")
+    return written(plan)
+
+
+def test_success_bills_once_whatever_replays():
+    jobs = {"prepare": job("prepare", finished=("Complete", "Completed", "")),
+            "train": job("train", finished=("Complete", "Completed", ""))}
+    result = {"outcome": "Succeeded", "stepsCompleted": 300, "resultUrl": "https://s/r.json",
+              "artifacts": {"loraFile": "s3://runs/x/lora.safetensors"}}
+    before = training(training_status())
+    plan = run(before, jobs, [pod("train", "Succeeded", result)])
+    status = plan.status
+    assert status.phase == "Succeeded" and status.billing.units == 300
+    assert status.billing.cost == "1.83" and status.progress.summary == "300/300"
+    assert status.artifacts.lora_file.endswith("lora.safetensors")
+    assert status.result_url == "https://s/r.json"
+    assert [e.reason for e in events(run(before).status, status)] == ["Billed", "Succeeded"]
+    # replayed with another result: the finished status and its bill stay as they are
+    again = run(training(written(plan)), jobs,
+                [pod("train", "Succeeded", {**result, "stepsCompleted": 50})])
+    assert written(again) == written(plan)
+
+
+def test_a_failed_train_job_fails_with_the_container_reason_and_bills_nothing():
+    jobs = {"train": job("train", finished=("Failed", "BackoffLimitExceeded", ""))}
+    plan = run(training(training_status()), jobs,
+               [pod("train", "Failed", None, code=137, reason="OOMKilled")])
+    assert conditions(plan)["Failed"] == ("True", "OOMKilled")
+    assert plan.status.billing.units == 0 and "Running" not in conditions(plan)
+
+
+def test_progress_is_written_only_when_it_changed():
+    body = training(training_status())
+    jobs = {"train": job("train")}
+    plan = run(body, jobs, [pod("train")])
+    assert plan.progress_from == "10.0.0.9"
+    report = ProgressReport(stage="training", step=150, total_steps=300, loss=0.1)
+    plan = run(body, jobs, [pod("train")], progress=report)
+    assert (plan.status.progress.summary, plan.status.progress.percent) == ("150/300", 50.0)
+    later = run(training(written(plan)), jobs, [pod("train")], progress=report,
+                now=NOW + timedelta(minutes=1))
+    assert written(later) == written(plan)  # same progress, same status (no new timestamp)
+
+
+def test_a_refused_job_waits_longer_each_time_and_an_invalid_one_fails():
+    quota = Refusal("prepare", 403, "Forbidden", 'jobs.batch "door-prepare" is forbidden: '
+                    "exceeded quota: jobs, requested: count/jobs.batch=1, used: 4, limited: 4")
+    first = reconcile(Observed(training(), {}, [], NOW).with_effects(Effects(refusal=quota)),
+                      SETTINGS)
+    assert not first.create and first.status.phase == "Pending"
+    created = next(c for c in first.status.conditions if c.type == "JobCreated")
+    assert (created.status, created.reason) == ("False", "QuotaExceeded")
+    assert "exceeded quota" in created.message and first.requeue_after == 10
+    assert (first.status.retry.attempts, first.status.retry.next_attempt_time) == (
+        1, "2026-01-01T12:00:10.000000Z")
+    assert [e.reason for e in events(run(training()).status, first.status)] == [
+        "QuotaExceeded"]
+    waiting = run(training(written(first)), now=NOW + timedelta(seconds=5))
+    assert not waiting.create and waiting.requeue_after == 5  # not in a hot loop
+    due = run(training(written(first)), now=NOW + timedelta(seconds=10))
+    assert [m["metadata"]["name"] for m in due.create] == ["door-prepare"]
+    second = reconcile(Observed(training(written(first)), {}, [], NOW + timedelta(seconds=10))
+                       .with_effects(Effects(refusal=quota)), SETTINGS)
+    assert second.status.retry.attempts == 2 and second.requeue_after == 20  # doubled
+    made = reconcile(Observed(training(written(second)), {}, [], NOW + timedelta(seconds=30))
+                     .with_effects(Effects(created={"prepare": job("prepare")})), SETTINGS)
+    assert made.status.retry is None and made.status.phase == "Pending"
+    assert next(c for c in made.status.conditions if c.type == "JobCreated").status == "True"
+
+    invalid = Refusal("prepare", 422, "Invalid", 'Job.batch "door-prepare" is invalid: '
+                      "spec.template.spec.containers[0].image: Required value")
+    plan = reconcile(Observed(training(), {}, [], NOW).with_effects(Effects(refusal=invalid)),
+                     SETTINGS)
+    assert plan.status.phase == "Failed" and plan.status.billing.units == 0
+    assert conditions(plan)["Failed"] == ("True", "JobRejected")
+    assert conditions(plan)["JobCreated"] == ("False", "JobRejected")
+
+
+def test_suspend_holds_the_active_job_the_way_its_manager_expects():
+    suspended = {**SPEC, "suspend": True}
+    plain = run(training(preparing(), spec=suspended), {"prepare": job("prepare")})
+    assert plain.suspend == {"door-prepare": True} and not plain.activate
+    assert plain.status.phase == "Suspended"
+    # Kueue's Job: its Workload is deactivated, its suspend field is Kueue's
+    queued = job("prepare", queue="gpus")
+    kueue = run(training(preparing(), spec=suspended), {"prepare": queued})
+    assert kueue.activate == {"door-prepare": False} and not kueue.suspend
+    assert conditions(kueue)["Suspended"] == ("True", "Suspended")
+    not_yet = reconcile(Observed(training(preparing(), spec=suspended), {"prepare": queued},
+                                 [], NOW).with_effects(
+        Effects(no_workload=frozenset({"door-prepare"}))), SETTINGS)
+    assert "Suspended" not in conditions(not_yet) and not_yet.requeue_after
+    resumed = run(training(written(kueue)),
+                  {"prepare": job("prepare", suspended=True, queue="gpus")})
+    assert resumed.activate == {"door-prepare": True} and not resumed.suspend
+    assert conditions(resumed)["Suspended"] == ("False", "Resumed")
+    # nothing is created while suspended, so Kueue cannot admit the next stage
+    done = job("prepare", finished=("Complete", "Completed", ""))
+    held = run(training(preparing(), spec=suspended), {"prepare": done},
+               [pod("prepare", "Succeeded", {"outcome": "Succeeded"})])
+    assert not held.create and held.status.phase == "Suspended"
+
+
+def waiting(**pod_fields) -> tuple[str, str, str]:
+    plan = run(training(preparing()), {"prepare": job("prepare")},
+               [pod("prepare", **pod_fields)])
+    running = next(c for c in plan.status.conditions if c.type == "Running")
+    return plan.status.phase, running.reason, running.message
+
+
+def test_the_phase_says_why_a_stage_waits():
+    scheduler = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    assert waiting(phase="Pending", unschedulable=("Unschedulable", scheduler)) == (
+        "Pending", "Unschedulable", scheduler)
+    assert waiting(phase="Pending", waiting=("ImagePullBackOff", "Back-off pulling image")
+                   ) == ("Pending", "ImagePullBackOff", "Back-off pulling image")
+    phase, reason, message = waiting(phase="Pending", waiting=("ContainerCreating", ""))
+    assert (phase, reason) == ("Pending", "PodPending") and "ContainerCreating" in message
+    phase, reason, message = waiting(phase="Failed", code=137, reason="Error",
+                                     disrupted=("PreemptionByScheduler", "preempted"))
+    assert (phase, reason) == ("Pending", "Preempted") and "resumes" in message
+    assert waiting(phase="Running")[:2] == ("Preparing", "Running")
+    # Kueue holds the Job (suspended by Kueue, not by the user)
+    plan = run(training(preparing()), {"prepare": job("prepare", suspended=True, queue="gpus")})
+    assert plan.status.phase == "Pending" and not plan.suspend  # Kueue's to resume
+    assert conditions(plan)["Running"] == ("False", "Queued")
+    before = run(training(preparing()), {"prepare": job("prepare")}).status
+    assert [(e.type, e.reason) for e in events(before, plan.status)] == [("Normal", "Queued")]
