@@ -1,19 +1,16 @@
-# The operator: only the base dependencies (no torch), non-root, any UID.
+# The operator: its locked dependencies (no torch) and two packages, the contract and the
+# operator — no trainer code. Non-root, any UID.
 # docker build -f images/operator.Dockerfile -t ltx-extend-operator .
-FROM python:3.11.7-slim-bookworm AS build
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY contract contract
-COPY trainer trainer
-COPY operator operator
-RUN pip install --no-cache-dir --prefix=/install .
-
 FROM python:3.11.7-slim-bookworm
-COPY --from=build /install /usr/local
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/app
+COPY requirements/operator.lock /tmp/operator.lock
+RUN pip install --no-deps -r /tmp/operator.lock && pip check && rm /tmp/operator.lock
+COPY contract/ltx_contract /app/ltx_contract
+COPY operator/ltx_operator /app/ltx_operator
 # Group 0, as OpenShift's arbitrary UIDs run; nothing is written to the image at run
 # time (the root filesystem is read-only; /tmp is a volume).
 RUN useradd --uid 10001 --gid 0 --no-create-home --shell /usr/sbin/nologin operator
 ENV HOME=/tmp
 USER 10001
 EXPOSE 8000 8081
-ENTRYPOINT ["ltx-operator"]
+ENTRYPOINT ["python", "-m", "ltx_operator.main"]

@@ -3,7 +3,7 @@
 # the ffmpeg libraries), non-root. Runs `ltx-extend job prepare|train`.
 # docker build -f images/trainer.Dockerfile -t ltx-extend-trainer .
 FROM python:3.11.7-slim-bookworm
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # torch first, from the CUDA index, pinned as in pyproject's trainer extra
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 WORKDIR /src

@@ -60,7 +60,7 @@ def closure(roots: list[Requirement], resolved: dict[str, dict]) -> dict[str, st
         entry = resolved[name]
         seen = name in pins
         pins[name] = entry["metadata"]["version"]
-        wanted = [""] + sorted(requirement.extras)
+        wanted = ["", *sorted(requirement.extras)]
         if seen and not requirement.extras:
             continue
         for line in entry["metadata"].get("requires_dist") or []:

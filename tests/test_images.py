@@ -19,10 +19,17 @@ def pip_installs(dockerfile: str) -> list[str]:
             if "pip install" in line and not line.lstrip().startswith("#")]
 
 
-def test_operator_image_installs_the_base_dependencies_only():
+def test_operator_image_carries_the_operator_lock_and_no_trainer_code():
     [install] = pip_installs("operator.Dockerfile")
-    assert re.search(r"(^|\s)\.$", install), install  # the project, no extras
+    assert install.startswith("--no-deps -r /tmp/operator.lock"), install
+    text = (ROOT / "images" / "operator.Dockerfile").read_text()
+    copied = re.findall(r"^COPY (\S+)", text, re.M)
+    assert copied == ["requirements/operator.lock", "contract/ltx_contract",
+                      "operator/ltx_operator"], copied
     assert not any(d.startswith("torch") for d in PYPROJECT["project"]["dependencies"])
+    # the module the entrypoint runs exists where the image puts it
+    assert '["python", "-m", "ltx_operator.main"]' in text
+    assert (ROOT / "operator" / "ltx_operator" / "main.py").is_file()
 
 
 def test_trainer_image_installs_the_pinned_torch_then_the_lock_then_the_project():
