@@ -51,7 +51,7 @@ def test_snapping_is_reported(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("a: [unclosed", "is not valid YAML or JSON"),
+    ("a: [unclosed", "in.yaml: is not valid YAML: while parsing a flow sequence"),
     ("", "holds no document"),
     ("- 1\n- 2\n", "spec must be a mapping of fields"),
 ])
