@@ -40,7 +40,10 @@ def default_work(output: str | None) -> Path:
     if output.startswith("file://"):
         from .store import file_url_path
 
-        return file_url_path(output) / ".work"
+        try:
+            return file_url_path(output) / ".work"
+        except ValueError:  # refused, with its reason, when the store is opened
+            return Path(tempfile.gettempdir()) / "ltx-extend-work"
     if "://" not in output:
         return Path(output) / ".work"
     return Path(tempfile.gettempdir()) / "ltx-extend-work"
@@ -89,17 +92,17 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
 
     if spec is None:
         return ExitCode.INVALID_INPUT
+    try:
+        store = open_store(args.output or DEFAULT_OUTPUT)
+    except ValueError as exc:
+        print(f"--output: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     model, problem = _model_source(args, spec)
     if problem:
         print(problem, file=sys.stderr)
         return ExitCode.INVALID_INPUT
     if model is None:
         print(TINY_MODEL_NOTICE, flush=True)
-    try:
-        store = open_store(args.output or DEFAULT_OUTPUT)
-    except ValueError as exc:
-        print(f"--output: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
     make_folders()
     if args.resume:
         try:
