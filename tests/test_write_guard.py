@@ -104,7 +104,7 @@ def test_a_local_run_writes_only_under_its_output_and_says_it_uses_the_tiny_mode
         clips, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(spec_dict(clips["archive"].as_uri(), clips["closing"].as_uri(),
-                                         withAudio=False)))
+                                         withAudio=False, validation=[])))  # previews: above
     log, out = tmp_path / "writes-local.jsonl", tmp_path / "out"
     proc = subprocess.run([CLI, "train", str(spec), "--output", str(out), *FAST],
                           env=guarded_env(tmp_path, log), capture_output=True, text=True,
