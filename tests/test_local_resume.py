@@ -37,20 +37,24 @@ def test_a_killed_local_run_continues_when_the_same_command_runs_again(tiny_mode
     spec = tmp_path / "door.yaml"
     spec.write_text(f"trainingDataUrl: {archive.as_uri()}\nnumberOfSteps: 100\n"
                     "numberOfFrames: 25\nresolution: low\naspectRatio: '16:9'\nrank: 8\n"
-                    "validationNumberOfFrames: 25\nlearningRate: 2e-4\n")
-    command = [CLI, "train", str(spec), "--output", "out", "--model", str(tiny_model),
-               "--max-sequence-length", "32", "--checkpoint-every", "40"]
+                    "validationNumberOfFrames: 25\nlearningRate: 2e-4\n"
+                    f"model:\n  url: {tiny_model.as_uri()}\n")  # downloaded into the cache
+    command = [CLI, "train", str(spec), "--output", "out", "--max-sequence-length", "32",
+               "--checkpoint-every", "40"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first_log = tmp_path / "first.log"  # a file, not a pipe nobody reads while it runs
+    with first_log.open("w") as sink:
+        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink,
+                                 stderr=subprocess.STDOUT)
     out = tmp_path / "out"
     deadline = time.time() + 600
     while not _checkpointed(out):
         assert first.poll() is None and time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.1)
     first.send_signal(signal.SIGKILL)  # no handler runs: what it left must say enough
-    first.communicate()
+    first.wait()
+    first_out = first_log.read_text()
     [run] = list((out / "local" / "door").iterdir())
     died = json.loads((run / "result-train.json").read_text())
     assert (died["outcome"], died["reason"], died["billableUnits"]) == (
@@ -72,6 +76,8 @@ def test_a_killed_local_run_continues_when_the_same_command_runs_again(tiny_mode
     finished = json.loads((run / "result-train.json").read_text())
     assert (finished["outcome"], finished["stepsCompleted"]) == ("Succeeded", 100)
     assert not (out / ".work" / "runs" / f"door-{run.name}").exists()  # scratch cleaned up
+    assert len(list((out / ".work" / "model-cache").glob("tiny-*/model_index.json"))) == 1
+    assert "tiny random model" not in first_out + second.stdout
 
     third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=300)
@@ -81,3 +87,40 @@ def test_a_killed_local_run_continues_when_the_same_command_runs_again(tiny_mode
     assert f"LoRA: out/local/door/{run.name}/outputs/lora.safetensors" in third.stdout
     assert "billable units: 100 ($0.61), billed when it finished" in third.stdout
     assert "stage: training" not in third.stderr
+
+
+def test_resume_names_a_run_folder_and_checks_it_was_this_spec(tmp_path, capsys):
+    from ltx_contract.result import JobResult
+    from ltx_contract.spec import parse_spec
+    from ltx_trainer.cli import main
+
+    request = {"trainingDataUrl": "s3://b/clips.zip", "numberOfSteps": 200}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(request))
+    out = tmp_path / "out"
+    run = out / "local" / "door" / "0123456789ab"
+    run.mkdir(parents=True)
+    train = ["train", str(spec), "--output", str(out), "--model", "file:///models/ltx"]
+
+    assert main([*train, "--resume", "local/door/missing"]) == ExitCode.USAGE
+    assert "--resume: there is no run" in capsys.readouterr().err
+    assert main([*train, "--resume", "../../etc"]) == ExitCode.USAGE
+    assert "three plain path segments" in capsys.readouterr().err
+
+    other = parse_spec({**request, "numberOfSteps": 300, "rank": 16})
+    (run / "spec.json").write_text(other.to_json())
+    assert main([*train, "--resume", "local/door/0123456789ab"]) == ExitCode.INVALID_INPUT
+    assert "was started with another spec (numberOfSteps, rank differ)" in \
+        capsys.readouterr().err
+
+    (run / "spec.json").write_text(parse_spec(request).to_json())
+    done = JobResult(stage="train", outcome="Succeeded", reason="Succeeded",
+                     steps_completed=200, billable_units=200)
+    done.artifacts.lora_file = str(run / "outputs" / "lora.safetensors")
+    (run / "result-train.json").write_text(done.to_json())
+    for given in ("local/door/0123456789ab", str(run), run.as_uri()):
+        assert main([*train, "--resume", given]) == ExitCode.SUCCESS, given
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == f"{run} finished earlier: not training it again"
+        assert f"LoRA: {run}/outputs/lora.safetensors" in lines
+        assert "billable units: 200 ($1.22), billed when it finished" in lines

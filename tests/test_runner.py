@@ -233,19 +233,6 @@ def test_progress_and_metrics_answer_during_a_run(bucket, s3_server, tiny_model,
         proc.wait()
 
 
-def test_the_model_can_come_from_the_store(media, tiny_model, tmp_path, capsys):
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_dict(media["archive"].as_uri(), withAudio=False,
-                                         model={"url": tiny_model.as_uri()})))
-    cache = tmp_path / "models"
-    assert main(["train", str(spec), "--output", (tmp_path / "out").as_uri(),
-                 "--model-cache", str(cache), *FAST]) == ExitCode.SUCCESS
-    downloaded = list(cache.glob("*/model_index.json"))
-    assert [p.parent.name.startswith("tiny-") for p in downloaded] == [True]
-    out = capsys.readouterr().out
-    assert "billable units: 100" in out and "tiny random model" not in out
-
-
 def test_a_wrong_model_folder_is_refused_before_any_work(media, tmp_path, capsys):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(spec_dict(media["archive"].as_uri())))

@@ -67,12 +67,18 @@ def _model_source(args: argparse.Namespace, spec: TrainingSpec) -> tuple[str | N
 
 
 def _resume_key(given: str, store: Store) -> str:
-    """A run key from `--resume`: the key itself, or the run's folder as printed."""
-    root = store.url("").rstrip("/")
-    key = given.rstrip("/")
-    if key.startswith(root + "/"):
-        key = key[len(root) + 1:]
-    return key
+    """A run key from `--resume`: the key itself (`local/NAME/ID`), or the run's folder
+    as printed (a path or a URL in the output)."""
+    from .store import FileStore, file_url_path
+
+    if isinstance(store, FileStore) and (given.startswith("file:") or "://" not in given):
+        try:
+            path = file_url_path(given) if given.startswith("file:") else Path(given)
+            return path.resolve().relative_to(store.root.resolve()).as_posix()
+        except ValueError:
+            return given  # not in the output: judged as a key
+    root = store.url("").rstrip("/") + "/"
+    return given.removeprefix(root).strip("/")
 
 
 def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> None:

@@ -36,10 +36,13 @@ log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "train")
 INTERRUPTED = "Interrupted"
+
+
 def local_run_id(spec: TrainingSpec, name: str, model: str | None, seed: int,
                  max_sequence_length: int) -> str:
     """`local/<name>/<digest>`: the same spec, model and seed give the same folder."""
-    plain = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-_")[:63] or "training"
+    plain = re.sub(r"\.\.+", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", name))[:63].strip(".-_")
+    plain = plain or "training"
     what = {"spec": json.loads(spec.to_json()), "model": model, "seed": seed,
             "maxSequenceLength": max_sequence_length}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
