@@ -143,3 +143,15 @@ def test_a_job_given_nan_fails_as_an_invalid_spec_and_bills_nothing(tmp_path, ca
     stored = json.loads(Path(store / "ns/name/uid/result-prepare.json").read_text())
     assert stored["reason"] == "InvalidSpec"
     assert "NaN is not a number" in capsys.readouterr().err
+
+
+def test_a_job_reads_a_spec_file_given_as_at_path_or_at_file_url(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(_yaml_text())
+    store = tmp_path / "store"
+    for given in (f"@{path}", f"@{path.as_uri()}"):
+        code = main(["job", "train", "--spec-json", given, "--store", str(store), "--run",
+                     "ns/n/uid", "--work", str(tmp_path / "w"), "--termination-log",
+                     str(tmp_path / "log"), "--progress-port", "0"])
+        assert code == ExitCode.INVALID_INPUT  # no base model: the spec itself was read
+        assert json.loads((tmp_path / "log").read_text())["reason"] == "NoBaseModel"

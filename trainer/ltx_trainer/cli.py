@@ -252,9 +252,9 @@ def cmd_job(args: argparse.Namespace) -> int:
     raw = args.spec_json or os.environ.get("LTX_EXTEND_SPEC", "")
     state = ProgressState()
     try:
-        spec = read_spec(Path(raw[1:])) if raw.startswith("@") else spec_from_text(raw)
-    except SpecError as exc:
-        message = "; ".join(exc.problems)
+        spec = read_spec(local_path(raw[1:])) if raw.startswith("@") else spec_from_text(raw)
+    except (SpecError, argparse.ArgumentTypeError) as exc:
+        message = "; ".join(exc.problems) if isinstance(exc, SpecError) else str(exc)
         result = JobResult(stage=args.stage, outcome="Failed", reason="InvalidSpec",
                            message=message, exit_code=int(ExitCode.INVALID_INPUT))
         write_result(JobContext(spec=None, store=store, run=run, work_dir=args.work,
