@@ -9,6 +9,7 @@ it to show the CRD and the spec model give the same verdict.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import celpy
@@ -54,6 +55,10 @@ class Admission:
 
     def admit(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
         """Errors the API server would answer with; [] means the object is stored."""
+        try:  # what kubectl sends is JSON: NaN and infinities never reach the schema
+            json.dumps(obj, allow_nan=False)
+        except ValueError as exc:
+            return [f"<root>: the object cannot be sent as JSON: {exc}"]
         obj = apply_defaults(self.schema, copy.deepcopy(obj))
         if old is not None:
             old = apply_defaults(self.schema, copy.deepcopy(old))

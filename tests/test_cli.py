@@ -51,7 +51,7 @@ def test_snapping_is_reported(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("a: [unclosed", "is not valid YAML or JSON"),
+    ("a: [unclosed", "in.yaml: is not valid YAML: while parsing a flow sequence"),
     ("", "holds no document"),
     ("- 1\n- 2\n", "spec must be a mapping of fields"),
 ])
@@ -102,3 +102,29 @@ def test_prepare_reports_the_outcome_class(tmp_path, capsys):
         ExitCode.DOWNLOAD_FAILURE
     assert "prepare failed (DownloadFailed): could not read the training data" in \
         capsys.readouterr().err
+
+
+def test_path_arguments_take_plain_paths_and_file_urls(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "request.json"
+    spec.write_text('{"training_data_url": "s3://b/c.zip"}')
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "request.json", spec.as_uri(), str(spec)]) == ExitCode.SUCCESS
+    assert capsys.readouterr().out.count(": request: valid") == 3
+    with pytest.raises(SystemExit) as refused:
+        main(["validate", "s3://b/request.json"])
+    assert refused.value.code == ExitCode.USAGE
+    assert "'s3://b/request.json' is not a local path or file:// URL" in capsys.readouterr().err
+
+
+def test_a_store_that_is_neither_a_folder_nor_a_bucket_is_a_usage_error(tmp_path, capsys):
+    spec = tmp_path / "request.json"
+    spec.write_text('{"training_data_url": "s3://b/c.zip"}')
+    assert main(["train", str(spec), "--output", "gs://bucket/x"]) == ExitCode.USAGE
+    assert main(["train", str(spec), "--output", "file://relative/out"]) == ExitCode.USAGE
+    captured = capsys.readouterr()
+    assert "--output: the artifact store must be a folder, a file:// or an s3://bucket URL, " \
+        "not 'gs://bucket/x'" in captured.err
+    assert "is not a file:///absolute/path URL (write a plain path for a relative folder)" in \
+        captured.err
+    assert captured.out == ""  # refused before anything else is said or done
+    assert not (tmp_path / "relative").exists()

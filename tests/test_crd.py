@@ -88,6 +88,8 @@ def test_crd_defaults_are_the_model_defaults(crd):
     assert props["rank"]["enum"] == [8, 16, 32, 64, 128]
     assert (props["numberOfSteps"]["minimum"], props["numberOfSteps"]["maximum"]) == (100, 20000)
     assert props["learningRate"]["exclusiveMinimum"] is True
+    assert (props["learningRate"]["minimum"], props["learningRate"]["maximum"]) == (0, 0.01)
+    assert "at most 0.01" in props["learningRate"]["description"]
 
 
 ALL_RULES = [
@@ -211,7 +213,10 @@ FIELDS: dict[str, tuple[st.SearchStrategy, st.SearchStrategy]] = {
     "trainingDataUrl": _urls(URL, "s3://bucket/data.zip", "file:///data/a.zip"),
     "rank": (st.sampled_from([8, 16, 32, 64, 128]), st.sampled_from([0, 12, 32, 256])),
     "numberOfSteps": (st.integers(100, 20000), _around(100, 20000)),
-    "learningRate": (st.floats(1e-7, 1.0), st.sampled_from([-1.0, 0.0, 1e-9, 0.0002])),
+    "learningRate": (st.floats(1e-7, 0.01), st.one_of(
+        st.sampled_from([-1.0, 0.0, 1e-9, 0.0002, 0.01, 0.010000001, 0.05, 1.0, 1e6,
+                         float("inf"), float("-inf"), float("nan")]),
+        st.floats(allow_nan=True, allow_infinity=True))),
     "conditioningFrames": (st.sampled_from([8, 16, 24]), _around(8, 121, 16, 88, 96, 112, 120)),
     "numberOfFrames": (st.integers(25, 121), _around(9, 121, 16, 17, 88, 89, 96, 97, 113)),
     "validationNumberOfFrames": (st.integers(25, 121), _around(9, 121, 17, 25, 89, 97)),

@@ -233,18 +233,6 @@ def test_progress_and_metrics_answer_during_a_run(bucket, s3_server, tiny_model,
         proc.wait()
 
 
-def test_the_model_can_come_from_the_store(media, tiny_model, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_dict(media["archive"].as_uri(), withAudio=False,
-                                         model={"url": tiny_model.as_uri()})))
-    assert main(["train", str(spec), "--output", (tmp_path / "out").as_uri(),
-                 *FAST]) == ExitCode.SUCCESS
-    downloaded = list((tmp_path / "cache" / "ltx-extend" / "models").glob("*/model_index.json"))
-    assert len(downloaded) == 1
-    assert "billable units: 100" in capsys.readouterr().out
-
-
 def test_a_wrong_model_folder_is_refused_before_any_work(media, tmp_path, capsys):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(spec_dict(media["archive"].as_uri())))
@@ -255,8 +243,42 @@ def test_a_wrong_model_folder_is_refused_before_any_work(media, tmp_path, capsys
     assert not out.exists()  # nothing prepared, nothing written, nothing billed
 
 
-def test_a_job_needs_its_run_folder(tmp_path, capsys):
-    assert main(["job", "prepare", "--spec-json", "{}", "--store", (tmp_path / "s").as_uri(),
-                 "--run", "team/only-two"]) == ExitCode.INTERNAL_ERROR
+@pytest.mark.parametrize("run", ["team/only-two", "../../x", "a/../b", "a/b/c/d", "a//b",
+                                 "a/b/c d", "./b/c"])
+def test_a_malformed_run_is_a_usage_error_before_anything_is_written(tmp_path, capsys, run):
+    store = tmp_path / "s"
+    with pytest.raises(SystemExit) as exited:
+        main(["job", "prepare", "--spec-json", "{}", "--store", str(store), "--run", run,
+              "--work", str(tmp_path / "w")])
+    assert exited.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "usage: ltx-extend job" in err
+    assert "the run must be <namespace>/<name>/<uid>, three plain path segments" in err
+    assert not store.exists() and not (tmp_path / "w").exists()
+
+
+def test_a_malformed_run_from_the_environment_is_a_usage_error_too(tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("LTX_EXTEND_RUN", "../../x")
+    assert main(["job", "prepare", "--spec-json", "{}", "--store", str(tmp_path / "s"),
+                 "--work", str(tmp_path / "w")]) == ExitCode.USAGE
     assert "the run must be <namespace>/<name>/<uid>" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_job_without_a_base_model_fails_at_once(tmp_path, capsys):
+    spec = spec_dict("s3://datasets/clips.zip")
+    store, log = tmp_path / "store", tmp_path / "termination"
+    assert main(["job", "train", "--spec-json", json.dumps(spec), "--store", str(store),
+                 "--run", "team-d/no-model/uid", "--work", str(tmp_path / "work"),
+                 "--termination-log", str(log), "--progress-port", "0"]) == \
+        ExitCode.INVALID_INPUT
+    result = json.loads(log.read_text())
+    assert (result["outcome"], result["reason"], result["billableUnits"]) == (
+        "Failed", "NoBaseModel", 0)
+    for setting in ("spec.model", "model.claimName", "model.url"):
+        assert setting in result["message"]
+    assert not (tmp_path / "work" / "model-cache").exists()  # no tiny model was written
+    assert not (tmp_path / "work" / "train").exists()  # nothing was downloaded
+    assert json.loads((store / "team-d/no-model/uid/result-train.json").read_text())[
+        "reason"] == "NoBaseModel"

@@ -152,8 +152,13 @@ def test_frame_size_table(resolution, aspect, size):
         ({"rank": 12}, "rank (12) must be one of 8, 16, 32, 64 or 128"),
         ({"numberOfSteps": 99}, "numberOfSteps (99) must be between 100 and 20000"),
         ({"numberOfSteps": 20001}, "numberOfSteps (20001) must be between 100 and 20000"),
-        ({"learningRate": 0}, "learningRate (0) must be greater than 0"),
-        ({"learningRate": -0.1}, "learningRate (-0.1) must be greater than 0"),
+        ({"learningRate": 0}, "learningRate (0) must be greater than 0 and at most 0.01"),
+        ({"learningRate": -0.1}, "learningRate (-0.1) must be greater than 0 and at most 0.01"),
+        ({"learningRate": 0.05}, "learningRate (0.05) must be greater than 0 and at most 0.01"),
+        ({"learningRate": 1e6},
+         "learningRate (1000000.0) must be greater than 0 and at most 0.01"),
+        ({"learningRate": float("inf")}, "learningRate (inf) must be a finite number"),
+        ({"learningRate": float("nan")}, "learningRate (nan) must be a finite number"),
         ({"frameRate": 7}, "frameRate (7) must be between 8 and 60"),
         ({"validationFrameRate": 61}, "validationFrameRate (61) must be between 8 and 60"),
         ({"resolution": "ultra"}, "resolution ('ultra') must be one of low, medium or high"),
@@ -234,3 +239,33 @@ def test_resource_parsing_checks_identity_and_name_length():
         "fit in 63",
         "spec.rank (7) must be one of 8, 16, 32, 64 or 128",
     ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"learning_rate": 0.05}, "learning_rate (0.05) must be greater than 0 and at most 0.01"),
+        ({"conditioning_frames": 12},
+         "conditioning_frames (12) must be a multiple of 8 (8, 16, 24, …)"),
+        ({"conditioning_frames": 96, "number_of_frames": 96, "validation_number_of_frames": 121},
+         "conditioning_frames (96) must be smaller than number_of_frames (89, snapped down from "
+         "96): the suffix may not cover the whole clip, there must be a lead-in left to generate"),
+        ({"validation": [{"prompt": "p"}]}, "validation[0].video_url is required"),
+        ({"validation": [{"video_url": "gs://a/1.mp4"}]},
+         "validation[0]: video_url must be an http://, https://, s3:// or file:// URL"),
+        ({"number_of_step": 200}, "number_of_step is not a known field (did you mean "
+         "number_of_steps?)"),
+        ({"model": {"claim_name": "models", "url": "s3://m/ltx"}},
+         "model: exactly one of claim_name (a PVC) or url (a store prefix) must be set"),
+    ],
+)
+def test_a_snake_case_request_hears_its_own_field_names(fields, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec({"training_data_url": URL, **fields})
+    assert info.value.problems == [message]
+
+
+def test_a_snake_case_request_without_its_url_is_told_the_snake_case_name():
+    with pytest.raises(SpecError) as info:
+        parse_spec({"number_of_steps": 200, "trigger_phrase": "x"})
+    assert info.value.problems == ["training_data_url is required"]

@@ -43,3 +43,18 @@ class Diverged(Outcome):
 
     exit_code = ExitCode.INVALID_INPUT  # the spec's learning rate, not the platform
     reason = "Diverged"
+
+
+class NoBaseModel(InvalidInput):
+    """A training Job was given no base model: no --model, no spec.model."""
+
+    reason = "NoBaseModel"
+
+
+#: What a training without a base model is told; the settings it names are the ones a
+#: user (the resource) and a platform (the chart) can set.
+NO_BASE_MODEL = (
+    "no base model to train on: set spec.model (claimName or url) in the resource, or the "
+    "chart's model.claimName / model.url for every training; the tiny random model is only "
+    "for local trials (ltx-extend train)"
+)

@@ -49,6 +49,8 @@ DEFAULT_NEGATIVE_PROMPT = (
 MAX_URL_LENGTH = 4096
 MAX_TEXT_LENGTH = 4000
 MAX_VALIDATION_SAMPLES = 2
+#: 50× the default: LoRA learning rates above this diverge rather than learn faster.
+MAX_LEARNING_RATE = 0.01
 #: The frame-count fields that the model snaps down to 8k+1.
 SNAPPED_FRAME_FIELDS = ("numberOfFrames", "validationNumberOfFrames")
 
@@ -198,7 +200,17 @@ class TrainingSpec(SpecModel):
     number_of_steps: int = Field(
         2000, ge=100, le=20000, description="Number of optimization steps (100–20000)."
     )
-    learning_rate: float = Field(0.0002, gt=0, description="Optimization step size (> 0).")
+    learning_rate: float = Field(
+        0.0002,
+        gt=0,
+        le=MAX_LEARNING_RATE,
+        allow_inf_nan=False,
+        description=(
+            f"AdamW step size for the LoRA, greater than 0 and at most {MAX_LEARNING_RATE}. "
+            "LoRA trainers use 1e-5 to 1e-3 (2e-4 is typical); above 0.01 each update "
+            "outweighs the adapter's own weights and the loss diverges."
+        ),
+    )
     conditioning_frames: int = Field(
         8,
         ge=8,
@@ -393,4 +405,4 @@ def parse_spec(data: Any) -> TrainingSpec:
     except ValidationError as exc:
         from .errors import describe_errors
 
-        raise SpecError(describe_errors(exc, TrainingSpec)) from None
+        raise SpecError(describe_errors(exc, TrainingSpec, data)) from None

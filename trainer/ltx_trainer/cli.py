@@ -14,13 +14,30 @@ from typing import Any
 from ltx_contract.outcomes import ExitCode
 
 from . import __version__
+from .model.source import MODEL_CACHE_ENV
 
 
-def _load_documents(path: Path) -> list[Any]:
-    import yaml
+def local_path(text: str) -> Path:
+    """A command-line path: plain (relative or absolute) or a file:// URL."""
+    if text.startswith("file:"):
+        from .store import file_url_path
 
-    with path.open(encoding="utf-8") as stream:
-        return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+        try:
+            return file_url_path(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a local path or file:// URL")
+    return Path(text)
+
+
+def _run_argument(text: str) -> str:
+    from .store import check_run
+
+    try:
+        return check_run(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _describe_valid(label: str, spec: Any) -> list[str]:
@@ -43,73 +60,46 @@ def _describe_valid(label: str, spec: Any) -> list[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    import yaml
+    from ltx_contract.resource import KIND
+    from ltx_contract.spec import SpecError
 
-    from ltx_contract.resource import KIND, parse_resource
-    from ltx_contract.spec import SpecError, parse_spec
+    from .spec_file import DocumentError, is_resource, read_documents, spec_of
 
     worst = ExitCode.SUCCESS
     for path in args.files:
         try:
-            documents = _load_documents(path)
-        except OSError as exc:
-            print(f"{path}: cannot be read: {exc.strerror}", file=sys.stderr)
-            worst = ExitCode.INVALID_INPUT
-            continue
-        except yaml.YAMLError as exc:
-            print(f"{path}: is not valid YAML or JSON: {exc}", file=sys.stderr)
+            documents = read_documents(path)
+        except DocumentError as exc:
+            print(exc, file=sys.stderr)
             worst = ExitCode.INVALID_INPUT
             continue
         if not documents:
             print(f"{path}: holds no document", file=sys.stderr)
             worst = ExitCode.INVALID_INPUT
         for doc in documents:
-            is_resource = isinstance(doc, dict) and ("kind" in doc or "apiVersion" in doc)
+            resource = is_resource(doc)
+            where = f"{KIND}/{(doc.get('metadata') or {}).get('name')}" if resource else (
+                "request")
             try:
-                if is_resource:
-                    name, spec = parse_resource(doc)
-                    label = f"{path}: {KIND}/{name}"
-                else:  # a bare spec or an extend-suffix request body
-                    spec, label = parse_spec(doc), f"{path}: request"
+                spec = spec_of(doc)
             except SpecError as exc:
-                where = f"{KIND}/{(doc.get('metadata') or {}).get('name')}" if is_resource else (
-                    "request")
                 print(f"{path}: {where} is invalid:", file=sys.stderr)
                 for problem in exc.problems:
                     print(f"  - {problem}", file=sys.stderr)
                 worst = ExitCode.INVALID_INPUT
                 continue
-            print("\n".join(_describe_valid(label, spec)))
+            print("\n".join(_describe_valid(f"{path}: {where}", spec)))
     return worst
-
-
-def _one_spec(path: Path) -> Any:
-    """The spec in a file holding one resource or one request body; raises SpecError."""
-    import yaml
-
-    from ltx_contract.resource import parse_resource
-    from ltx_contract.spec import SpecError, parse_spec
-
-    try:
-        documents = _load_documents(path)
-    except OSError as exc:
-        raise SpecError([f"{path} cannot be read: {exc.strerror}"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([f"{path} is not valid YAML or JSON: {exc}"]) from None
-    if len(documents) != 1:
-        raise SpecError([f"{path} must hold exactly one resource or request"])
-    doc = documents[0]
-    if isinstance(doc, dict) and ("kind" in doc or "apiVersion" in doc):
-        return parse_resource(doc)[1]
-    return parse_spec(doc)
 
 
 def _spec_or_report(path: Path) -> Any | None:
     """The spec in `path`, or None after printing every problem with it."""
     from ltx_contract.spec import SpecError
 
+    from .spec_file import read_spec
+
     try:
-        return _one_spec(path)
+        return read_spec(path)
     except SpecError as exc:
         print(f"{path} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
               file=sys.stderr)
@@ -124,6 +114,7 @@ def _setup_logging() -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from ltx_contract.manifest import Manifest
     from ltx_contract.outcomes import Outcome
 
     from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
@@ -135,16 +126,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     policy = FetchPolicy(allow_file_urls=True,
                          allow_private_networks=args.allow_private_networks)
     try:
-        manifest = prepare_dataset(spec, args.work, PrepareSettings(fetch=policy))
+        prepare_dataset(spec, args.work, PrepareSettings(fetch=policy))
     except Outcome as exc:
         print(f"prepare failed ({exc.reason}): {exc.message}", file=sys.stderr)
         return exc.exit_code
     dataset = args.work / "dataset"
-    print(f"prepared {len(manifest['samples'])} sample(s) of {manifest['frames']} frames at "
-          f"{manifest['frameRate']} fps, {manifest['width']}×{manifest['height']}"
-          f"{', with audio' if manifest['withAudio'] else ''}; "
-          f"{len(manifest['validation'])} validation clip(s)")
-    for warning in manifest["warnings"]:
+    manifest = Manifest.read(dataset)
+    print(f"prepared {len(manifest.samples)} sample(s) of {manifest.frames} frames at "
+          f"{manifest.frame_rate} fps, {manifest.width}×{manifest.height}"
+          f"{', with audio' if manifest.with_audio else ''}; "
+          f"{len(manifest.validation)} validation clip(s)")
+    for warning in manifest.warnings:
         print(f"  warning: {warning}")
     print(f"dataset: {dataset}\nmanifest: {dataset / 'manifest.json'}")
     if spec.debug_dataset:
@@ -224,116 +216,54 @@ def _train_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Prepare → train → previews → publish in one process, on the local machine."""
-    import tempfile
-    import uuid
-
-    from ltx_contract.billing import cost
-
-    from .dataset import FetchPolicy
-    from .progress import ProgressServer, ProgressState
-    from .runner import JobContext, run_local
-    from .store import open_store
+    from .local_run import train_locally
 
     _setup_logging()
-    spec = _spec_or_report(args.spec)
-    if spec is None:
-        return ExitCode.INVALID_INPUT
-    if args.model and not args.model.startswith(("s3://", "file://")) and not (
-            Path(args.model) / "model_index.json").is_file():
-        print(f"--model {args.model} is not a diffusers model folder (no model_index.json)",
-              file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    output = args.output or (Path.cwd() / "ltx-extend-output").as_uri()
-    try:
-        store = open_store(output)
-    except ValueError as exc:
-        print(str(exc), file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    name = _resource_name(args.spec)
-    run = f"local/{name}/{uuid.uuid4().hex[:12]}"
-    state = ProgressState()
-    with tempfile.TemporaryDirectory(prefix="ltx-extend-") as scratch:
-        ctx = JobContext(spec=spec, store=store, run=run, work_dir=args.work or Path(scratch),
-                         model_dir=args.model, progress=state,
-                         fetch=FetchPolicy(allow_file_urls=True,
-                                           allow_private_networks=args.allow_private_networks),
-                         train_settings=_train_settings(args))
-        if args.progress_port is not None:
-            with ProgressServer(state, args.progress_port, host="127.0.0.1") as server:
-                print(f"progress: http://127.0.0.1:{server.port}/progress", file=sys.stderr)
-                results = run_local(ctx)
-        else:
-            results = run_local(ctx)
-    final = results[-1]
-    if not final.succeeded:
-        print(f"{final.stage} failed ({final.reason}): {final.message}", file=sys.stderr)
-        print("billable units: 0", file=sys.stderr)
-        return final.exit_code
-    print(f"run: {store.url(run)}")
-    for label, key in (("LoRA", "lora_file"), ("config", "config_file"),
-                       ("validation reel", "video"), ("debug dataset", "debug_dataset")):
-        if (url := getattr(final.artifacts, key)) is not None:
-            print(f"{label}: {url}")
-    print(f"billable units: {final.billable_units} (${cost(final.billable_units)})")
-    return ExitCode.SUCCESS
-
-
-def _resource_name(path: Path) -> str:
-    import yaml
-
-    try:
-        doc = _load_documents(path)[0]
-        return str((doc.get("metadata") or {}).get("name") or path.stem)
-    except (yaml.YAMLError, OSError, IndexError, AttributeError):
-        return path.stem
+    return train_locally(args, _spec_or_report(args.spec), _train_settings(args))
 
 
 def cmd_job(args: argparse.Namespace) -> int:
     """One stage, as the operator's Jobs run it."""
-    import json
     import os
 
     from ltx_contract.result import JobResult
-    from ltx_contract.spec import SpecError, parse_spec
+    from ltx_contract.spec import SpecError
 
     from .dataset import FetchPolicy
     from .progress import ProgressServer, ProgressState
     from .runner import JobContext, run_stage, write_result
-    from .store import open_store
+    from .spec_file import read_spec, spec_from_text
+    from .store import check_run, open_store
+    from .workspace import make_folders
 
     _setup_logging()
+    try:  # a malformed run is refused before anything is read or written
+        run = check_run(args.run or os.environ.get("LTX_EXTEND_RUN", ""))
+        store = open_store(args.store or os.environ.get("LTX_EXTEND_STORE", ""))
+    except ValueError as exc:
+        print(f"ltx-extend job: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     termination = args.termination_log
     if termination is None:
         default = Path(os.environ.get("LTX_EXTEND_TERMINATION_LOG", "/dev/termination-log"))
         termination = default if default.parent.is_dir() and os.access(default.parent,
                                                                         os.W_OK) else None
+    make_folders()
     raw = args.spec_json or os.environ.get("LTX_EXTEND_SPEC", "")
-    if raw.startswith("@"):
-        raw = Path(raw[1:]).read_text(encoding="utf-8")
-    try:
-        store = open_store(args.store or os.environ["LTX_EXTEND_STORE"])
-    except (KeyError, ValueError) as exc:
-        print(f"the artifact store is not set or not valid: {exc}", file=sys.stderr)
-        return ExitCode.INTERNAL_ERROR
-    run = (args.run or os.environ.get("LTX_EXTEND_RUN", "")).strip("/")
-    if run.count("/") != 2 or "" in run.split("/"):
-        print(f"the run must be <namespace>/<name>/<uid>, not {run!r}", file=sys.stderr)
-        return ExitCode.INTERNAL_ERROR
     state = ProgressState()
     try:
-        spec = parse_spec(json.loads(raw))
-    except (SpecError, json.JSONDecodeError) as exc:
-        message = "; ".join(exc.problems) if isinstance(exc, SpecError) else (
-            f"the spec is not valid JSON: {exc}")
+        spec = read_spec(local_path(raw[1:])) if raw.startswith("@") else spec_from_text(raw)
+    except (SpecError, argparse.ArgumentTypeError) as exc:
+        message = "; ".join(exc.problems) if isinstance(exc, SpecError) else str(exc)
         result = JobResult(stage=args.stage, outcome="Failed", reason="InvalidSpec",
                            message=message, exit_code=int(ExitCode.INVALID_INPUT))
-        write_result(JobContext(spec=None, store=store, run=run, work_dir=Path("."),
-                                 termination_log=termination), result)
+        write_result(JobContext(spec=None, store=store, run=run, work_dir=args.work,
+                                termination_log=termination), result)
         print(message, file=sys.stderr)
         return result.exit_code
     ctx = JobContext(
         spec=spec, store=store, run=run, work_dir=args.work, model_dir=args.model,
+        model_cache=args.model_cache,
         fetch=FetchPolicy(allow_file_urls=args.allow_file_urls,
                           allow_private_networks=args.allow_private_networks),
         termination_log=termination, progress=state, train_settings=_train_settings(args))
@@ -379,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check resources (YAML, several documents allowed) or request bodies "
         "(JSON, camelCase or snake_case) against every rule, without a cluster.",
     )
-    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument("files", nargs="+", type=local_path, metavar="FILE")
     validate.set_defaults(func=cmd_validate)
 
     crd = sub.add_parser(
@@ -387,9 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the CustomResourceDefinition generated from the spec model",
     )
     crd_dest = crd.add_mutually_exclusive_group()
-    crd_dest.add_argument("-o", "--output", type=Path, help="write it to this file")
+    crd_dest.add_argument("-o", "--output", type=local_path, help="write it to this file")
     crd_dest.add_argument(
-        "--check", type=Path, metavar="FILE", help="fail if FILE differs from the generated CRD"
+        "--check", type=local_path, metavar="FILE",
+        help="fail if FILE differs from the generated CRD"
     )
     crd.set_defaults(func=cmd_crd)
 
@@ -399,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch the training data and validation clips of SPEC, check them and "
         "fit them into WORK/dataset with a manifest. file:// URLs are allowed.",
     )
-    prepare.add_argument("spec", type=Path, metavar="SPEC")
-    prepare.add_argument("--work", type=Path, required=True, help="work directory")
+    prepare.add_argument("spec", type=local_path, metavar="SPEC")
+    prepare.add_argument("--work", type=local_path, required=True, help="work directory")
     prepare.add_argument("--allow-private-networks", action="store_true",
                          help="allow http(s) URLs on loopback or private addresses")
     prepare.set_defaults(func=cmd_prepare)
@@ -409,14 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sample-data",
         help="write a small sample dataset (captioned clips with audio) and a spec for it",
     )
-    sample.add_argument("dest", type=Path, metavar="DIR")
+    sample.add_argument("dest", type=local_path, metavar="DIR")
     sample.set_defaults(func=cmd_sample_data)
 
     tiny = sub.add_parser(
         "tiny-model",
         help="write a tiny random model of the LTX-2 classes (for tests and quick starts)",
     )
-    tiny.add_argument("dest", type=Path, metavar="DIR")
+    tiny.add_argument("dest", type=local_path, metavar="DIR")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_model)
 
@@ -426,12 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the lead-in to CLIP: its last conditioning frames are kept and "
         "the frames before them are generated. Writes an H.264 (+AAC) file.",
     )
-    extend.add_argument("--model", type=Path, help="diffusers model folder (default: tiny)")
-    extend.add_argument("--lora", type=Path, help="the trained LoRA (.safetensors)")
-    extend.add_argument("--clip", type=Path, required=True, help="the closing clip")
+    extend.add_argument("--model", type=local_path, help="diffusers model folder (default: tiny)")
+    extend.add_argument("--lora", type=local_path, help="the trained LoRA (.safetensors)")
+    extend.add_argument("--clip", type=local_path, required=True, help="the closing clip")
     extend.add_argument("--prompt", required=True)
     extend.add_argument("--negative-prompt")
-    extend.add_argument("--output", type=Path, required=True)
+    extend.add_argument("--output", type=local_path, required=True)
     extend.add_argument("--frames", type=int, default=89, help="output frames (8k+1)")
     extend.add_argument("--fps", type=int, default=24)
     extend.add_argument("--resolution", default="high")
@@ -445,8 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     extend.set_defaults(func=cmd_extend)
 
     def training_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", help="diffusers model folder or its s3:// / file:// store "
-                       "URL (default: the spec's model.url, else the tiny model)")
+        p.add_argument("--model", help="diffusers model folder, or the s3:// / file:// store "
+                       "URL of one (downloaded into the model cache); default: the spec's "
+                       "model.url")
+        p.add_argument("--model-cache", type=local_path, metavar="DIR",
+                       help="where a model given by URL is downloaded, once (env "
+                       f"{MODEL_CACHE_ENV}; default WORK/model-cache)")
         p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
         p.add_argument("--preview-every", type=int, help="steps between previews (0: end)")
         p.add_argument("--preview-steps", type=int, help="denoising steps of a preview")
@@ -458,12 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train locally: prepare, train, previews and publish in one process",
-        description="Run a whole training on this machine. With no --model the tiny model "
-        "is used (written on first use); with no --output, ./ltx-extend-output.",
+        description="Run a whole training on this machine. With no --model and no spec.model "
+        "the tiny random model is used (written on first use); with no --output, "
+        "./ltx-extend-output. Running the same command again continues an interrupted run "
+        "from its last checkpoint; a finished run is not trained again.",
     )
-    train.add_argument("spec", type=Path, metavar="SPEC")
-    train.add_argument("--output", help="file:// or s3:// artifact store URL")
-    train.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
+    train.add_argument("spec", type=local_path, metavar="SPEC")
+    train.add_argument("--output", metavar="DIR|URL",
+                       help="a folder (plain path or file://) or an s3:// URL")
+    train.add_argument("--work", type=local_path,
+                       help="work folder: caches, checkpoints, temporary files "
+                       "(default OUTPUT/.work)")
+    train.add_argument("--resume", metavar="RUN",
+                       help="continue this run folder (local/NAME/ID, as printed) instead of "
+                       "the one the spec gives")
     train.add_argument("--progress-port", type=int, help="serve /progress and /metrics")
     training_options(train)
     train.set_defaults(func=cmd_train)
@@ -472,15 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
         "job",
         help="run one stage as the operator's Jobs do (prepare or train)",
         description="Run one stage with the spec as JSON. Exit codes: 0 success, 1 internal "
-        "error, 3 invalid input, 4 download failure. The result goes to the store and the "
-        "termination log.",
+        "error, 2 usage, 3 invalid input, 4 download failure. The result goes to the store "
+        "and the termination log. Every file it writes is under --work or --model-cache.",
     )
     job.add_argument("stage", choices=["prepare", "train"])
     job.add_argument("--spec-json", help="the spec as JSON, or @FILE (env LTX_EXTEND_SPEC)")
-    job.add_argument("--store", help="artifact store URL (env LTX_EXTEND_STORE)")
-    job.add_argument("--run", help="<namespace>/<name>/<uid> (env LTX_EXTEND_RUN)")
-    job.add_argument("--work", type=Path, default=Path("/tmp/ltx-extend"))
-    job.add_argument("--termination-log", type=Path,
+    job.add_argument("--store", help="artifact store: a folder, file:// or s3:// URL (env "
+                     "LTX_EXTEND_STORE)")
+    job.add_argument("--run", type=_run_argument,
+                     help="<namespace>/<name>/<uid> (env LTX_EXTEND_RUN)")
+    job.add_argument("--work", type=local_path, default=Path("/tmp/ltx-extend"))
+    job.add_argument("--termination-log", type=local_path,
                      help="default /dev/termination-log when writable")
     job.add_argument("--progress-port", type=int, default=8080)
     job.add_argument("--allow-file-urls", action="store_true")
@@ -489,9 +434,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _confinement(args: argparse.Namespace) -> Path | None:
+    """The work folder `job` and `train` write under (None for other commands); sets
+    the defaults of --work and --model-cache that depend on it."""
+    import os
+
+    if args.command not in ("job", "train"):
+        return None
+    if args.work is None:
+        from .local_run import default_work
+
+        args.work = default_work(args.output)
+    args.work = args.work.absolute()
+    if args.model_cache is None:
+        args.model_cache = Path(os.environ.get(MODEL_CACHE_ENV) or args.work / "model-cache")
+    args.model_cache = args.model_cache.absolute()
+    return args.work
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .workspace import confined_to
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    work = _confinement(args)
+    if work is None:
+        return int(args.func(args))
+    with confined_to(work):  # before torch, transformers & co. are imported
+        return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -4,18 +4,27 @@ both in one process for a local run.
 Every exit path, failures included, leaves a result: a JSON manifest in the artifact
 store (`<run>/result-<stage>.json`) and the pod's termination message (at most 4 KiB).
 The process exit code tells the outcome class (see `outcomes.ExitCode`).
+
+A local run's folder is derived from what it trains (`local_run_id`), so the same
+command run again continues it: stages that succeeded are not run again and training
+resumes from its last checkpoint. Before a local stage starts, its result already says
+`Interrupted`; an attempt that is killed leaves exactly that behind.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ltx_contract.billing import billable_units
-from ltx_contract.outcomes import ExitCode, Outcome
+from ltx_contract.manifest import Manifest
+from ltx_contract.outcomes import NO_BASE_MODEL, ExitCode, NoBaseModel, Outcome
 from ltx_contract.result import JobResult
 from ltx_contract.spec import TrainingSpec
 
@@ -26,6 +35,18 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "train")
+INTERRUPTED = "Interrupted"
+
+
+def local_run_id(spec: TrainingSpec, name: str, model: str | None, seed: int,
+                 max_sequence_length: int) -> str:
+    """`local/<name>/<digest>`: the same spec, model and seed give the same folder."""
+    plain = re.sub(r"\.\.+", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", name))[:63].strip(".-_")
+    plain = plain or "training"
+    what = {"spec": json.loads(spec.to_json()), "model": model, "seed": seed,
+            "maxSequenceLength": max_sequence_length}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+    return f"local/{plain}/{digest}"
 
 
 @dataclass
@@ -35,6 +56,10 @@ class JobContext:
     run: str  # "<namespace>/<name>/<uid>": the resource's folder in the store
     work_dir: Path
     model_dir: Path | str | None = None  # a folder, or a store URL of one
+    model_cache: Path | None = None  # where a model given by URL is downloaded
+    #: a local `ltx-extend train`: the tiny model stands in for a missing base model,
+    #: and results record an attempt that stops half-way
+    local_run: bool = False
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     termination_log: Path | None = None
     progress: ProgressState = field(default_factory=ProgressState)
@@ -60,6 +85,23 @@ def run_stage(stage: str, ctx: JobContext) -> JobResult:
     return result
 
 
+def read_result(ctx: JobContext, stage: str) -> JobResult | None:
+    """The result an earlier attempt left in the store, if any."""
+    stored = ctx.store.get_json(f"{ctx.run}/result-{stage}.json")
+    return JobResult.model_validate(stored) if isinstance(stored, dict) else None
+
+
+def interrupted(stage: str, step: int = 0) -> JobResult:
+    """What a local stage's result says while it runs, and after a crash."""
+    where = f" after step {step}" if step else ""
+    resume = f"resume from step {step}" if step else "continue"
+    return JobResult(
+        stage=stage, outcome="Failed", reason=INTERRUPTED, steps_completed=step,
+        message=f"the {stage} stage stopped{where} before it finished (the process was "
+        f"killed or crashed); run the same command again to {resume}",
+        exit_code=int(ExitCode.INTERNAL_ERROR))
+
+
 def write_result(ctx: JobContext, result: JobResult) -> None:
     try:
         ctx.store.put_json(f"{ctx.run}/result-{result.stage}.json", result.to_dict())
@@ -75,12 +117,13 @@ def write_result(ctx: JobContext, result: JobResult) -> None:
 def _prepare(ctx: JobContext) -> JobResult:
     ctx.progress.stage("preparing")
     work = ctx.work_dir / "prepare"
-    manifest = prepare_dataset(ctx.spec, work, PrepareSettings(fetch=ctx.fetch))
+    prepare_dataset(ctx.spec, work, PrepareSettings(fetch=ctx.fetch))
+    manifest = Manifest.read(work / "dataset")
     ctx.progress.stage("uploading")
     ctx.store.put_tree(work / "dataset", f"{ctx.run}/dataset")
     result = JobResult(stage="prepare", outcome="Succeeded", reason="DatasetReady",
-                       message=f"{len(manifest['samples'])} training samples and "
-                       f"{len(manifest['validation'])} validation clips ready",
+                       message=f"{len(manifest.samples)} training samples and "
+                       f"{len(manifest.validation)} validation clips ready",
                        exit_code=int(ExitCode.SUCCESS))
     if ctx.spec.debug_dataset:
         _publish(ctx, result, "debug_dataset", work / "debug_dataset.zip", "debug_dataset.zip")
@@ -109,6 +152,9 @@ def _train(ctx: JobContext) -> JobResult:
     from .model.source import resolve_model_dir
     from .training.trainer import Trainer, TrainerHooks, TrainSettings
 
+    source = ctx.model_dir or (ctx.spec.model.url if ctx.spec.model else None)
+    if source is None and not ctx.local_run:
+        raise NoBaseModel(NO_BASE_MODEL)  # a Job never trains the tiny random model
     ctx.progress.stage("downloading")
     work = ctx.work_dir / "train"
     if ctx.store.get_tree(f"{ctx.run}/dataset", work / "dataset") == 0:
@@ -119,8 +165,7 @@ def _train(ctx: JobContext) -> JobResult:
     if latest is not None:
         ctx.store.get_tree(f"{ctx.run}/checkpoints/{latest}", work / "checkpoints" / latest)
         log.info("checkpoint %s downloaded", latest)
-    source = ctx.model_dir or (ctx.spec.model.url if ctx.spec.model else None)
-    model_dir = resolve_model_dir(source)
+    model_dir = resolve_model_dir(source, ctx.model_cache or ctx.work_dir / "model-cache")
 
     def upload_cache(cache: Path) -> None:
         if not ctx.store.keys(f"{ctx.run}/cache/index.json"):
@@ -128,6 +173,8 @@ def _train(ctx: JobContext) -> JobResult:
 
     def upload_checkpoint(path: Path) -> None:
         ctx.store.put_tree(path, f"{ctx.run}/checkpoints/{path.name}")
+        if ctx.local_run:  # a crash from here on resumes from this step
+            write_result(ctx, interrupted("train", int(path.name.removeprefix("step-"))))
 
     def report(progress: Any) -> None:
         ctx.progress.step(progress.step, progress.total, progress.loss,
@@ -172,9 +219,19 @@ def _train(ctx: JobContext) -> JobResult:
 
 
 def run_local(ctx: JobContext) -> list[JobResult]:
-    """Prepare then train in one process (the quick start). Stops at the first failure."""
+    """Prepare then train in one process (the quick start), continuing the run folder
+    where an earlier attempt stopped. Stops at the first failure."""
+    ctx.store.put_json(f"{ctx.run}/spec.json", json.loads(ctx.spec.to_json()))
     results = []
     for stage in STAGES:
+        earlier = read_result(ctx, stage)
+        if earlier is not None and earlier.succeeded:
+            log.info("the %s stage succeeded in an earlier attempt; not run again", stage)
+            results.append(earlier)
+            continue
+        if earlier is not None and earlier.reason == INTERRUPTED:
+            log.info("continuing: %s", earlier.message)
+        write_result(ctx, interrupted(stage, earlier.steps_completed if earlier else 0))
         results.append(run_stage(stage, ctx))
         if not results[-1].succeeded:
             break

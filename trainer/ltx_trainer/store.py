@@ -1,4 +1,5 @@
-"""The artifact store: `file://` folders and S3-compatible object storage (minio client).
+"""The artifact store: local folders (a plain path or a `file://` URL) and S3-compatible
+object storage (minio client).
 
 Per resource: `<prefix>/<namespace>/<name>/<uid>/{dataset,cache,checkpoints,outputs}`
 plus the stage results; the uid keeps a re-created resource of the same name from ever
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -19,11 +21,23 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PART_SIZE = 64 * 2**20
+
+_SEGMENT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
+
+
+def check_run(run: str) -> str:
+    """`run` if it is `<namespace>/<name>/<uid>`: three plain path segments (letters,
+    digits, '.', '-', '_'; never '.' or '..'), else ValueError saying so."""
+    parts = run.split("/")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(p) and ".." not in p for p in parts):
+        raise ValueError(f"the run must be <namespace>/<name>/<uid>, three plain path "
+                         f"segments of letters, digits, '.', '-' or '_', not {run!r}")
+    return run
 
 
 def _retry(what: str, action: Callable[[], T], attempts: int = 4, backoff: float = 1.0) -> T:
@@ -78,6 +92,19 @@ class Store(ABC):
         finally:
             os.unlink(tmp.name)
 
+    def get_json(self, key: str) -> Any | None:
+        """The JSON document at `key`, or None when there is none (or it is not JSON)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / "document.json"
+            if not self.get_file(key, local):
+                return None
+            try:
+                return json.loads(local.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                return None
+
     def put_tree(self, local: Path, prefix: str) -> None:
         for path in sorted(local.rglob("*")):
             if path.is_file():
@@ -91,8 +118,11 @@ class Store(ABC):
 
 
 class FileStore(Store):
-    def __init__(self, root: Path):
-        self.root = root
+    """A local folder. URLs are given in the form the folder was: `file://` URLs for a
+    `file://` store, paths (relative ones kept relative) for a plain path."""
+
+    def __init__(self, root: Path, plain: bool = False):
+        self.root, self.plain = root, plain
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -113,7 +143,9 @@ class FileStore(Store):
         if not source.is_file():
             return False
         local.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, local)
+        partial = local.with_name(local.name + ".part")
+        shutil.copyfile(source, partial)
+        partial.replace(local)  # whole or not at all, as the S3 client does
         return True
 
     def keys(self, prefix: str) -> list[str]:
@@ -126,6 +158,8 @@ class FileStore(Store):
         return sorted(k for k in found if k.startswith(prefix))
 
     def url(self, key: str) -> str:
+        if self.plain:
+            return os.path.normpath(os.path.join(self.root, key))
         return self._path(key).as_uri()
 
 
@@ -173,17 +207,33 @@ class S3Store(Store):
             self.bucket, self._key(key), expires=timedelta(seconds=self.presign_seconds))
 
 
-def open_store(url: str, env: dict[str, str] | None = None) -> Store:
-    """A store for `file:///path` or `s3://bucket/prefix` (settings from the environment:
-    see `ltx_trainer.s3`; `LTX_EXTEND_PRESIGN_SECONDS`, `LTX_EXTEND_PUBLIC_BASE_URL`)."""
-    env = dict(os.environ) if env is None else env
+def file_url_path(url: str) -> Path:
+    """The path of a `file:///path` URL; ValueError for a relative or remote one."""
     parts = urlsplit(url)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
+        raise ValueError(f"{url!r} is not a file:///absolute/path URL (write a plain path "
+                         "for a relative folder)")
+    return Path(unquote(parts.path))
+
+
+def open_store(url: str, env: dict[str, str] | None = None) -> Store:
+    """A store for a folder (a plain path or `file:///path`) or `s3://bucket/prefix`
+    (settings from the environment: see `ltx_trainer.s3`; `LTX_EXTEND_PRESIGN_SECONDS`,
+    `LTX_EXTEND_PUBLIC_BASE_URL`)."""
+    env = dict(os.environ) if env is None else env
+    if not url:
+        raise ValueError("the artifact store is empty: give a folder, a file:// or an "
+                         "s3://bucket URL")
+    parts = urlsplit(url)
+    if "://" not in url:
+        return FileStore(Path(url), plain=True)
     if parts.scheme == "file":
-        return FileStore(Path(parts.path))
+        return FileStore(file_url_path(url))
     if parts.scheme == "s3" and parts.netloc:
         from .s3 import client_from_env
 
         return S3Store(parts.netloc, parts.path, client_from_env(env),
                        presign_seconds=int(env.get("LTX_EXTEND_PRESIGN_SECONDS", 7 * 24 * 3600)),
                        public_base_url=env.get("LTX_EXTEND_PUBLIC_BASE_URL") or None)
-    raise ValueError(f"the artifact store must be a file:// or s3://bucket URL, not {url!r}")
+    raise ValueError("the artifact store must be a folder, a file:// or an s3://bucket URL, "
+                     f"not {url!r}")

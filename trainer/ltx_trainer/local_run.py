@@ -1,0 +1,165 @@
+"""`ltx-extend train`: a whole training on this machine, resumable.
+
+The run's folder in the output is derived from what it trains (spec, model, seed), so
+running the same command again after a crash continues it from its last checkpoint,
+and a run that finished is not trained again: its outputs are printed. `--resume RUN`
+names the folder outright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ltx_contract.billing import cost
+from ltx_contract.outcomes import ExitCode
+from ltx_contract.result import JobResult
+from ltx_contract.spec import TrainingSpec
+
+from .store import Store, check_run, open_store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT = "ltx-extend-output"
+TINY_MODEL_NOTICE = ("using the tiny random model (no --model and no spec.model): it trains "
+                     "a LoRA of noise, for trying the pipeline only")
+_ARTIFACTS = (("LoRA", "lora_file"), ("config", "config_file"),
+              ("validation reel", "video"), ("debug dataset", "debug_dataset"))
+
+
+def default_work(output: str | None) -> Path:
+    """`<output>/.work` for a local output folder; a folder in the system's temporary
+    folder for an s3:// one."""
+    output = output or DEFAULT_OUTPUT
+    if output.startswith("file://"):
+        from .store import file_url_path
+
+        try:
+            return file_url_path(output) / ".work"
+        except ValueError:  # refused, with its reason, when the store is opened
+            return Path(tempfile.gettempdir()) / "ltx-extend-work"
+    if "://" not in output:
+        return Path(output) / ".work"
+    return Path(tempfile.gettempdir()) / "ltx-extend-work"
+
+
+def _model_source(args: argparse.Namespace, spec: TrainingSpec) -> tuple[str | None, str | None]:
+    """(the model to use, or None for the tiny model; a problem with it, if any)."""
+    if args.model:
+        if not args.model.startswith(("s3://", "file://")) and not (
+                Path(args.model) / "model_index.json").is_file():
+            return None, f"--model {args.model} is not a diffusers model folder (no " \
+                "model_index.json)"
+        return args.model, None
+    if spec.model and spec.model.url:
+        return spec.model.url, None
+    if spec.model and spec.model.claim_name:
+        return None, (f"spec.model.claimName ({spec.model.claim_name}) names a "
+                      "PersistentVolumeClaim, which a local run cannot mount: give the "
+                      "model folder with --model DIR")
+    return None, None
+
+
+def _resume_key(given: str, store: Store) -> str:
+    """A run key from `--resume`: the key itself (`local/NAME/ID`), or the run's folder
+    as printed (a path or a URL in the output)."""
+    from .store import FileStore, file_url_path
+
+    if isinstance(store, FileStore) and (given.startswith("file:") or "://" not in given):
+        try:
+            path = file_url_path(given) if given.startswith("file:") else Path(given)
+            return path.resolve().relative_to(store.root.resolve()).as_posix()
+        except ValueError:
+            return given  # not in the output: judged as a key
+    root = store.url("").rstrip("/") + "/"
+    return given.removeprefix(root).strip("/")
+
+
+def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> None:
+    print(f"run: {store.url(run)}")
+    for label, key in _ARTIFACTS:
+        if (url := getattr(result.artifacts, key)) is not None:
+            print(f"{label}: {url}")
+    print(f"billable units: {result.billable_units} (${cost(result.billable_units)}){billed}")
+
+
+def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings: Any) -> int:
+    from .dataset import FetchPolicy
+    from .progress import ProgressServer, ProgressState
+    from .runner import JobContext, local_run_id, read_result, run_local
+    from .spec_file import resource_name
+    from .workspace import make_folders
+
+    if spec is None:
+        return ExitCode.INVALID_INPUT
+    try:
+        store = open_store(args.output or DEFAULT_OUTPUT)
+    except ValueError as exc:
+        print(f"--output: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    model, problem = _model_source(args, spec)
+    if problem:
+        print(problem, file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    if model is None:
+        print(TINY_MODEL_NOTICE, flush=True)
+    make_folders()
+    if args.resume:
+        try:
+            run = check_run(_resume_key(args.resume, store))
+        except ValueError as exc:
+            print(f"--resume: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
+        recorded = store.get_json(f"{run}/spec.json")
+        if recorded is None:
+            print(f"--resume: there is no run {store.url(run)}", file=sys.stderr)
+            return ExitCode.USAGE
+        given = json.loads(spec.to_json())
+        if recorded != given:
+            changed = sorted(k for k in {*recorded, *given} if recorded.get(k) != given.get(k))
+            print(f"--resume: {store.url(run)} was started with another spec "
+                  f"({', '.join(changed)} differ)", file=sys.stderr)
+            return ExitCode.INVALID_INPUT
+    else:
+        model_key = str(Path(model).absolute()) if model and "://" not in model else model
+        run = local_run_id(spec, resource_name(args.spec) or args.spec.stem, model_key,
+                           settings.seed, settings.max_sequence_length)
+    stage = JobContext(spec=spec, store=store, run=run, work_dir=Path())
+    finished = read_result(stage, "train")
+    if finished is not None and finished.succeeded:
+        print(f"{store.url(run)} finished earlier: not training it again")
+        _print_outputs(store, run, finished, ", billed when it finished")
+        return ExitCode.SUCCESS
+
+    scratch = args.work / "runs" / run.replace("/", "-")
+    state = ProgressState()
+    ctx = JobContext(spec=spec, store=store, run=run, work_dir=scratch, model_dir=model,
+                     model_cache=args.model_cache, local_run=True, progress=state,
+                     fetch=FetchPolicy(allow_file_urls=True,
+                                       allow_private_networks=args.allow_private_networks),
+                     train_settings=settings)
+    try:
+        if args.progress_port is not None:
+            with ProgressServer(state, args.progress_port, host="127.0.0.1") as server:
+                print(f"progress: http://127.0.0.1:{server.port}/progress", file=sys.stderr)
+                results = run_local(ctx)
+        else:
+            results = run_local(ctx)
+    except KeyboardInterrupt:
+        print(f"interrupted: run the same command again to continue {store.url(run)}",
+              file=sys.stderr)
+        return 130
+    final = results[-1]
+    if not final.succeeded:
+        print(f"{final.stage} failed ({final.reason}): {final.message}", file=sys.stderr)
+        print("billable units: 0", file=sys.stderr)
+        return final.exit_code
+    shutil.rmtree(scratch, ignore_errors=True)  # everything it made is in the output now
+    _print_outputs(store, run, final, "")
+    return ExitCode.SUCCESS
