@@ -254,7 +254,7 @@ def test_the_alerts_read_metrics_that_exist(helm):
     from ltx_trainer.progress import ProgressState
 
     served = generate_latest(ProgressState().registry).decode()
-    for name in ("ltx_extend_train_step", "ltx_extend_train_steps_total"):
+    for name in ("ltx_extend_train_step", "ltx_extend_train_total_steps"):
         assert name in alerts["LtxTrainingStalled"] and f"\n{name}" in served
 
 

@@ -108,7 +108,7 @@ async def test_a_training_from_apply_to_billed_success(cluster):
     rules = train["spec"]["podFailurePolicy"]["rules"]
     assert rules[1] == {"action": "Ignore",
                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert rules[0]["onExitCodes"]["values"] == [3, 4]
+    assert rules[0]["onExitCodes"]["values"] == [2, 3, 4]
     await start_pod(cluster, "door-train", "door-train-abcde", RUNNING)
     await cluster.until(lambda: cluster.phase("door", "Training"))
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import copy
 
 import pytest
-from pod_security import violations
 from test_chart import EVERYTHING_ON, by_kind, render
 from test_chart import helm as helm  # the fixture
 
 from ltx_contract.spec import parse_spec
 from ltx_operator.jobs import build_job
 from ltx_operator.settings import OperatorSettings
+
+from pod_security import violations
 
 BODY = {"metadata": {"name": "door", "namespace": "team", "uid": "u-1"}}
 SPEC = parse_spec({"trainingDataUrl": "s3://d/c.zip", "model": {"url": "s3://m/ltx-2.3"}})

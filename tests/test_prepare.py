@@ -296,12 +296,3 @@ def test_nothing_is_written_outside_the_work_directory(tmp_path, clips):
     prepare_dataset(spec_for(archive), tmp_path / "work", LOCAL)
     assert set(tmp_path.iterdir()) - before == {tmp_path / "work"}
     assert {p.name for p in (tmp_path / "work").iterdir()} == {"dataset"}
-
-
-def test_the_manifest_reads_by_wire_name_too(tmp_path, clips):
-    archive = zip_clips(tmp_path / "d.zip", {"a.mp4": clips["ntsc"]})
-    manifest = prepare_dataset(spec_for(archive), tmp_path / "work", LOCAL)
-    assert manifest["frameRate"] == manifest.frame_rate == 24
-    assert manifest["samples"] is manifest.samples
-    with pytest.raises(KeyError):
-        manifest["frame_rate"]  # wire names only

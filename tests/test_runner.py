@@ -226,7 +226,7 @@ def test_progress_and_metrics_answer_during_a_run(bucket, s3_server, tiny_model,
         assert progress["totalSteps"] == 300 and progress["loss"] is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
             families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
-        assert families["ltx_extend_train_steps_total"].samples[0].value == 300
+        assert families["ltx_extend_train_total_steps"].samples[0].value == 300
         assert families["ltx_extend_train_step"].samples[0].value >= 1
     finally:
         proc.kill()

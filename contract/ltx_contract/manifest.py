@@ -102,14 +102,6 @@ class Manifest(Document):
     ignored: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # for the user: clips by archive path
 
-    def __getitem__(self, key: str) -> object:
-        """A top-level field by its wire name (`manifest["samples"]`), for callers written
-        when `prepare_dataset` returned the manifest as a dict; attributes are the API."""
-        for name, info in type(self).model_fields.items():
-            if (info.alias or name) == key:
-                return getattr(self, name)
-        raise KeyError(key)
-
     def suffix_window(self, clip: _Clip) -> SuffixWindow:
         """The suffix window of one of this manifest's samples or validation clips."""
         return clip.suffix_window(self.conditioning_frames)

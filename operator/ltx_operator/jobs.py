@@ -141,13 +141,15 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         "backoffLimit": backoff,
         "suspend": spec.suspend,
         "template": {"metadata": template_meta, "spec": pod},
-        # Invalid input (a diverged run too) and download failures will not get better
-        # on retry; a node that goes away (preemption, drain) is not the pod's fault:
-        # retry without counting, and the new pod resumes from the last checkpoint.
+        # A malformed command line (2), invalid input (3; a diverged run too) and download
+        # failures (4) will not get better on retry; a node that goes away (preemption,
+        # drain) is not the pod's fault: retry without counting, and the new pod resumes
+        # from the last checkpoint.
         "podFailurePolicy": {"rules": [
             {"action": "FailJob", "onExitCodes": {
                 "containerName": CONTAINER, "operator": "In",
-                "values": [int(ExitCode.INVALID_INPUT), int(ExitCode.DOWNLOAD_FAILURE)]}},
+                "values": [int(ExitCode.USAGE), int(ExitCode.INVALID_INPUT),
+                           int(ExitCode.DOWNLOAD_FAILURE)]}},
             {"action": "Ignore",
              "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]},

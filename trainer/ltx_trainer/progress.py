@@ -28,7 +28,7 @@ class ProgressState:
         self.registry = CollectorRegistry()
         self._step = Gauge("ltx_extend_train_step", "Optimization steps done",
                            registry=self.registry)
-        self._total = Gauge("ltx_extend_train_steps_total", "Optimization steps in all",
+        self._total = Gauge("ltx_extend_train_total_steps", "Optimization steps in all",
                             registry=self.registry)
         self._loss = Gauge("ltx_extend_train_loss", "Latest training loss",
                            registry=self.registry)

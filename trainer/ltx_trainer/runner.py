@@ -103,9 +103,13 @@ def interrupted(stage: str, step: int = 0) -> JobResult:
 
 
 def write_result(ctx: JobContext, result: JobResult) -> None:
+    key = f"{ctx.run}/result-{result.stage}.json"
     try:
-        ctx.store.put_json(f"{ctx.run}/result-{result.stage}.json", result.to_dict())
+        # the one link the termination message carries: to this copy, which has the rest
+        result.result_url = ctx.store.download_url(key)
+        ctx.store.put_json(key, result.to_dict())
     except Exception as exc:  # the termination message below still carries the result
+        result.result_url = None
         log.error("could not write the result manifest: %s", exc)
     if ctx.termination_log is not None:
         try:

@@ -89,17 +89,19 @@ def download_model(url: str, cache: Path) -> Path:
 
 
 def tiny_model(cache: Path) -> Path:
-    """The tiny random model in `cache`, written on first use (local runs only)."""
-    from .tiny import write_tiny_model
+    """The tiny random model in `cache`, written on first use (local runs only), and
+    written again when an older maker wrote the one there."""
+    from .tiny import is_current_tiny_model, write_tiny_model
 
     dest = cache / TINY_MODEL
-    if is_model_folder(dest):
+    if is_current_tiny_model(dest):
         return dest
     with _locked(cache, TINY_MODEL):
-        if not is_model_folder(dest):
+        if not is_current_tiny_model(dest):
             partial = cache / f".{TINY_MODEL}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             write_tiny_model(partial)
+            shutil.rmtree(dest, ignore_errors=True)
             partial.rename(dest)
     return dest
 

@@ -4,15 +4,14 @@ extended backward with the LoRA as it is now (the live trainer's transformer).""
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ltx_contract.manifest import Manifest
 from ltx_contract.spec import TrainingSpec
-from ltx_contract.suffix import SuffixWindow
 
 from ..codec.latents import to_frames
 from ..codec.text import load_text
@@ -43,36 +42,36 @@ def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: 
                 max_sequence_length: int) -> Path | None:
     """Extend every validation clip backward and write the combined reel to `dest`
     (None when the training has no validation clips)."""
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    if not manifest["validation"]:
+    manifest = Manifest.read(dataset_dir)
+    if not manifest.validation:
         return None
     was_training = models.transformer.training
     models.transformer.eval()
     parts = []
     negative = load_text(cache_dir, spec.validation_negative_prompt)
-    for entry in manifest["validation"]:
-        suffix = SuffixWindow(entry["frames"], entry["frameRate"], spec.conditioning_frames)
-        closing = read_video(dataset_dir / entry["video"])
-        audio, rate = (read_wav(dataset_dir / entry["audio"]["path"]) if spec.with_audio
+    for entry in manifest.validation:
+        suffix = manifest.suffix_window(entry)
+        closing = read_video(dataset_dir / entry.video)
+        audio, rate = (read_wav(dataset_dir / entry.audio.path) if spec.with_audio
                        else (None, None))
         result = extend_backward(
             models, profile, closing, None if audio is None else torch.from_numpy(audio),
-            load_text(cache_dir, entry["prompt"]), negative, suffix=suffix,
+            load_text(cache_dir, entry.prompt), negative, suffix=suffix,
             with_audio=spec.with_audio, steps=steps, stg_scale=spec.stg_scale,
-            seed=seed + entry["index"], max_sequence_length=max_sequence_length)
+            seed=seed + entry.index, max_sequence_length=max_sequence_length)
         cut = suffix.first_suffix_frame
         part = ReelPart(lead_in=result.frames[:cut], closing=to_frames(closing)[cut:],
-                        prompt=entry["prompt"])
+                        prompt=entry.prompt)
         if spec.with_audio:
             split = round(cut / suffix.frame_rate * result.sample_rate)
             part.lead_in_audio, part.lead_in_rate = result.audio[:, :split], result.sample_rate
             part.closing_audio = audio[:, round(cut / suffix.frame_rate * rate):]
             part.closing_rate = rate
         parts.append(part)
-        log.info("preview %d rendered", entry["index"])
+        log.info("preview %d rendered", entry.index)
     models.transformer.train(was_training)
     gc.collect()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    path = write_reel(parts, dest, manifest["validation"][0]["frameRate"])
+    path = write_reel(parts, dest, manifest.validation[0].frame_rate)
     log.info("validation reel %s", path)
     return path

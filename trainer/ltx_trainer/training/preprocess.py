@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ltx_contract.suffix import audio_latent_frames
+from ltx_contract.manifest import Manifest
 
 from ..codec.latents import encode_audio, encode_video
 from ..codec.text import encode_texts, load_text_by_key, save_texts, text_key
@@ -53,25 +53,25 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path, model_dir: Path, device: 
         return index
     from ..model.loader import load_component
 
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    manifest = Manifest.read(dataset_dir)
     (cache_dir / "latents").mkdir(parents=True, exist_ok=True)
     vae = load_component(model_dir, "vae", device)
     audio_vae = load_component(model_dir, "audio_vae", device) if with_audio else None
     samples = []
-    for sample in manifest["samples"]:
-        tensors = {"video": encode_video(vae, read_video(dataset_dir / sample["video"])).cpu()}
+    for sample in manifest.samples:
+        tensors = {"video": encode_video(vae, read_video(dataset_dir / sample.video)).cpu()}
         if audio_vae is not None:
-            waveform, _ = read_wav(dataset_dir / sample["audio"]["path"])
-            length = audio_latent_frames(sample["frames"], sample["frameRate"])
+            waveform, _ = read_wav(dataset_dir / sample.audio.path)
+            length = manifest.suffix_window(sample).audio_latent_frames
             tensors["audio"] = encode_audio(audio_vae, torch.from_numpy(waveform), length).cpu()
-        save_file(tensors, cache_dir / "latents" / f"{sample['id']}.safetensors")
-        samples.append({"id": sample["id"], "caption": text_key(sample["caption"]),
-                        "frames": sample["frames"], "frameRate": sample["frameRate"],
-                        "suffix": sample["suffix"]})
-        log.info("encoded %s", sample["id"])
+        save_file(tensors, cache_dir / "latents" / f"{sample.id}.safetensors")
+        samples.append({"id": sample.id, "caption": text_key(sample.caption),
+                        "frames": sample.frames, "frameRate": sample.frame_rate,
+                        "suffix": sample.suffix.to_dict()})
+        log.info("encoded %s", sample.id)
     del vae, audio_vae
-    captions = sorted({s["caption"] for s in manifest["samples"]}
-                      | {v["prompt"] for v in manifest["validation"]} | {negative_prompt})
+    captions = sorted({s.caption for s in manifest.samples}
+                      | {v.prompt for v in manifest.validation} | {negative_prompt})
     save_texts(cache_dir, encode_texts(model_dir, captions, device, max_sequence_length))
     gc.collect()
     if device.type == "cuda":
