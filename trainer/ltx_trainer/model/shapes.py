@@ -269,7 +269,7 @@ def instantiate(shapes: ModelShapes, name: str) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -281,7 +281,7 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 def build_meta(shapes: ModelShapes, name: str, dtype: torch.dtype = torch.bfloat16
                ) -> torch.nn.Module:
     """The component on the meta device: its parameters have shapes but no memory."""
-    with torch.device("meta"), _default_dtype(dtype):
+    with torch.device("meta"), default_dtype(dtype):
         return instantiate(shapes, name)
 
 

@@ -215,14 +215,13 @@ class SingleFileModel:
             from diffusers import FlowMatchEulerDiscreteScheduler
 
             return FlowMatchEulerDiscreteScheduler.from_config(self.shapes.config("scheduler"))
-        if name == "text_encoder":
+        if name == "text_encoder":  # transformers keeps its rotary tables in fp32
             model = component_class(self.shapes, name).from_pretrained(
-                self.text_encoder_dir, dtype=dtype)
-        elif name in ("transformer", "vae"):
-            model = self._from_single_file(name, device, dtype)
+                self.text_encoder_dir, dtype=dtype).to(device)
         else:
-            model = self._mapped(name)
-        model = torch.nn.Module.to(model, device=device, dtype=dtype)
+            model = (self._from_single_file(name, device, dtype) if name in ("transformer", "vae")
+                     else self._mapped(name, dtype))
+            model = torch.nn.Module.to(model, device=device, dtype=dtype)
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise CheckpointError(f"{self.checkpoint}: the {name} weights are incomplete")
         return model.eval().requires_grad_(False)
@@ -253,12 +252,13 @@ class SingleFileModel:
                                       ) from None
         return model
 
-    def _mapped(self, name: str) -> Any:
+    def _mapped(self, name: str, dtype: torch.dtype) -> Any:
         """A component diffusers has no single-file loader for: our key map, loaded into
-        the component laid out without memory (buffers computed as usual)."""
+        the component laid out without memory; its buffers are computed in `dtype`, as
+        diffusers' `from_pretrained` computes them."""
         from accelerate import init_empty_weights
 
-        from .shapes import instantiate
+        from .shapes import default_dtype, instantiate
 
         original = self._read(name)
         if name == "audio_vae":  # diffusers has the key table but not the loader for it
@@ -267,7 +267,7 @@ class SingleFileModel:
             state = convert_ltx2_audio_vae_to_diffusers(original)
         else:
             state = (_connectors_state if name == "connectors" else _vocoder_state)(original)
-        with init_empty_weights(include_buffers=False):
+        with init_empty_weights(include_buffers=False), default_dtype(dtype):
             model = instantiate(self.shapes, name)
         try:
             model.load_state_dict(state, strict=True, assign=True)
