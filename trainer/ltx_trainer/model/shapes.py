@@ -313,7 +313,10 @@ def build_component(shapes: ModelShapes, name: str, device: torch.device | str =
 def randomize(model: torch.nn.Module, seed: int) -> None:
     """Seeded weights at the scale trained weights have: variance 1/fan_in for matrices
     and kernels, ones for norm gains, zeros for biases. Buffers are left as constructed."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    device = next(model.parameters()).device
+    if device.type == "meta":  # shapes only: nothing to draw
+        return
+    generator = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if param.dim() >= 2:
