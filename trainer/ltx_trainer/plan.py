@@ -240,8 +240,19 @@ def _with_depth(shapes: Any, depth: int) -> Any:
     return ModelShapes(f"{shapes.name}@{depth}", configs)
 
 
+_TEXT_FEATURES: dict[tuple[str, int], tuple[Any, Any, Any, int]] = {}
+
+
 def _text_features(shapes: Any, step: StepShape) -> tuple[Any, Any, Any, int]:
-    """The connectors' outputs for the step's text (meta tensors) and their FLOPs."""
+    """The connectors' outputs for the step's text (meta tensors) and their FLOPs; the
+    same for every step of a model and text length."""
+    key = (shapes.to_json(), step.text_tokens)
+    if key not in _TEXT_FEATURES:
+        _TEXT_FEATURES[key] = _run_connectors(shapes, step.text_tokens)
+    return _TEXT_FEATURES[key]
+
+
+def _run_connectors(shapes: Any, text_tokens: int) -> tuple[Any, Any, Any, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -250,9 +261,9 @@ def _text_features(shapes: Any, step: StepShape) -> tuple[Any, Any, Any, int]:
     connectors = build_meta(shapes, "connectors")
     config = connectors.config
     meta = torch.device("meta")
-    text = torch.empty(1, step.text_tokens, config.caption_channels * config.text_proj_in_factor,
+    text = torch.empty(1, text_tokens, config.caption_channels * config.text_proj_in_factor,
                        device=meta, dtype=torch.bfloat16)
-    mask = torch.ones(1, step.text_tokens, device=meta, dtype=torch.long)
+    mask = torch.ones(1, text_tokens, device=meta, dtype=torch.long)
     with torch.no_grad(), _as_on_gpu(), FlopCounterMode(display=False) as counter:
         video, audio, text_mask = connectors(text, mask, padding_side="left")
     return video, audio, text_mask, counter.get_total_flops()
@@ -408,8 +419,8 @@ def _gib(n: float) -> str:
     return f"{n / GIB:,.1f} GiB"
 
 
-def table(plans: list[Plan]) -> str:
-    """The plans side by side, one column each."""
+def table(plans: list[Plan], markdown: bool = False) -> str:
+    """The plans side by side, one column each (aligned text, or a Markdown table)."""
     first = plans[0]
 
     def row(label: str, cell: Any) -> list[str]:
@@ -441,6 +452,12 @@ def table(plans: list[Plan]) -> str:
         row(f"seconds per step at {first.utilisation:.0%}: all / fewest",
             both(lambda p, k: f"{p.seconds(k):.2f}")),
     ]
+    if markdown:
+        cells = [[c.replace("|", "\\|") for c in r] for r in rows]
+        cells[0][0] = "per training step"
+        lines = ["| " + " | ".join(r) + " |" for r in cells]
+        lines.insert(1, "|" + "---|" * len(rows[0]))
+        return "\n".join(lines)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     head = (f"{first.model}: transformer {first.transformer_params / 1e9:.2f} B + connectors "
             f"{first.connector_params / 1e9:.2f} B parameters; one step on {first.gpu.name} "
@@ -473,7 +490,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--with-variants", action="store_true",
                         help="also plan the first spec with audio, and at high resolution "
                         "with 121 frames")
-    parser.add_argument("--json", action="store_true", help="one JSON object per spec")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object per spec")
+    output.add_argument("--markdown", action="store_true", help="the table in Markdown")
     parser.set_defaults(func=run)
 
 
@@ -510,6 +529,6 @@ def run(args: argparse.Namespace) -> int:
         for p in plans:
             print(json.dumps({**p.summary(), "cost": asdict(p.cost)}))
     else:
-        print(table(plans))
+        print(table(plans, markdown=args.markdown))
     return ExitCode.SUCCESS
 
