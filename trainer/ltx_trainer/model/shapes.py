@@ -21,9 +21,10 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the command line starts without it
+    import torch
 
 # -- the release configs ----------------------------------------------------------------
 
@@ -270,6 +271,8 @@ def instantiate(shapes: ModelShapes, name: str) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -278,23 +281,28 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_meta(shapes: ModelShapes, name: str, dtype: torch.dtype = torch.bfloat16
+def build_meta(shapes: ModelShapes, name: str, dtype: torch.dtype | None = None
                ) -> torch.nn.Module:
-    """The component on the meta device: its parameters have shapes but no memory."""
-    with torch.device("meta"), default_dtype(dtype):
+    """The component on the meta device (bf16 unless `dtype`): its parameters have
+    shapes but no memory."""
+    import torch
+
+    with torch.device("meta"), default_dtype(dtype or torch.bfloat16):
         return instantiate(shapes, name)
 
 
 def build_component(shapes: ModelShapes, name: str, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> torch.nn.Module:
-    """The component with seeded random weights in `dtype` on `device`, in eval mode.
+                    dtype: torch.dtype | None = None, seed: int = 0) -> torch.nn.Module:
+    """The component with seeded random weights in `dtype` (bf16) on `device`, in eval
+    mode.
 
     The parameters are laid out on the meta device and materialised on `device`
     directly (a 19B transformer never passes through CPU memory or fp32); the buffers,
     such as the vocoder's filters, are small and computed at construction as usual."""
+    import torch
     from accelerate import init_empty_weights
 
-    device = torch.device(device)
+    device, dtype = torch.device(device), dtype or torch.bfloat16
     with init_empty_weights(include_buffers=False):
         model = instantiate(shapes, name)
     torch.nn.Module.to(model, dtype=dtype)  # meta parameters cost nothing to cast
@@ -309,14 +317,20 @@ def build_component(shapes: ModelShapes, name: str, device: torch.device | str =
     return model.eval().requires_grad_(False)
 
 
-@torch.no_grad()
 def randomize(model: torch.nn.Module, seed: int) -> None:
     """Seeded weights at the scale trained weights have: variance 1/fan_in for matrices
     and kernels, ones for norm gains, zeros for biases. Buffers are left as constructed."""
+    import torch
+
     device = next(model.parameters()).device
     if device.type == "meta":  # shapes only: nothing to draw
         return
     generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        _draw(model, generator)
+
+
+def _draw(model: torch.nn.Module, generator: torch.Generator) -> None:
     for name, param in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if param.dim() >= 2:
@@ -361,65 +375,80 @@ def write_real_shape_model(dest: Path, shapes: ModelShapes | str = "ltx-2.3",
 
 def write_layouts(dests: Mapping[str, Path], shapes: ModelShapes | str = "ltx-2.3",
                   seed: int = 0) -> dict[str, Path]:
-    """The same random weights written in each layout of `dests` (layout → folder),
-    each component built once."""
-    from safetensors.torch import save_file
+    """The same random weights written in each layout of `dests` (layout → folder).
 
-    from .single_file import GEMMA_DIR, SHAPES_METADATA, to_original
+    The diffusers folder is written one component at a time (one in memory at once);
+    the single file is then assembled from its files, memory-mapped, under the original
+    key names (staged in a temporary folder when no diffusers layout is asked for)."""
+    import tempfile
 
     if isinstance(shapes, str):
         shapes = real_shapes(shapes)
     folder, single = dests.get("diffusers"), dests.get("single-file")
     for dest in dests.values():
         dest.mkdir(parents=True, exist_ok=True)
-    original: dict[str, torch.Tensor] = {}
-    index: dict[str, Any] = {}
-    for name in COMPONENTS:
-        model = build_component(shapes, name, seed=seed)
-        cls = component_class(shapes, name)
-        if name == "text_encoder":
-            from .tiny import _tokenizer
-
-            for gemma, tokenizer in ((folder, "tokenizer"), (single, GEMMA_DIR)):
-                if gemma is not None:
-                    model.save_pretrained(gemma / ("text_encoder" if gemma == folder else
-                                                   GEMMA_DIR))
-                    _tokenizer(gemma / tokenizer)
-            index["text_encoder"] = ["transformers", cls.__name__]
-            continue
-        if folder is not None:
-            model.save_pretrained(folder / name)
-            index[name] = ["ltx2" if name in ("connectors", "vocoder") else "diffusers",
-                           cls.__name__]
-        if single is not None:
-            original.update(to_original(name, model.state_dict(), shapes))
-        del model
     paths = {}
-    if folder is not None:
-        _finish_diffusers(folder, shapes, index)
-        paths["diffusers"] = folder
-    if single is not None:
-        paths["single-file"] = single / f"{shapes.name}.safetensors"
-        save_file(original, paths["single-file"], metadata={SHAPES_METADATA: shapes.to_json()})
+    with contextlib.ExitStack() as stack:
+        staging = folder or Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix=".components-", dir=single)))
+        _write_diffusers(staging, shapes, seed)
+        if folder is not None:
+            paths["diffusers"] = folder
+        if single is not None:
+            paths["single-file"] = _write_single_file(staging, single, shapes)
     for layout, dest in dests.items():
         (dest / MARKER).write_text(json.dumps({"shapes": shapes.name, "layout": layout,
                                                "seed": seed, "kind": "real-shapes-random"}))
     return paths
 
 
-def _finish_diffusers(folder: Path, shapes: ModelShapes, index: dict[str, Any]) -> None:
-    """The scheduler and model_index.json of a diffusers folder."""
+def _write_diffusers(folder: Path, shapes: ModelShapes, seed: int) -> None:
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import AutoTokenizer
 
-    FlowMatchEulerDiscreteScheduler.from_config(shapes.config("scheduler")).save_pretrained(
-        folder / "scheduler")
+    from .tiny import _tokenizer
+
+    index: dict[str, Any] = {"_class_name": "LTX2Pipeline",
+                             "_diffusers_version": diffusers.__version__}
+    for name in COMPONENTS:
+        model = build_component(shapes, name, seed=seed)
+        model.save_pretrained(folder / name)
+        library = {"connectors": "ltx2", "vocoder": "ltx2", "text_encoder": "transformers"}
+        index[name] = [library.get(name, "diffusers"), type(model).__name__]
+        del model
+    _tokenizer(folder / "tokenizer")
     tokenizer = type(AutoTokenizer.from_pretrained(folder / "tokenizer")).__name__
-    index.update(_class_name="LTX2Pipeline", _diffusers_version=diffusers.__version__,
-                 scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    FlowMatchEulerDiscreteScheduler.from_config(shapes.configs.get("scheduler", SCHEDULER)
+                                                ).save_pretrained(folder / "scheduler")
+    index.update(scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"],
                  tokenizer=["transformers", tokenizer])
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
+def _write_single_file(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
+    """The single file and its Gemma-3 folder (weights and tokenizer together, as Gemma
+    is released) from a diffusers folder."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .single_file import GEMMA_DIR, SHAPES_METADATA, to_original
+
+    original: dict[str, torch.Tensor] = {}
+    with contextlib.ExitStack() as files:
+        for name in COMPONENTS[:-1]:
+            for part in sorted((folder / name).glob("*.safetensors")):
+                file = files.enter_context(safe_open(part, framework="pt"))
+                original.update(to_original(name, {k: file.get_tensor(k) for k in file.keys()},
+                                            shapes))
+        path = dest / f"{shapes.name}.safetensors"
+        save_file(original, path, metadata={SHAPES_METADATA: shapes.to_json()})
+    gemma = dest / GEMMA_DIR
+    shutil.copytree(folder / "text_encoder", gemma, dirs_exist_ok=True)
+    shutil.copytree(folder / "tokenizer", gemma, dirs_exist_ok=True)
+    return path
 
 
 # -- command line (`ltx-extend tiny-model`) ---------------------------------------------

@@ -214,26 +214,31 @@ class SingleFileModel:
         if name == "scheduler":
             from diffusers import FlowMatchEulerDiscreteScheduler
 
-            return FlowMatchEulerDiscreteScheduler.from_config(self.shapes.config("scheduler"))
+            from .shapes import SCHEDULER
+
+            return FlowMatchEulerDiscreteScheduler.from_config(
+                self.shapes.configs.get("scheduler", SCHEDULER))
         if name == "text_encoder":  # transformers keeps its rotary tables in fp32
             model = component_class(self.shapes, name).from_pretrained(
                 self.text_encoder_dir, dtype=dtype).to(device)
         else:
             model = (self._from_single_file(name, device, dtype) if name in ("transformer", "vae")
-                     else self._mapped(name, dtype))
+                     else self._mapped(name, device, dtype))
+            if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+                raise CheckpointError(f"{self.checkpoint}: the {name} weights are incomplete")
             model = torch.nn.Module.to(model, device=device, dtype=dtype)
-        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            raise CheckpointError(f"{self.checkpoint}: the {name} weights are incomplete")
         return model.eval().requires_grad_(False)
 
-    def _read(self, name: str) -> dict[str, torch.Tensor]:
+    def _read(self, name: str, device: torch.device) -> dict[str, torch.Tensor]:
+        """The component's weights, read straight onto `device` (the 19B transformer
+        need not pass through CPU memory)."""
         from safetensors import safe_open
 
-        with safe_open(self.checkpoint, framework="pt") as file:
+        with safe_open(self.checkpoint, framework="pt", device=str(device)) as file:
             return {key: file.get_tensor(key) for key in self.keys[name]}
 
     def _from_single_file(self, name: str, device: torch.device, dtype: torch.dtype) -> Any:
-        original = self._read(name)
+        original = self._read(name, device)
         if name == "transformer":
             original = {_rename(k, _PROMPT_ADALN): v for k, v in original.items()}
         elif name == "vae":  # handed over in diffusers' names: its table lacks 2.3's decoder
@@ -252,7 +257,7 @@ class SingleFileModel:
                                       ) from None
         return model
 
-    def _mapped(self, name: str, dtype: torch.dtype) -> Any:
+    def _mapped(self, name: str, device: torch.device, dtype: torch.dtype) -> Any:
         """A component diffusers has no single-file loader for: our key map, loaded into
         the component laid out without memory; its buffers are computed in `dtype`, as
         diffusers' `from_pretrained` computes them."""
@@ -260,7 +265,7 @@ class SingleFileModel:
 
         from .shapes import default_dtype, instantiate
 
-        original = self._read(name)
+        original = self._read(name, device)
         if name == "audio_vae":  # diffusers has the key table but not the loader for it
             from diffusers.loaders.single_file_utils import convert_ltx2_audio_vae_to_diffusers
 
