@@ -287,14 +287,16 @@ def _measure(shapes: Any, step: StepShape, text: tuple[Any, Any, Any]) -> dict[s
             param.data = param.data.float()
     config = transformer.config
     frozen = {_storage(p) for p in transformer.parameters()}
-    saved: dict[int, tuple[int, Any]] = {}  # storage → (bytes, block index or None)
-    inputs: dict[int, dict[int, int]] = {}  # block → {storage: bytes}
+    # Every tensor seen is kept until the end, so that no storage is freed and its
+    # address reused under another tensor's key (meta tensors cost nothing to keep).
+    saved: dict[int, tuple[Any, Any]] = {}  # storage → (tensor, block index or None)
+    inputs: dict[int, dict[int, Any]] = {}  # block → {storage: tensor}
     where: list[Any] = [None]
 
     def entered(index: int, args: Any, kwargs: Any) -> None:
         where[0] = index
         leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        inputs[index] = {_storage(t): _nbytes(t) for t in leaves if _storage(t) not in frozen}
+        inputs[index] = {_storage(t): t for t in leaves if _storage(t) not in frozen}
 
     for index, block in enumerate(transformer.transformer_blocks):
         block.register_forward_pre_hook(
@@ -304,7 +306,7 @@ def _measure(shapes: Any, step: StepShape, text: tuple[Any, Any, Any]) -> dict[s
     def pack(tensor: Any) -> Any:
         key = _storage(tensor)
         if key not in frozen and key not in saved:
-            saved[key] = (_nbytes(tensor), where[0])
+            saved[key] = (tensor, where[0])
         return tensor
 
     frames, height, width = step.latent_frames, step.latent_height, step.latent_width
@@ -340,10 +342,11 @@ def _measure(shapes: Any, step: StepShape, text: tuple[Any, Any, Any]) -> dict[s
     shared = set(inputs[0]).intersection(*(set(i) for i in inputs.values())) - outside
     return {
         "forward": forward.get_total_flops(), "backward": backward.get_total_flops(),
-        "outside": sum(saved[k][0] for k in outside),
-        "last_block": sum(n for n, owner in saved.values() if owner == last),
-        "shared": sum(inputs[0][k] for k in shared),
-        "last_inputs": sum(n for k, n in inputs[last].items() if k not in shared | outside),
+        "outside": sum(_nbytes(saved[k][0]) for k in outside),
+        "last_block": sum(_nbytes(t) for t, owner in saved.values() if owner == last),
+        "shared": sum(_nbytes(inputs[0][k]) for k in shared),
+        "last_inputs": sum(_nbytes(t) for k, t in inputs[last].items()
+                           if k not in shared | outside),
         "block_forward": sum(n for name, n in forward.get_flop_counts().get(
             f"{type(transformer).__name__}.transformer_blocks.{last}", {}).items()),
         "lora": sum(p.numel() for p in transformer.parameters() if p.requires_grad),
