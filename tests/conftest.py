@@ -126,3 +126,28 @@ def tiny_model_v23(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ltx_trainer.model.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-v23", version="2.3")
+
+
+@dataclass(frozen=True)
+class RealShapeModels:
+    """One random LTX-2.3 model at its real widths (one block / layer per stack) in both
+    layouts, from the same weights."""
+
+    diffusers: Path  # the diffusers model folder
+    checkpoint: Path  # the official single-file checkpoint
+    gemma: Path  # its Gemma-3 folder (text encoder and tokenizer)
+
+
+@pytest.fixture(scope="session")
+def real_shape_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealShapeModels]:
+    """Written once per session (~3.5 GB per layout, removed at the end)."""
+    import shutil
+
+    from ltx_trainer.model.shapes import write_layouts
+    from ltx_trainer.model.single_file import GEMMA_DIR
+
+    root = tmp_path_factory.mktemp("real-shapes")
+    single = root / "single-file"
+    paths = write_layouts({"diffusers": root / "diffusers", "single-file": single})
+    yield RealShapeModels(paths["diffusers"], paths["single-file"], single / GEMMA_DIR)
+    shutil.rmtree(root, ignore_errors=True)

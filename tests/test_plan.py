@@ -1,0 +1,160 @@
+"""`ltx-extend plan`: one training step of the 22B LTX-2.3, measured on the meta device."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ltx_contract.spec import parse_spec
+from ltx_trainer import plan as planning
+from ltx_trainer.model.shapes import LTX_2_3, ModelShapes
+from ltx_trainer.plan import GIB, RESERVE_GIB, Plan, StepShape, measure_step, plan, table, variants
+
+SPEC = {"trainingDataUrl": "s3://datasets/clips.zip", "triggerPhrase": "LEADIN"}
+H100 = 989e12
+
+
+@pytest.fixture(scope="module")
+def plans() -> list[Plan]:
+    """The defaults (medium 768×768, 89 frames, rank 32, video only), with audio, and
+    high (960×960) at 121 frames."""
+    spec = parse_spec(SPEC)
+    return [plan(s) for s in (spec, *variants(spec))]
+
+
+def test_the_defaults(plans: list[Plan]) -> None:
+    defaults = plans[0]
+    step = defaults.step
+    assert (step.video_tokens, step.audio_frames, step.text_tokens, step.rank) == (
+        12 * 24 * 24, 93, 1024, 32)
+    assert (defaults.transformer_params, defaults.connector_params) == (18_988_838_144,
+                                                                        3_172_227_584)
+    assert defaults.frozen_bytes == (18_988_838_144 + 3_172_227_584) * 2  # bf16
+    assert defaults.lora_params == 48 * 4_456_448  # the trainer's adapter at rank 32
+    assert defaults.lora_bytes == defaults.lora_params * 16  # fp32 weights, grads, AdamW
+    # without checkpointing the 22B does not fit one 80 GB card; with it, it does
+    assert defaults.peak(0) > 80 * GIB > defaults.peak(48)
+    assert defaults.activations(48) < defaults.activations(0) / 10
+    k = defaults.checkpointed_blocks
+    assert 0 < k < 48
+    budget = (80 - RESERVE_GIB) * GIB
+    assert defaults.peak(k) <= budget < defaults.peak(k - 1)
+    # checkpointing trades memory for the recomputed forwards of its blocks, which are
+    # nearly all of the forward
+    block = defaults.cost.block_forward_flops
+    assert 0.9 * defaults.cost.forward_flops / 48 < block < defaults.cost.forward_flops / 48
+    assert defaults.flops(48) - defaults.flops(k) == (48 - k) * defaults.cost.block_forward_flops
+    assert defaults.seconds(k) == pytest.approx(defaults.flops(k) / (0.4 * H100))
+    # the frozen connectors run every step without gradients: a small, separate share
+    assert 0 < defaults.connector_flops < defaults.flops(0) / 20
+
+
+def test_audio_and_high_resolution_cost_more(plans: list[Plan]) -> None:
+    defaults, audio, high = plans
+    assert audio.step.with_audio and not defaults.step.with_audio
+    assert audio.activations(0) > defaults.activations(0)
+    assert audio.flops(0) > defaults.flops(0)  # the cross-modal attentions run
+    assert (high.step.video_tokens, high.step.audio_frames) == (16 * 30 * 30, 126)
+    tokens = high.step.video_tokens / defaults.step.video_tokens
+    # activations grow with the tokens, not their square: attention runs fused, as on
+    # the GPU (the attention matrix itself would be ~6 GB per layer at 6,912 tokens)
+    assert high.activations(0) / defaults.activations(0) == pytest.approx(tokens, rel=0.1)
+    assert tokens < high.flops(0) / defaults.flops(0) < tokens**2
+
+
+def test_depth_is_carried_exactly() -> None:
+    """Measured at depths 1 and 2 and carried to the model's depth: the same figures as
+    a model of that depth measured directly."""
+    step = StepShape("low", 2, 8, 8, 13, 256, 24.0, True, 8)
+    three = ModelShapes("three", {**LTX_2_3.configs, "transformer": {
+        **LTX_2_3.configs["transformer"], "num_layers": 3}})
+    carried, _ = measure_step(three, step)
+    text = planning._text_features(three, step)[:3]
+    direct = planning._measure(three, step, text)
+    assert (carried.forward_flops, carried.backward_flops) == (direct["forward"],
+                                                               direct["backward"])
+    assert carried.saved_outside == direct["outside"]
+    assert carried.saved_per_block == direct["last_block"]
+    assert carried.inputs_per_block == direct["last_inputs"]
+
+
+def test_the_table(plans: list[Plan]) -> None:
+    text = table(plans)
+    lines = text.splitlines()
+    assert lines[0].startswith("ltx-2.3: transformer 18.99 B + connectors 3.17 B parameters")
+    assert "NVIDIA H100 SXM (989 TFLOP/s dense bf16) at 40% of peak" in lines[0]
+    for label in ("medium 768×768, 89 frames", "high 960×960, 121 frames"):
+        assert label in lines[2]
+    assert "frozen weights, bf16" in text and f"{plans[0].frozen_bytes / GIB:,.1f} GiB" in text
+    row = next(line for line in lines if line.startswith("fewest checkpointed blocks"))
+    assert f"{plans[0].checkpointed_blocks} of 48" in row
+    markdown = table(plans, markdown=True).splitlines()
+    assert markdown[0].startswith("| per training step | medium 768×768, 89 frames | ")
+    assert markdown[1] == "|---|---|---|---|"
+    assert len(markdown) == len(lines) - 1  # the rows, without the heading line
+
+
+# -- the command ------------------------------------------------------------------------
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    planning.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plan", *argv])
+    return args.func(args)
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "training.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "ltx-training.io/v1alpha1",
+                                    "kind": "LtxExtendTraining", "metadata": {"name": "a"},
+                                    "spec": {**SPEC, "resolution": "low"}}))
+    return path
+
+
+def test_command_on_a_model_folder(spec_file: Path, tiny_model: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    assert _run(str(spec_file), "--model", str(tiny_model), "--with-variants") == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tiny_model.name}: transformer")
+    header = out.splitlines()[2]
+    assert "low 512×512, 89 frames" in header and "audio" in header and "high 960×960" in header
+    assert _run(str(spec_file), "--model", str(tiny_model), "--json", "--gpu", "a100",
+                "--utilisation", "0.5") == 0
+    summary = json.loads(capsys.readouterr().out)
+    expected = plan(parse_spec({**SPEC, "resolution": "low"}), tiny_model, None, "a100", 0.5)
+    assert {k: summary[k] for k in expected.summary()} == expected.summary()
+    assert summary["gpu"] == "NVIDIA A100" and summary["gpuMemoryGiB"] == 80
+    assert summary["videoTokens"] == 12 * 16 * 16 and summary["checkpointedBlocks"] == 0
+
+
+def test_command_on_a_single_file(spec_file: Path, tiny_model: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint's shapes come from its header: no Gemma folder is needed to plan."""
+    from ltx_trainer.model.shapes import write_layouts
+
+    checkpoint = write_layouts({"single-file": tmp_path / "single"},
+                               ModelShapes.from_model_dir(tiny_model))["single-file"]
+    for model in (checkpoint, tiny_model):
+        assert _run(str(spec_file), "--model", str(model), "--json") == 0
+    from_file, from_folder = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert from_file.pop("model") == "tiny" == from_folder.pop("model")
+    assert from_file == from_folder
+
+
+def test_command_refuses_bad_input(spec_file: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**SPEC, "numberOfFrames": 500}))
+    assert _run(str(bad)) == 3
+    assert "numberOfFrames" in capsys.readouterr().err
+    assert _run(str(spec_file), "--model", str(tmp_path / "nowhere")) == 3
+    assert "is neither a release" in capsys.readouterr().err
+    assert _run(str(spec_file), "--model", str(tmp_path)) == 3  # a folder, but no model
+    assert "not an LTX-2 diffusers model folder" in capsys.readouterr().err
+    assert _run(str(spec_file), "--utilisation", "1.5") == 3
+    assert "--utilisation must be in (0, 1]" in capsys.readouterr().err
