@@ -19,7 +19,11 @@ from ltx_trainer.model.shapes import (
     parameter_count,
     real_shapes,
 )
-from ltx_trainer.training.trainer import LORA_TARGETS, add_lora
+from ltx_trainer.training.lora import add_lora, lora_targets
+from ltx_trainer.training.strategy import MODALITIES
+
+#: every attention projection: the targets of a training with audio
+LORA_TARGETS = lora_targets(MODALITIES)
 
 #: LTX-2.3's parameter counts, from the release configs (diffusers' LTX-2.3 classes)
 TRANSFORMER_PARAMS = 18_988_838_144
@@ -72,7 +76,7 @@ def test_lora_parameters_per_rank() -> None:
     widths = sum(m.in_features + m.out_features for name, m in model.named_modules()
                  if re.fullmatch(LORA_TARGETS, name))
     with torch.device("meta"):  # the adapter's layers too
-        add_lora(model, 8)
+        add_lora(model, 8, MODALITIES)
     assert all(p.is_meta for p in model.parameters())
     lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     assert lora == 8 * widths  # the trainer's adapter: rank × (in + out) on every target

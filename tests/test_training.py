@@ -114,12 +114,24 @@ def test_suffix_tokens_are_clean_at_timestep_zero_and_out_of_the_loss(datasets, 
 def test_overfitting_one_clip(datasets, tiny_model, tmp_path, with_audio):
     archive, source = datasets["one", with_audio]
     work = fresh_work(source, tmp_path / "work")
-    trainer = Trainer(make_spec(archive, withAudio=with_audio), tiny_model, work, CPU, SETTINGS)
+    reports = []
+    trainer = Trainer(make_spec(archive, withAudio=with_audio), tiny_model, work, CPU, SETTINGS,
+                      progress=reports.append)
     before = trainer.evaluate(work / "dataset")
     result = trainer.train(work / "dataset")
     after = trainer.evaluate(work / "dataset")
     assert after < 0.7 * before, (before, after)
     assert result.steps == 100 and len(result.losses) == 100
+    # every step reports what loss curves plot: each trained modality's loss and noise
+    modalities = {"video", "audio"} if with_audio else {"video"}
+    assert [r.step for r in reports] == list(range(1, 101))
+    for report, loss in zip(reports, result.losses, strict=True):
+        assert set(report.losses) == modalities | {"total"} and set(report.sigmas) == modalities
+        assert report.losses["total"] == pytest.approx(
+            sum(report.losses[m] for m in modalities), rel=1e-5)
+        assert report.loss == loss and 0 < min(report.sigmas.values()) <= 1
+        assert report.learning_rate == 3e-3 and report.grad_norm > 0
+    assert len({round(r.sigmas["video"], 6) for r in reports}) > 90  # drawn afresh each step
     meta, cached = _first_sample(work)
     inputs = trainer.prepare(cached, SuffixWindow(meta["frames"], meta["frameRate"], 8),
                              step_generator(0, 0))

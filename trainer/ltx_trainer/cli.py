@@ -13,8 +13,10 @@ from typing import Any
 
 from ltx_contract.outcomes import ExitCode
 
-from . import __version__
+from . import __version__, plan
+from .model import shapes
 from .model.source import MODEL_CACHE_ENV
+from .spec_file import read_spec_or_report
 
 
 def local_path(text: str) -> Path:
@@ -92,20 +94,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return worst
 
 
-def _spec_or_report(path: Path) -> Any | None:
-    """The spec in `path`, or None after printing every problem with it."""
-    from ltx_contract.spec import SpecError
-
-    from .spec_file import read_spec
-
-    try:
-        return read_spec(path)
-    except SpecError as exc:
-        print(f"{path} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
-              file=sys.stderr)
-        return None
-
-
 def _setup_logging() -> None:
     import logging
 
@@ -120,7 +108,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
 
     _setup_logging()
-    spec = _spec_or_report(args.spec)
+    spec = read_spec_or_report(args.spec)
     if spec is None:
         return ExitCode.INVALID_INPUT
     policy = FetchPolicy(allow_file_urls=True,
@@ -168,14 +156,6 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
-def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from .model.tiny import write_tiny_model
-
-    path = write_tiny_model(args.dest, seed=args.seed)
-    print(f"wrote a tiny random LTX-2 model to {path}")
-    return ExitCode.SUCCESS
-
-
 def cmd_extend(args: argparse.Namespace) -> int:
     from ltx_contract.outcomes import Outcome
     from ltx_contract.rules import snap_frames
@@ -219,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .local_run import train_locally
 
     _setup_logging()
-    return train_locally(args, _spec_or_report(args.spec), _train_settings(args))
+    return train_locally(args, read_spec_or_report(args.spec), _train_settings(args))
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -343,13 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("dest", type=local_path, metavar="DIR")
     sample.set_defaults(func=cmd_sample_data)
 
-    tiny = sub.add_parser(
-        "tiny-model",
-        help="write a tiny random model of the LTX-2 classes (for tests and quick starts)",
-    )
-    tiny.add_argument("dest", type=local_path, metavar="DIR")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(func=cmd_tiny_model)
+    shapes.add_parser(sub, path=local_path)
+    plan.add_parser(sub, path=local_path)
 
     extend = sub.add_parser(
         "extend",

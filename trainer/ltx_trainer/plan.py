@@ -276,12 +276,13 @@ def _measure(shapes: Any, step: StepShape, text: tuple[Any, Any, Any]) -> dict[s
     from torch.utils.flop_counter import FlopCounterMode
 
     from .model.shapes import build_meta
-    from .training.trainer import add_lora
+    from .training.lora import add_lora
+    from .training.strategy import trained_modalities
 
     meta = torch.device("meta")
     transformer = build_meta(shapes, "transformer")
     with meta:  # the adapter's layers too
-        add_lora(transformer, step.rank)
+        add_lora(transformer, step.rank, trained_modalities(step.with_audio))
     for param in transformer.parameters():
         if param.requires_grad:  # as the trainer keeps them
             param.data = param.data.float()
@@ -473,7 +474,8 @@ def table(plans: list[Plan], markdown: bool = False) -> str:
 
 # -- command line (`ltx-extend plan`) ---------------------------------------------------
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any, path: Any = Path) -> None:
+    """`ltx-extend plan SPEC…`; `path` parses the file arguments (the CLI's path type)."""
     parser = subparsers.add_parser(
         "plan",
         help="compute the GPU memory and time of one training step for a spec",
@@ -481,7 +483,7 @@ def add_parser(subparsers: Any) -> None:
         "the meta device: no memory, no GPU): frozen weights, LoRA and optimizer state, "
         "activations with and without gradient checkpointing, peak, FLOPs per step and the "
         "predicted seconds per step at a stated utilisation of the GPU's dense bf16 peak.")
-    parser.add_argument("specs", nargs="+", type=Path, metavar="SPEC",
+    parser.add_argument("specs", nargs="+", type=path, metavar="SPEC",
                         help="resource or request files; one column each")
     parser.add_argument("--model", default="ltx-2.3",
                         help="a release (ltx-2.3, ltx-2.0), a diffusers model folder or a "
@@ -511,9 +513,9 @@ def variants(spec: Any) -> list[Any]:
 def run(args: argparse.Namespace) -> int:
     from ltx_contract.outcomes import ExitCode
 
-    from .cli import _spec_or_report
+    from .spec_file import read_spec_or_report
 
-    specs = [_spec_or_report(path) for path in args.specs]
+    specs = [read_spec_or_report(path) for path in args.specs]
     if any(spec is None for spec in specs):
         return ExitCode.INVALID_INPUT
     if not 0 < args.utilisation <= 1:

@@ -162,3 +162,16 @@ def resource_name(path: Path) -> str | None:
         name = (documents[0].get("metadata") or {}).get("name")
         return str(name) if name else None
     return None
+
+
+def read_spec_or_report(path: Path) -> TrainingSpec | None:
+    """The spec in `path`, or None after printing every problem with it to stderr (the
+    commands' way of refusing a bad file: every problem, no traceback)."""
+    import sys
+
+    try:
+        return read_spec(path)
+    except SpecError as exc:
+        print(f"{path} is invalid:", *(f"  - {p}" for p in exc.problems), sep="\n",
+              file=sys.stderr)
+        return None

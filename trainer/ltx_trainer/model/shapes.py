@@ -453,8 +453,9 @@ def _write_single_file(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
 
 # -- command line (`ltx-extend tiny-model`) ---------------------------------------------
 
-def add_parser(subparsers: Any) -> None:
-    """`ltx-extend tiny-model DIR [--shapes ltx-2.3 [--layout diffusers|single-file]]`."""
+def add_parser(subparsers: Any, path: Any = Path) -> None:
+    """`ltx-extend tiny-model DIR [--version 2.0|2.3] [--shapes ltx-2.3 [--layout …]]`;
+    `path` parses the folder argument (the CLI's plain-path-or-file:// type)."""
     parser = subparsers.add_parser(
         "tiny-model",
         help="write a random model of the LTX-2 classes: tiny, or at the real shapes",
@@ -462,8 +463,10 @@ def add_parser(subparsers: Any) -> None:
         "quick starts). With --shapes ltx-2.3: the real widths, heads and channels with one "
         "block / layer per stack, in the diffusers folder layout or the official single-file "
         "layout (a .safetensors checkpoint plus a Gemma-3 folder).")
-    parser.add_argument("dest", type=Path, metavar="DIR")
+    parser.add_argument("dest", type=path, metavar="DIR")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", choices=("2.0", "2.3"), default="2.0",
+                        help="without --shapes: the tiny model's LTX-2 version (default 2.0)")
     parser.add_argument("--shapes", choices=sorted(SHAPES), help="release whose shapes to use")
     parser.add_argument("--layout", choices=LAYOUTS, default="diffusers",
                         help="with --shapes: the folder layout (default diffusers)")
@@ -480,8 +483,8 @@ def run(args: argparse.Namespace) -> int:
             return ExitCode.INVALID_INPUT
         from .tiny import write_tiny_model
 
-        path = write_tiny_model(args.dest, seed=args.seed)
-        print(f"wrote a tiny random LTX-2 model to {path}")
+        path = write_tiny_model(args.dest, seed=args.seed, version=args.version)
+        print(f"wrote a tiny random LTX-{args.version} model to {path}")
         return ExitCode.SUCCESS
     path = write_real_shape_model(args.dest, args.shapes, args.layout, seed=args.seed)
     print(f"wrote a random {args.shapes} model at its real shapes (one block per stack), "

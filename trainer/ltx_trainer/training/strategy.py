@@ -27,6 +27,11 @@ from .timesteps import ShiftedLogitNormal
 MODALITIES = ("video", "audio")
 
 
+def trained_modalities(with_audio: bool) -> tuple[str, ...]:
+    """What a training trains: video always, audio when the spec asks for it."""
+    return MODALITIES if with_audio else ("video",)
+
+
 @dataclass
 class Stream:
     """One modality of one step: the model's input and, when trained, its target."""
@@ -61,8 +66,8 @@ class SuffixStrategy:
     @classmethod
     def for_training(cls, spec: TrainingSpec, profile: ModelProfile, audio_channels: int
                      ) -> SuffixStrategy:
-        modalities = ("video", "audio") if spec.with_audio else ("video",)
-        return cls(modalities, ShiftedLogitNormal(profile.shift), audio_channels)
+        return cls(trained_modalities(spec.with_audio), ShiftedLogitNormal(profile.shift),
+                   audio_channels)
 
     @property
     def trains_audio(self) -> bool:

@@ -53,11 +53,17 @@ class TrainSettings:
 
 @dataclass
 class Progress:
+    """What one optimizer step reports (for `/progress`, logs and loss curves)."""
+
     step: int
     total: int
     loss: float
     steps_per_second: float
     eta_seconds: float
+    losses: dict[str, float] = field(default_factory=dict)  # per trained modality + "total"
+    sigmas: dict[str, float] = field(default_factory=dict)  # each trained modality's noise
+    learning_rate: float = 0.0  # the rate this step was taken at
+    grad_norm: float = 0.0  # before clipping
 
 
 @dataclass
@@ -230,21 +236,28 @@ class Trainer:
             epoch, position = divmod(step, len(samples))
             meta = samples[_sample_order(settings.seed, epoch, len(samples))[position]]
             cached = load_sample(self.work_dir / "cache", meta)
-            step_losses, norm = self.backward(self.prepare(cached, self._suffix(meta), generator),
-                                              cached["text"])
-            loss, grad_norm = torch.stack([step_losses["total"].detach().float(),
-                                           norm.detach().float()]).tolist()  # one host sync
+            inputs = self.prepare(cached, self._suffix(meta), generator)
+            step_losses, norm = self.backward(inputs, cached["text"])
+            names = sorted(step_losses)
+            *values, grad_norm = torch.stack([step_losses[n].detach().float() for n in names]
+                                             + [norm.detach().float()]).tolist()  # one sync
+            reported = dict(zip(names, values, strict=True))
+            loss = reported["total"]
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 bar.close()
                 raise Diverged(
                     f"training diverged at step {step + 1}: the loss is {loss} and the "
                     f"gradient norm {grad_norm}. The learning rate ({spec.learning_rate:g}) is "
                     "too high for this data: lower learningRate and train again")
+            learning_rate = self.scheduler.get_last_lr()[0]
             self.optimizer_step()
             losses.append(round(loss, 6))
             done_here += 1
             rate = done_here / max(time.perf_counter() - began, 1e-9)
-            self._report(bar, step + 1, total, losses[-1], rate)
+            self._report(bar, Progress(
+                step + 1, total, losses[-1], rate, (total - step - 1) / max(rate, 1e-9),
+                losses=reported, learning_rate=learning_rate, grad_norm=grad_norm,
+                sigmas={m: inputs.streams[m].state.sigma for m in self.strategy.modalities}))
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total:
                 self._checkpoint(step + 1, losses)
             if settings.preview_every and (step + 1) % settings.preview_every == 0 \
@@ -261,13 +274,15 @@ class Trainer:
         for name in ("transformer", "connectors", "params", "optimizer", "scheduler"):
             self.__dict__.pop(name, None)
 
-    def _report(self, bar: Any, step: int, total: int, loss: float, rate: float) -> None:
+    def _report(self, bar: Any, progress: Progress) -> None:
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if bar.disable and (step % self.settings.log_every == 0 or step == total):
-            log.info("step %d/%d loss %.4f %.2f steps/s", step, total, loss, rate)
+        bar.set_postfix(loss=f"{progress.loss:.4f}")
+        if bar.disable and (progress.step % self.settings.log_every == 0
+                            or progress.step == progress.total):
+            log.info("step %d/%d loss %.4f %.2f steps/s", progress.step, progress.total,
+                     progress.loss, progress.steps_per_second)
         if self.progress is not None:
-            self.progress(Progress(step, total, loss, rate, (total - step) / max(rate, 1e-9)))
+            self.progress(progress)
 
     def _write_outputs(self, steps: int, losses: list[float]) -> TrainResult:
         out = self.work_dir / "outputs"
