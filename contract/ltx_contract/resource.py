@@ -90,6 +90,12 @@ class Artifacts(StatusModel):
     config_file: str | None = Field(None, description="JSON of the settings inference needs.")
     video: str | None = Field(None, description="The combined validation reel.")
     debug_dataset: str | None = Field(None, description="Archive of the preprocessed data.")
+    loss_chart: str | None = Field(None, description="Chart of the training loss per step, "
+                                   "raw and smoothed (PNG).")
+    loss_log: str | None = Field(None, description="Loss per modality, sigma, learning rate "
+                                 "and speed of every step (CSV).")
+    logs: str | None = Field(None, description="Folder of TensorBoard event files: "
+                             "`tensorboard --logdir` on a copy of it.")
 
 
 class Jobs(StatusModel):
