@@ -5,6 +5,7 @@ the GitOps examples rendering."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_every_manifest_is_valid_for_kubernetes(helm, values):
     if values:  # named namespaces: Roles there, nothing cluster-wide but the tenants' roles
         expected = expected - {"ClusterRoleBinding"} | {
             "Role", "RoleBinding", "PodDisruptionBudget", "ServiceMonitor", "PodMonitor",
-            "NetworkPolicy", "PrometheusRule"}
+            "NetworkPolicy", "PrometheusRule", "ConfigMap"}
     assert kinds == expected
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -256,6 +257,51 @@ def test_the_alerts_read_metrics_that_exist(helm):
     served = generate_latest(ProgressState().registry).decode()
     for name in ("ltx_extend_train_step", "ltx_extend_train_total_steps"):
         assert name in alerts["LtxTrainingStalled"] and f"\n{name}" in served
+
+
+def exported(registry: Any) -> set[str]:
+    """The series names a prometheus-client registry serves, labelled or not yet set."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "gauge": ("",), "summary": ("_sum", "_count", "")}
+    return {family.name + suffix for family in registry.collect()
+            for suffix in suffixes[family.type]}
+
+
+def test_the_dashboard_reads_metrics_that_exist(helm):
+    import re
+
+    from prometheus_client import REGISTRY
+
+    from ltx_operator import metrics  # noqa: F401  (registers the operator's metrics)
+    from ltx_trainer.progress import ProgressState
+
+    assert not by_kind(render(helm), "ConfigMap")  # opt-in
+    (config_map,) = by_kind(render(helm, "-f", str(EVERYTHING_ON), "--set",
+                                   "grafanaDashboard.namespace=monitoring"), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Training"}
+    (text,) = config_map["data"].values()
+    dashboard = json.loads(text)
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    queries = [t["expr"] for p in panels for t in p["targets"]]
+    queries += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    # the series names (label names such as ltx_training_io_training are not metrics)
+    names = {n for q in queries for n in re.findall(r"\bltx_(?:operator|extend)_\w+", q)}
+    operator = {n for n in exported(REGISTRY) if n.startswith("ltx_")}
+    trainer = exported(ProgressState().registry)
+    assert all(n.startswith(("ltx_operator_", "ltx_extend_")) for n in operator | trainer)
+    assert names <= operator | trainer, names - operator - trainer
+    # what a platform team looks at: every operator metric, each training's step, loss
+    # and speed, split by the label the PodMonitor puts on the trainers' series
+    assert {n for n in operator - names if not n.endswith(("_sum", "_count"))} == set()
+    assert {"ltx_extend_train_step", "ltx_extend_train_loss",
+            "ltx_extend_train_steps_per_second"} <= names
+    pod_monitor = by_kind(render(helm, "-f", str(EVERYTHING_ON)), "PodMonitor")[0]
+    label = re.sub(r"\W", "_", pod_monitor["spec"]["podTargetLabels"][0])  # as Prometheus
+    assert all(label in q for q in queries if "ltx_extend_" in q and "label_values" not in q)
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in panels)
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
 
 
 def test_the_monitors_find_the_metrics(helm):

@@ -76,6 +76,15 @@ def test_local_run_end_to_end(media, tiny_model, tmp_path, capsys):
         assert {s.type for s in reel.streams} == {"video", "audio"}
         assert reel.streams.video[0].frames == 25
     assert Path(printed["debug dataset"].removeprefix("file://")).is_file()
+    # the loss curves: chart, table and TensorBoard's event files, named in the result
+    run = lora.parent.parent
+    result = json.loads((run / "result-train.json").read_text())["artifacts"]
+    assert result["lossChart"] == (run / "outputs" / "loss.png").as_uri()
+    assert result["lossLog"] == (run / "outputs" / "loss.csv").as_uri()
+    assert result["logs"] == (run / "outputs" / "logs").as_uri()
+    assert (run / "outputs" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((run / "outputs" / "loss.csv").read_text().splitlines()) == 1 + 120
+    assert list((run / "outputs" / "logs").glob("events.out.tfevents.*"))
 
 
 def test_local_run_failure_bills_nothing(media, tiny_model, tmp_path, capsys):
@@ -146,9 +155,18 @@ def test_both_stages_against_s3(bucket, s3_server, tiny_model, tmp_path):
     stored = keys(bucket, f"trainings/{run}/")
     for part in ("cache/index.json", "checkpoints/step-000080/state.pt",
                  "outputs/lora.safetensors", "outputs/config.json",
-                 "outputs/validation_reel.mp4", "result-train.json"):
+                 "outputs/validation_reel.mp4", "outputs/loss.png", "outputs/loss.csv",
+                 "result-train.json"):
         assert f"trainings/{run}/{part}" in stored, part
+    assert any(k.startswith(f"trainings/{run}/outputs/logs/events.out.tfevents.")
+               for k in stored)
+    outputs = f"s3://{BUCKET}/trainings/{run}/outputs"
+    assert (message["artifacts"]["lossChart"], message["artifacts"]["lossLog"],
+            message["artifacts"]["logs"]) == (f"{outputs}/loss.png", f"{outputs}/loss.csv",
+                                              f"{outputs}/logs")
     manifest = json.loads(bucket.get_object(BUCKET, f"trainings/{run}/result-train.json").read())
+    assert "X-Amz-Signature" in manifest["downloadUrls"]["lossChart"]
+    assert "logs" not in manifest["downloadUrls"]  # a folder: no single link
     url = manifest["downloadUrls"]["loraFile"]
     assert url.startswith(s3_server.endpoint) and "X-Amz-Signature" in url
     with urllib.request.urlopen(url) as response:  # the presigned URL downloads
@@ -173,6 +191,10 @@ def test_a_killed_train_pod_resumes_from_s3(bucket, s3_server, tiny_model, tmp_p
     assert "resumed from step-" in output
     assert "encoded " not in output  # the latent cache came from the store
     assert message["stepsCompleted"] == 100 and message["billableUnits"] == 100
+    # the curves go on from the checkpoint: every step once, the killed pod's first 40 kept
+    table = bucket.get_object(BUCKET, f"trainings/{run}/outputs/loss.csv").read().decode()
+    steps = [int(line.split(",")[0]) for line in table.splitlines()[1:]]
+    assert steps == list(range(1, 101))
 
 
 @pytest.mark.parametrize(("case", "code", "reason", "text"), [

@@ -34,6 +34,8 @@ PRINTER_COLUMNS = [
      "description": "Steps done / total."},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss",
      "description": "Latest training loss."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta",
+     "description": "Estimated time to the last step, from the trainer's speed."},
     {"name": "Units", "type": "integer", "jsonPath": ".status.billing.units",
      "description": "Billable units recorded."},
     {"name": "Reason", "type": "string",

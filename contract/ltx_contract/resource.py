@@ -70,8 +70,32 @@ class Progress(StatusModel):
     percent: float | None = Field(None, description="Percent of the steps done.")
     loss: float | None = Field(None, description="Latest training loss.")
     eta_seconds: float | None = Field(None, description="Estimated seconds to the end.")
+    eta: str | None = Field(None, description="Estimated time to the end, written as kubectl "
+                            "writes ages (e.g. 45s, 12m, 3h20m), for printer columns.")
+    steps_per_second: float | None = Field(None, description="Training speed.")
     summary: str | None = Field(None, description="step/total for printer columns.")
     last_update_time: str | None = Field(None, description="When progress was last read.")
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as kubectl writes ages (Kubernetes' `duration.HumanDuration`)."""
+    seconds = max(0, round(seconds))
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if seconds < 120:
+        return f"{seconds}s"
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    if days < 365 * 2:
+        return f"{days}d"
+    return f"{days // 365}y{days % 365}d" if days % 365 else f"{days // 365}y"
 
 
 class Billing(StatusModel):
@@ -90,6 +114,12 @@ class Artifacts(StatusModel):
     config_file: str | None = Field(None, description="JSON of the settings inference needs.")
     video: str | None = Field(None, description="The combined validation reel.")
     debug_dataset: str | None = Field(None, description="Archive of the preprocessed data.")
+    loss_chart: str | None = Field(None, description="Chart of the training loss per step, "
+                                   "raw and smoothed (PNG).")
+    loss_log: str | None = Field(None, description="Loss per modality, sigma, learning rate "
+                                 "and speed of every step (CSV).")
+    logs: str | None = Field(None, description="Folder of TensorBoard event files: "
+                             "`tensorboard --logdir` on a copy of it.")
 
 
 class Jobs(StatusModel):

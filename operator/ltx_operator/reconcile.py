@@ -25,6 +25,7 @@ from ltx_contract.resource import (
     Progress,
     Retry,
     TrainingStatus,
+    human_duration,
 )
 from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
@@ -239,6 +240,8 @@ def _succeed(status: TrainingStatus, spec: TrainingSpec, result: JobResult | Non
                                summary=f"{steps}/{spec.number_of_steps}",
                                stage=status.progress.stage if status.progress else None,
                                loss=status.progress.loss if status.progress else None,
+                               steps_per_second=status.progress.steps_per_second
+                               if status.progress else None,
                                last_update_time=stamp(now))
     set_condition(status, "Training", False, "Completed",
                   (result and result.message) or "training completed", generation, now)
@@ -385,8 +388,10 @@ def _newest(job: JobView, pods: Sequence[PodView]) -> PodView | None:
 
 def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> None:
     total, step = report.total_steps or 0, report.step
+    eta = report.eta_seconds
     new = Progress(stage=report.stage, step=step, total_steps=total, loss=report.loss,
-                   eta_seconds=report.eta_seconds,
+                   eta_seconds=eta, eta=None if eta is None else human_duration(eta),
+                   steps_per_second=report.steps_per_second,
                    percent=round(100 * step / total, 1) if total else None,
                    summary=f"{step}/{total}")
     old = status.progress.model_copy(update={"last_update_time": None}) \

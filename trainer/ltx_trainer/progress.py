@@ -34,6 +34,11 @@ class ProgressState:
                            registry=self.registry)
         self._rate = Gauge("ltx_extend_train_steps_per_second", "Training speed",
                            registry=self.registry)
+        self._eta = Gauge("ltx_extend_train_eta_seconds", "Estimated seconds to the last step",
+                          registry=self.registry)
+        self._modality_loss = Gauge("ltx_extend_train_modality_loss",
+                                    "Latest training loss of each trained modality",
+                                    ["modality"], registry=self.registry)
         self._stages = Counter("ltx_extend_stage_changes", "Stage changes", ["stage"],
                                registry=self.registry)
 
@@ -44,7 +49,9 @@ class ProgressState:
                                                            "updated": time.time()})
         self._stages.labels(stage=name).inc()
 
-    def step(self, step: int, total: int, loss: float, rate: float, eta: float) -> None:
+    def step(self, step: int, total: int, loss: float, rate: float, eta: float,
+             losses: dict[str, float] | None = None) -> None:
+        """One optimizer step done; `losses` are the per-modality ones (and "total")."""
         with self._lock:
             self._report = self._report.model_copy(update={
                 "step": step, "total_steps": total, "loss": round(loss, 6),
@@ -54,6 +61,10 @@ class ProgressState:
         self._total.set(total)
         self._loss.set(loss)
         self._rate.set(rate)
+        self._eta.set(eta)
+        for modality, value in (losses or {}).items():
+            if modality != "total":
+                self._modality_loss.labels(modality=modality).set(value)
 
     def snapshot(self) -> ProgressReport:
         with self._lock:

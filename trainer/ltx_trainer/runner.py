@@ -142,6 +142,31 @@ def _publish(ctx: JobContext, result: JobResult, name: str, local: Path, filenam
     setattr(result.download_urls, name, ctx.store.download_url(key))
 
 
+def _open_logbook(ctx: JobContext, folder: Path) -> Any:
+    """The run's log book, continued from the store's copy when this pod starts afresh
+    (a preempted pod's successor: the curves up to its checkpoint are kept)."""
+    from .logbook import LOGS, TABLE, Logbook
+
+    logbook = Logbook(folder)
+    if not logbook.table.exists() and ctx.store.get_file(f"{ctx.run}/outputs/{TABLE}",
+                                                         logbook.table):
+        ctx.store.get_tree(f"{ctx.run}/outputs/{LOGS}", logbook.logs)
+    return logbook
+
+
+def _mirror_logbook(ctx: JobContext, logbook: Any, with_table: bool = True) -> str:
+    """Upload the TensorBoard event files (and the CSV); the URL of their folder."""
+    from .logbook import LOGS, TABLE
+
+    logbook.flush()
+    prefix = f"{ctx.run}/outputs/{LOGS}"
+    if logbook.logs.is_dir():
+        ctx.store.put_tree(logbook.logs, prefix)
+    if with_table and logbook.table.is_file():
+        ctx.store.put_file(logbook.table, f"{ctx.run}/outputs/{TABLE}")
+    return ctx.store.url(prefix)
+
+
 def _latest_checkpoint(ctx: JobContext) -> str | None:
     prefix = f"{ctx.run}/checkpoints/"
     complete = sorted({k[len(prefix):].split("/")[0] for k in ctx.store.keys(prefix)
@@ -175,14 +200,18 @@ def _train(ctx: JobContext) -> JobResult:
         if not ctx.store.keys(f"{ctx.run}/cache/index.json"):
             ctx.store.put_tree(cache, f"{ctx.run}/cache")
 
+    logbook = _open_logbook(ctx, work / "outputs")
+
     def upload_checkpoint(path: Path) -> None:
         ctx.store.put_tree(path, f"{ctx.run}/checkpoints/{path.name}")
+        _mirror_logbook(ctx, logbook)  # the curves up to this checkpoint survive the pod
         if ctx.local_run:  # a crash from here on resumes from this step
             write_result(ctx, interrupted("train", int(path.name.removeprefix("step-"))))
 
     def report(progress: Any) -> None:
         ctx.progress.step(progress.step, progress.total, progress.loss,
-                          progress.steps_per_second, progress.eta_seconds)
+                          progress.steps_per_second, progress.eta_seconds, progress.losses)
+        logbook.record(progress)
 
     ctx.progress.stage("training")
     from .preview.run import load_preview_models, render_reel
@@ -203,9 +232,12 @@ def _train(ctx: JobContext) -> JobResult:
                            dest, steps=settings.preview_steps, seed=settings.seed,
                            max_sequence_length=settings.max_sequence_length)
 
-    trainer.hooks.preview = lambda step: previews(work / "previews" / f"step-{step:06d}.mp4")
+    trainer.hooks.preview = lambda step: logbook.preview(
+        step, previews(work / "previews" / f"step-{step:06d}.mp4"))
     trained = trainer.train(work / "dataset")
     reel = previews(work / "outputs" / "validation_reel.mp4")
+    logbook.preview(trained.steps, reel)
+    chart = logbook.close()
     ctx.progress.stage("uploading")
     units = billable_units(trained.steps, succeeded=True)
     result = JobResult(
@@ -216,6 +248,10 @@ def _train(ctx: JobContext) -> JobResult:
     _publish(ctx, result, "config_file", trained.config_file, "config.json")
     if reel is not None:
         _publish(ctx, result, "video", reel, "validation_reel.mp4")
+    if chart is not None:
+        _publish(ctx, result, "loss_chart", chart, "loss.png")
+        _publish(ctx, result, "loss_log", logbook.table, "loss.csv")
+        result.artifacts.logs = _mirror_logbook(ctx, logbook, with_table=False)
     trainer.release()
     if device.type == "cuda":
         torch.cuda.empty_cache()

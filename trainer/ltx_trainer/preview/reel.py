@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 REEL_AUDIO_RATE = 48_000
+_LAYOUTS = {1: "mono", 2: "stereo"}
 
 
 @dataclass
@@ -42,17 +43,24 @@ def label(frames: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def _resample(audio: np.ndarray, rate: int, frames: int) -> np.ndarray:
-    """To the reel's rate and exactly `frames` samples (linear; these are previews)."""
-    if audio.size == 0:
-        return np.zeros((2, frames), np.float32)
-    grid = np.linspace(0, audio.shape[1] - 1, max(1, round(audio.shape[1] * REEL_AUDIO_RATE
-                                                                / rate)))
-    out = np.stack([np.interp(grid, np.arange(audio.shape[1]), c) for c in audio[:2]])
-    if out.shape[0] == 1:
-        out = np.repeat(out, 2, axis=0)
-    out = out[:, :frames]
-    return np.pad(out, ((0, 0), (0, frames - out.shape[1]))).astype(np.float32)
+def resample(audio: np.ndarray, rate: int, out_rate: int, length: int) -> np.ndarray:
+    """(channels, samples) at `rate` → stereo (2, `length`) float32 at `out_rate`, with
+    FFmpeg's resampler (band-limited, aligned: no delay); cut, or padded with silence at
+    the end."""
+    audio = np.ascontiguousarray(audio[:2], dtype=np.float32)
+    if audio.shape[1] == 0:
+        return np.zeros((2, length), np.float32)
+    if rate == out_rate:
+        out = np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
+    else:
+        frame = av.AudioFrame.from_ndarray(audio, format="fltp",
+                                           layout=_LAYOUTS[audio.shape[0]])
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=out_rate)
+        out = np.concatenate([f.to_ndarray() for f in
+                              resampler.resample(frame) + resampler.resample(None)], axis=1)
+    out = out[:, :length]
+    return np.pad(out, ((0, 0), (0, length - out.shape[1]))).astype(np.float32)
 
 
 def write_video(frames: np.ndarray, fps: int, dest: Path, audio: np.ndarray | None = None,
@@ -84,7 +92,8 @@ def _encode(frames: np.ndarray, fps: int, path: Path, audio: np.ndarray | None,
         for packet in video.encode(None):
             out.mux(packet)
         if stream is not None:
-            track = _resample(audio, sample_rate, round(len(frames) / fps * REEL_AUDIO_RATE))
+            track = resample(audio, sample_rate, REEL_AUDIO_RATE,
+                             round(len(frames) / fps * REEL_AUDIO_RATE))
             for start in range(0, track.shape[1], 1024):
                 chunk = av.AudioFrame.from_ndarray(
                     np.ascontiguousarray(track[:, start:start + 1024]), format="fltp",
@@ -105,7 +114,7 @@ def write_reel(parts: list[ReelPart], dest: Path, fps: int) -> Path:
         frames += [label(part.lead_in, f"GENERATED lead-in: {part.prompt}"[:90]),
                    label(part.closing, "REAL closing clip")]
         if with_audio:
-            tracks += [_resample(a, r, round(len(c) / fps * REEL_AUDIO_RATE))
+            tracks += [resample(a, r, REEL_AUDIO_RATE, round(len(c) / fps * REEL_AUDIO_RATE))
                        for a, r, c in ((part.lead_in_audio, part.lead_in_rate, part.lead_in),
                                        (part.closing_audio, part.closing_rate, part.closing))]
     audio = np.concatenate(tracks, axis=1) if with_audio else None

@@ -13,11 +13,9 @@ import torch
 from ltx_contract.manifest import Manifest
 from ltx_contract.spec import TrainingSpec
 
-from ..codec.latents import to_frames
 from ..codec.text import load_text
-from ..codec.video import read_video
-from ..dataset.media import read_wav
 from ..model.profile import ModelProfile
+from .ending import FittedClip, Spliced, splice
 from .reel import ReelPart, write_reel
 from .sampler import Models, extend_backward
 
@@ -37,6 +35,19 @@ def load_preview_models(model_dir: Path, transformer: Any, connectors: Any,
     )
 
 
+def reel_part(spliced: Spliced, prompt: str) -> ReelPart:
+    """One reel part: the spliced extension cut at its seam into the generated lead-in
+    and the real closing clip (audio cut on the same instant)."""
+    cut = spliced.first_suffix_frame
+    part = ReelPart(lead_in=spliced.frames[:cut], closing=spliced.frames[cut:], prompt=prompt)
+    if spliced.audio is not None:
+        seam = spliced.seam_sample if spliced.seam_sample is not None else round(
+            cut / len(spliced.frames) * spliced.audio.shape[1])
+        part.lead_in_audio, part.closing_audio = spliced.audio[:, :seam], spliced.audio[:, seam:]
+        part.lead_in_rate = part.closing_rate = spliced.sample_rate
+    return part
+
+
 def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: Models,
                 profile: ModelProfile, dest: Path, *, steps: int, seed: int,
                 max_sequence_length: int) -> Path | None:
@@ -51,22 +62,14 @@ def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: 
     negative = load_text(cache_dir, spec.validation_negative_prompt)
     for entry in manifest.validation:
         suffix = manifest.suffix_window(entry)
-        closing = read_video(dataset_dir / entry.video)
-        audio, rate = (read_wav(dataset_dir / entry.audio.path) if spec.with_audio
-                       else (None, None))
+        fitted = FittedClip.read(dataset_dir / entry.video,
+                                 dataset_dir / entry.audio.path if spec.with_audio else None)
         result = extend_backward(
-            models, profile, closing, None if audio is None else torch.from_numpy(audio),
+            models, profile, fitted.pixels(), fitted.waveform(),
             load_text(cache_dir, entry.prompt), negative, suffix=suffix,
             with_audio=spec.with_audio, steps=steps, stg_scale=spec.stg_scale,
             seed=seed + entry.index, max_sequence_length=max_sequence_length)
-        cut = suffix.first_suffix_frame
-        part = ReelPart(lead_in=result.frames[:cut], closing=to_frames(closing)[cut:],
-                        prompt=entry.prompt)
-        if spec.with_audio:
-            split = round(cut / suffix.frame_rate * result.sample_rate)
-            part.lead_in_audio, part.lead_in_rate = result.audio[:, :split], result.sample_rate
-            part.closing_audio = audio[:, round(cut / suffix.frame_rate * rate):]
-            part.closing_rate = rate
+        part = reel_part(splice(result, fitted, suffix), entry.prompt)
         parts.append(part)
         log.info("preview %d rendered", entry.index)
     models.transformer.train(was_training)
