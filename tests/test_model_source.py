@@ -135,3 +135,36 @@ def test_train_takes_the_single_file_on_the_command_line(layouts, tmp_path, caps
                  str(layouts["gemma"])]) == ExitCode.INVALID_INPUT
     assert "--text-encoder goes with --model FILE" in capsys.readouterr().err
     assert not out.exists()  # nothing prepared, written or billed
+
+
+def test_train_refuses_a_text_encoder_beside_a_model_folder(layouts, tmp_path, capsys) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"trainingDataUrl": DATA}))
+    assert main(["train", str(spec), "--output", str(tmp_path / "out"), "--model",
+                 str(layouts["diffusers"]), "--text-encoder", str(layouts["gemma"])]) == \
+        ExitCode.INVALID_INPUT
+    assert "--text-encoder goes with a single-file checkpoint only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_extend_renders_the_same_from_either_layout(layouts, tmp_path) -> None:
+    import av
+    import numpy as np
+
+    from media_factory import make_clip
+
+    clip = make_clip(tmp_path / "closing.mp4", 0.8, fps=24, size=(160, 96))
+    common = ["--clip", str(clip), "--prompt", "a square glides in", "--frames", "17",
+              "--resolution", "low", "--audio", "--steps", "2"]
+    frames = {}
+    for layout, model in (("folder", ["--model", str(layouts["diffusers"])]),
+                          ("single", ["--model", str(layouts["single-file"]),
+                                      "--text-encoder", str(layouts["gemma"])])):
+        out = tmp_path / f"{layout}.mp4"
+        assert main(["extend", *model, *common, "--output", str(out)]) == ExitCode.SUCCESS
+        with av.open(str(out)) as container:
+            assert {s.type for s in container.streams} == {"video", "audio"}
+            frames[layout] = np.stack([f.to_ndarray(format="rgb24")
+                                       for f in container.decode(video=0)])
+    assert len(frames["single"]) == 17
+    np.testing.assert_array_equal(frames["single"], frames["folder"])

@@ -206,20 +206,34 @@ def _train_settings(args: argparse.Namespace) -> Any:
 
 def _with_checkpoint(args: argparse.Namespace, spec: Any) -> Any:
     """The spec with `--model FILE --text-encoder DIR` as its `model` (a local run takes a
-    single-file checkpoint through the spec, where it is used in place), the checkpoint
-    checked first; `args.model` is then cleared. Other models are left to the run."""
+    single-file checkpoint through the spec; a local or file:// one is used in place and
+    checked here first, before any work); `args.model` is then cleared. Folders are left
+    to the run."""
+    from ltx_contract.outcomes import InvalidInput
     from ltx_contract.spec import ModelSource
 
-    from .model.source import is_checkpoint, resolve_model
+    from .model.source import STORE_SCHEMES, is_checkpoint, resolve_model
 
-    if spec is None or not args.model or "://" in args.model or not is_checkpoint(args.model):
+    if args.model and args.text_encoder and not is_checkpoint(args.model):
+        raise InvalidInput(f"{args.model} is a model folder, which has its own text encoder: "
+                           "--text-encoder goes with a single-file checkpoint only")
+    if spec is None or not args.model or not is_checkpoint(args.model):
         return spec
-    checkpoint = Path(args.model).absolute()
-    text_encoder = local_path(args.text_encoder).absolute() if args.text_encoder else None
-    resolve_model(checkpoint, args.model_cache, text_encoder)  # refused here, before any work
+
+    def as_url(text: str) -> str:
+        return text if text.startswith(STORE_SCHEMES) else local_path(text).absolute().as_uri()
+
+    checkpoint = as_url(args.model)
+    if not args.text_encoder:
+        raise InvalidInput(f"{args.model} holds no text encoder: give its Gemma-3 folder "
+                           "with --text-encoder DIR")
+    text_encoder = as_url(args.text_encoder)
+    if checkpoint.startswith("file://") and text_encoder.startswith("file://"):
+        # both local: checked here, before any work (a URL is checked by the run, first)
+        resolve_model(checkpoint, args.model_cache, text_encoder)
     args.model = args.text_encoder = None
-    source = ModelSource(url=checkpoint.as_uri(), text_encoder=text_encoder.as_uri())
-    return spec.model_copy(update={"model": source})
+    return spec.model_copy(update={"model": ModelSource(url=checkpoint,
+                                                        text_encoder=text_encoder)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
