@@ -22,11 +22,11 @@ from ltx_trainer.model.low_memory import (
 from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
 
 CPU = torch.device("cpu")
-STEPS = 3
+STEPS = 2
 #: Per-channel int8 rounds each weight by at most 1/254 of its row's largest magnitude;
 #: over the block's matmuls that moves the prediction by well under 1 %, and the loss (a
 #: mean of squares over the same noise) by about as much. 2 % leaves room for the
-#: different LoRA updates those predictions give over three steps; a broken quantization
+#: different LoRA update those predictions give after the first step; a broken quantization
 #: (a wrong scale, a dropped bias) moves the loss far more.
 LOSS_RTOL = 0.02
 
@@ -41,6 +41,7 @@ def _losses(trainer: Trainer, sample: dict, suffix: SuffixWindow) -> list[float]
     return losses
 
 
+@pytest.mark.timeout(1500)  # with the session's 7 GB real-shape models written first
 def test_int8_base_weights_train_like_full_precision(real_shape_models: RealShapeModels,
                                                      tmp_path) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -50,7 +51,7 @@ def test_int8_base_weights_train_like_full_precision(real_shape_models: RealShap
     settings = TrainSettings(max_sequence_length=128, seed=0)
     spec = parse_spec({"trainingDataUrl": "https://example.com/c.zip", "numberOfSteps": 100,
                        "numberOfFrames": 17, "rank": 8, "learningRate": 1e-2,
-                       "withAudio": True})
+                       "withAudio": False})
     text = encode_texts(model, ["a square glides in"], CPU, 128)[text_key("a square glides in")]
     trainer = Trainer(spec, model, tmp_path, CPU, settings)
     trainer._load()

@@ -49,6 +49,7 @@ def _spec(with_audio: bool):
                        "withAudio": with_audio})
 
 
+@pytest.mark.timeout(1500)  # with the session's 7 GB real-shape models written first
 def test_train_reload_and_sample_at_real_shapes(case, tmp_path: Path) -> None:
     model, with_audio = case
     texts = encode_texts(model, [PROMPT, NEGATIVE], CPU, SETTINGS.max_sequence_length)
