@@ -160,3 +160,20 @@ def test_command_refuses_bad_input(spec_file: Path, tmp_path: Path,
     assert "not an LTX-2 diffusers model folder" in capsys.readouterr().err
     assert _run(str(spec_file), "--utilisation", "1.5") == 3
     assert "--utilisation must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_the_low_memory_mode_fits_a_48_gb_card() -> None:
+    from ltx_trainer.model.low_memory import LORA_BYTES_PER_PARAM_8BIT
+
+    card = plan(parse_spec(SPEC), gpu="l40s")
+    assert card.gpu_memory_gib == 48
+    assert card.checkpointed_blocks is None  # bf16 base weights: not even fully checkpointed
+    blocks = card.fewest_checkpointed(low_memory=True)
+    assert blocks is not None and card.peak(blocks, True) <= (48 - RESERVE_GIB) * GIB
+    # int8 blocks: about half the transformer's bf16 bytes saved (97.7 % of it is blocks)
+    assert 0.45 * card.transformer_params * 2 < card.int8_saving < 0.5 * card.transformer_params * 2
+    assert card.lora_state(True) == round(card.lora_params * LORA_BYTES_PER_PARAM_8BIT)
+    assert card.summary()["lowMemory"]["checkpointedBlocks"] == blocks
+    row = next(line for line in table([card]).splitlines()
+               if line.startswith("low memory (--low-memory): frozen weights"))
+    assert f"{card.frozen(True) / GIB:,.1f} GiB" in row

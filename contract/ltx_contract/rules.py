@@ -135,6 +135,53 @@ MODEL_SOURCE_EXACTLY_ONE = Rule(
     message_cel="'exactly one of claimName (a PVC) or url (a store prefix) must be set'",
 )
 
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+def _is_checkpoint(o: Mapping[str, Any]) -> bool:
+    location = o.get("url") if o.get("url") is not None else o.get("subPath")
+    return location is not None and str(location).endswith(CHECKPOINT_SUFFIX)
+
+
+def _is_url_or_relative_path(value: Any) -> bool:
+    if value is None:
+        return True
+    text = str(value)
+    if "://" in text:
+        return _matches_scheme(text, ("s3", "file"))
+    return bool(text) and not text.startswith("/") and ".." not in text.split("/")
+
+
+TEXT_ENCODER_FORM = ("textEncoder must be an s3:// or file:// URL, or a path relative to the "
+                     "folder of the checkpoint (not absolute, without ..)")
+
+MODEL_TEXT_ENCODER = Rule(
+    field="textEncoder",
+    check=lambda o: _is_url_or_relative_path(o.get("textEncoder")),
+    message=lambda o: TEXT_ENCODER_FORM,
+    cel="!has(self.textEncoder) || (self.textEncoder.contains('://') ? "
+    "self.textEncoder.matches('^(s3|file)://[^\\\\s]+$') : (self.textEncoder != '' && "
+    "!self.textEncoder.startsWith('/') && !self.textEncoder.matches('(^|/)[.][.](/|$)')))",
+    message_cel=repr(TEXT_ENCODER_FORM),
+)
+
+MODEL_TEXT_ENCODER_WITH_CHECKPOINT = Rule(
+    field="textEncoder",
+    check=lambda o: (o.get("textEncoder") is not None) == _is_checkpoint(o),
+    message=lambda o: (
+        "textEncoder (the Gemma-3 folder) must be set exactly when the model is a single-file "
+        f"checkpoint (a url or subPath ending in {CHECKPOINT_SUFFIX}): "
+        + ("the checkpoint holds no text encoder" if _is_checkpoint(o)
+           else "a model folder has its own")),
+    cel="has(self.textEncoder) == (has(self.url) ? self.url.endsWith('.safetensors') : "
+    "(has(self.subPath) && self.subPath.endsWith('.safetensors')))",
+    message_cel="'textEncoder (the Gemma-3 folder) must be set exactly when the model is a "
+    "single-file checkpoint (a url or subPath ending in .safetensors): ' + ((has(self.url) ? "
+    "self.url.endsWith('.safetensors') : (has(self.subPath) && "
+    "self.subPath.endsWith('.safetensors'))) ? 'the checkpoint holds no text encoder' : "
+    "'a model folder has its own')",
+)
+
 TOLERATION_EXISTS_HAS_NO_VALUE = Rule(
     field="value",
     check=lambda o: o.get("operator") != "Exists" or not o.get("value"),

@@ -132,20 +132,35 @@ class Toleration(SpecModel):
 
 
 class ModelSource(SpecModel):
-    """Where the diffusers-format LTX-2.3 model folder comes from."""
+    """Where the LTX-2.3 base model comes from: a diffusers-format model folder, or the
+    official single-file checkpoint (`ltx-2.3-22b-dev.safetensors`) with its Gemma-3
+    folder."""
 
-    __rules__ = (rules.MODEL_SOURCE_EXACTLY_ONE, rules.MODEL_URL)
+    __rules__ = (rules.MODEL_SOURCE_EXACTLY_ONE, rules.MODEL_URL, rules.MODEL_TEXT_ENCODER,
+                 rules.MODEL_TEXT_ENCODER_WITH_CHECKPOINT)
 
     claim_name: str | None = Field(
-        None, max_length=253, description="A PersistentVolumeClaim holding the model folder."
+        None, max_length=253,
+        description="A PersistentVolumeClaim holding the model folder or checkpoint.",
     )
     sub_path: str | None = Field(
-        None, max_length=1024, description="The model folder's path inside the claim."
+        None, max_length=1024,
+        description="The model folder's path inside the claim, or the checkpoint's "
+        "(ending in .safetensors).",
     )
     url: str | None = Field(
         None,
         max_length=MAX_URL_LENGTH,
-        description="An s3:// or file:// prefix of the model folder in the artifact store.",
+        description="An s3:// or file:// prefix of the model folder in the artifact store, "
+        "or the URL of a single-file checkpoint (ending in .safetensors).",
+    )
+    text_encoder: str | None = Field(
+        None,
+        max_length=MAX_URL_LENGTH,
+        description="The Gemma-3 folder (config, weights, tokenizer) of a single-file "
+        "checkpoint, which holds no text encoder: an s3:// or file:// URL, or a path "
+        "relative to the checkpoint's folder (in the same store or claim). Set exactly when "
+        "the model is a single-file checkpoint.",
     )
 
 
@@ -341,7 +356,8 @@ class TrainingSpec(SpecModel):
         ),
     )
     model: ModelSource | None = Field(
-        None, description="The LTX-2.3 model folder; unset uses the operator's default."
+        None, description="The LTX-2.3 base model (a model folder, or a single-file "
+        "checkpoint and its text encoder); unset uses the operator's default."
     )
     output: OutputLocation | None = Field(
         None, description="Where artifacts are written; unset uses the operator's store."

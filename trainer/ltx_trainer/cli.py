@@ -162,7 +162,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
     from ltx_contract.spec import DEFAULT_NEGATIVE_PROMPT, FRAME_SIZES
 
     from .model.loader import default_device
-    from .model.source import resolve_model_dir
+    from .model.source import resolve_model
     from .preview.extend import ExtendRequest, extend_clip
 
     _setup_logging()
@@ -171,14 +171,14 @@ def cmd_extend(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return ExitCode.INVALID_INPUT
     request = ExtendRequest(
-        model=args.model, lora=args.lora, clip=args.clip,
+        model=args.model, text_encoder=args.text_encoder, lora=args.lora, clip=args.clip,
         prompt=args.prompt, output=args.output, frames=snap_frames(args.frames), fps=args.fps,
         resolution=args.resolution, aspect=args.aspect, audio=args.audio,
         conditioning_frames=args.conditioning_frames,
         negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, steps=args.steps,
         stg_scale=args.stg_scale, seed=args.seed)
     try:
-        path = extend_clip(request, default_device(), resolve_model_dir)
+        path = extend_clip(request, default_device(), resolve_model)
     except (Outcome, ValueError, FileNotFoundError) as exc:
         print(f"extend failed: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
@@ -186,20 +186,77 @@ def cmd_extend(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
+class UsageError(Exception):
+    """A command line that cannot run as given."""
+
+
 def _train_settings(args: argparse.Namespace) -> Any:
+    from dataclasses import fields
+
     from .training.trainer import TrainSettings
 
     values = {k: getattr(args, k) for k in ("checkpoint_every", "preview_every",
-                                           "preview_steps", "max_sequence_length", "seed")
+                                           "preview_steps", "max_sequence_length", "seed",
+                                           "low_memory")
               if getattr(args, k, None) is not None}
+    if "low_memory" in values and "low_memory" not in {f.name for f in fields(TrainSettings)}:
+        raise UsageError("--low-memory: this trainer has no low-memory mode")
     return TrainSettings(**values)
 
 
+def _with_checkpoint(args: argparse.Namespace, spec: Any) -> Any:
+    """The spec with `--model FILE --text-encoder DIR` as its `model` (a local run takes a
+    single-file checkpoint through the spec; a local or file:// one is used in place and
+    checked here first, before any work); `args.model` is then cleared. Folders are left
+    to the run."""
+    from ltx_contract.outcomes import InvalidInput
+    from ltx_contract.spec import ModelSource
+
+    from .model.source import STORE_SCHEMES, is_checkpoint, resolve_model
+
+    if args.model and args.text_encoder and not is_checkpoint(args.model):
+        raise InvalidInput(f"{args.model} is a model folder, which has its own text encoder: "
+                           "--text-encoder goes with a single-file checkpoint only")
+    if spec is None or not args.model or not is_checkpoint(args.model):
+        return spec
+
+    def as_url(text: str) -> str:
+        return text if text.startswith(STORE_SCHEMES) else local_path(text).absolute().as_uri()
+
+    checkpoint = as_url(args.model)
+    if not args.text_encoder:
+        raise InvalidInput(f"{args.model} holds no text encoder: give its Gemma-3 folder "
+                           "with --text-encoder DIR")
+    text_encoder = as_url(args.text_encoder)
+    if checkpoint.startswith("file://") and text_encoder.startswith("file://"):
+        # both local: checked here, before any work (a URL is checked by the run, first)
+        resolve_model(checkpoint, args.model_cache, text_encoder)
+    args.model = args.text_encoder = None
+    return spec.model_copy(update={"model": ModelSource(url=checkpoint,
+                                                        text_encoder=text_encoder)})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from ltx_contract.outcomes import Outcome
+
     from .local_run import train_locally
 
     _setup_logging()
-    return train_locally(args, read_spec_or_report(args.spec), _train_settings(args))
+    spec = read_spec_or_report(args.spec)
+    if args.text_encoder and not args.model:
+        print("--text-encoder goes with --model FILE (a single-file checkpoint)",
+              file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    try:
+        spec = _with_checkpoint(args, spec)
+        settings = _train_settings(args)
+    except Outcome as exc:
+        print(f"--model {args.model}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except (UsageError, argparse.ArgumentTypeError) as exc:
+        print(exc, file=sys.stderr)
+        return ExitCode.USAGE
+    return train_locally(args, spec, settings)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -228,6 +285,11 @@ def cmd_job(args: argparse.Namespace) -> int:
         default = Path(os.environ.get("LTX_EXTEND_TERMINATION_LOG", "/dev/termination-log"))
         termination = default if default.parent.is_dir() and os.access(default.parent,
                                                                         os.W_OK) else None
+    try:
+        settings = _train_settings(args)
+    except UsageError as exc:
+        print(f"ltx-extend job: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     make_folders()
     raw = args.spec_json or os.environ.get("LTX_EXTEND_SPEC", "")
     state = ProgressState()
@@ -243,10 +305,10 @@ def cmd_job(args: argparse.Namespace) -> int:
         return result.exit_code
     ctx = JobContext(
         spec=spec, store=store, run=run, work_dir=args.work, model_dir=args.model,
-        model_cache=args.model_cache,
+        text_encoder=args.text_encoder, model_cache=args.model_cache,
         fetch=FetchPolicy(allow_file_urls=args.allow_file_urls,
                           allow_private_networks=args.allow_private_networks),
-        termination_log=termination, progress=state, train_settings=_train_settings(args))
+        termination_log=termination, progress=state, train_settings=settings)
     with ProgressServer(state, args.progress_port):
         result = run_stage(args.stage, ctx)
     print(result.termination_message())
@@ -332,7 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the lead-in to CLIP: its last conditioning frames are kept and "
         "the frames before them are generated. Writes an H.264 (+AAC) file.",
     )
-    extend.add_argument("--model", type=local_path, help="diffusers model folder (default: tiny)")
+    extend.add_argument("--model", type=local_path,
+                        help="diffusers model folder, or a single-file checkpoint (.safetensors)"
+                        " with --text-encoder (default: the tiny model)")
+    extend.add_argument("--text-encoder", type=local_path, metavar="DIR",
+                        help="the Gemma-3 folder of a single-file checkpoint")
     extend.add_argument("--lora", type=local_path, help="the trained LoRA (.safetensors)")
     extend.add_argument("--clip", type=local_path, required=True, help="the closing clip")
     extend.add_argument("--prompt", required=True)
@@ -351,9 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     extend.set_defaults(func=cmd_extend)
 
     def training_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", help="diffusers model folder, or the s3:// / file:// store "
-                       "URL of one (downloaded into the model cache); default: the spec's "
-                       "model.url")
+        p.add_argument("--model", help="diffusers model folder or single-file checkpoint "
+                       "(.safetensors, with --text-encoder), or the s3:// / file:// store URL "
+                       "of either (downloaded into the model cache; a file:// checkpoint is "
+                       "used in place); default: the spec's model")
+        p.add_argument("--text-encoder", metavar="DIR|URL",
+                       help="the Gemma-3 folder (config, weights, tokenizer) of a single-file "
+                       "checkpoint; default: the spec's model.textEncoder")
+        p.add_argument("--low-memory", action="store_true", default=None,
+                       help="int8 weight-only frozen base weights and an 8-bit optimizer, "
+                       "for GPUs of 48 GB (docs/real-model.md)")
         p.add_argument("--model-cache", type=local_path, metavar="DIR",
                        help="where a model given by URL is downloaded, once (env "
                        f"{MODEL_CACHE_ENV}; default WORK/model-cache)")

@@ -109,12 +109,26 @@ class Plan:
     gpu: Gpu
     gpu_memory_gib: float
     utilisation: float
+    #: bytes the low-memory mode saves by storing the blocks' frozen linear weights in int8
+    int8_saving: int = 0
 
     @property
     def frozen_bytes(self) -> int:
         """The transformer and the connectors in bf16 (the text encoder and the VAEs are
         gone before the first step: the features are cached)."""
         return (self.transformer_params + self.connector_params) * BF16
+
+    def frozen(self, low_memory: bool = False) -> int:
+        """The frozen weights, in the low-memory mode with the blocks' linear weights in
+        int8 (`model/low_memory.py`)."""
+        return self.frozen_bytes - (self.int8_saving if low_memory else 0)
+
+    def lora_state(self, low_memory: bool = False) -> int:
+        """LoRA weights, gradients and AdamW's moments (8-bit ones in the low-memory mode)."""
+        from .model.low_memory import LORA_BYTES_PER_PARAM_8BIT
+
+        return round(self.lora_params * LORA_BYTES_PER_PARAM_8BIT) if low_memory \
+            else self.lora_bytes
 
     @property
     def lora_params(self) -> int:
@@ -132,15 +146,20 @@ class Plan:
             kept += c.shared_inputs + checkpointed * c.inputs_per_block + c.saved_per_block
         return kept
 
-    def peak(self, checkpointed: int) -> int:
-        return self.frozen_bytes + self.lora_bytes + self.activations(checkpointed)
+    def peak(self, checkpointed: int, low_memory: bool = False) -> int:
+        return (self.frozen(low_memory) + self.lora_state(low_memory)
+                + self.activations(checkpointed))
 
     @property
     def checkpointed_blocks(self) -> int | None:
         """The fewest checkpointed blocks whose peak fits the GPU's memory less
         `RESERVE_GIB` (None: it does not fit even with every block checkpointed)."""
+        return self.fewest_checkpointed(low_memory=False)
+
+    def fewest_checkpointed(self, low_memory: bool) -> int | None:
         budget = (self.gpu_memory_gib - RESERVE_GIB) * GIB
-        return next((k for k in range(self.depth + 1) if self.peak(k) <= budget), None)
+        return next((k for k in range(self.depth + 1) if self.peak(k, low_memory) <= budget),
+                    None)
 
     @property
     def planned_blocks(self) -> int:
@@ -175,6 +194,11 @@ class Plan:
             "flopsPlanned": self.flops(k), "connectorFlops": self.connector_flops,
             "utilisation": self.utilisation, "secondsCheckpointed": self.seconds(depth),
             "secondsPlanned": self.seconds(k),
+            "lowMemory": {
+                "frozenGiB": self.frozen(True) / GIB, "loraStateGiB": self.lora_state(True) / GIB,
+                "peakCheckpointedGiB": self.peak(depth, True) / GIB,
+                "checkpointedBlocks": self.fewest_checkpointed(True),
+            },
         }
 
 
@@ -404,6 +428,7 @@ def plan(spec: Any, model: Any = "ltx-2.3", gpu_memory_gb: float | None = None,
          gpu: str = "h100", utilisation: float = 0.4) -> Plan:
     """The plan of one training step of `spec` on `model` (a release name, a diffusers
     folder, a checkpoint or ModelShapes) on one GPU with `gpu_memory_gb` GiB."""
+    from .model.low_memory import int8_bytes
     from .model.shapes import build_meta, parameter_count
 
     shapes = model_shapes(model)
@@ -411,10 +436,11 @@ def plan(spec: Any, model: Any = "ltx-2.3", gpu_memory_gb: float | None = None,
     step = StepShape.from_spec(spec, spatial=config["vae_scale_factors"][1])
     cost, connector_flops = measure_step(shapes, step)
     card = GPUS[gpu]
-    return Plan(shapes.name, step, config["num_layers"],
-                parameter_count(build_meta(shapes, "transformer")),
+    transformer = build_meta(shapes, "transformer")
+    bf16, int8 = int8_bytes(transformer)
+    return Plan(shapes.name, step, config["num_layers"], parameter_count(transformer),
                 parameter_count(build_meta(shapes, "connectors")), cost, connector_flops,
-                card, gpu_memory_gb or card.memory_gib, utilisation)
+                card, gpu_memory_gb or card.memory_gib, utilisation, int8_saving=bf16 - int8)
 
 
 # -- the table --------------------------------------------------------------------------
@@ -430,9 +456,13 @@ def table(plans: list[Plan], markdown: bool = False) -> str:
     def row(label: str, cell: Any) -> list[str]:
         return [label, *(cell(p) for p in plans)]
 
-    def fewest(p: Plan) -> str:
-        k = p.checkpointed_blocks
+    def fewest(p: Plan, low_memory: bool = False) -> str:
+        k = p.fewest_checkpointed(low_memory)
         return "does not fit" if k is None else "none" if k == 0 else f"{k} of {p.depth}"
+
+    def low_peak(p: Plan) -> str:
+        k = p.fewest_checkpointed(True)
+        return _gib(p.peak(p.depth if k is None else k, True))
 
     def both(cell: Any) -> Any:  # every block checkpointed / the plan's blocks
         return lambda p: f"{cell(p, p.depth)} / {cell(p, p.planned_blocks)}"
@@ -455,6 +485,13 @@ def table(plans: list[Plan], markdown: bool = False) -> str:
         row("  of which text connectors (no grad)", lambda p: f"{p.connector_flops / 1e12:,.1f}"),
         row(f"seconds per step at {first.utilisation:.0%}: all / fewest",
             both(lambda p, k: f"{p.seconds(k):.2f}")),
+        row("low memory (--low-memory): frozen weights, int8 blocks",
+            lambda p: _gib(p.frozen(True))),
+        row("  LoRA + grads + 8-bit AdamW", lambda p: _gib(p.lora_state(True))),
+        row("  peak, every block checkpointed", lambda p: _gib(p.peak(p.depth, True))),
+        row(f"  fewest checkpointed blocks for {first.gpu_memory_gib:g} GiB",
+            lambda p: fewest(p, True)),
+        row("  its peak", low_peak),
     ]
     if markdown:
         cells = [[c.replace("|", "\\|") for c in r] for r in rows]

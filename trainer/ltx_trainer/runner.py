@@ -55,7 +55,10 @@ class JobContext:
     store: Store
     run: str  # "<namespace>/<name>/<uid>": the resource's folder in the store
     work_dir: Path
-    model_dir: Path | str | None = None  # a folder, or a store URL of one
+    #: a folder or a single-file checkpoint, or a store URL of either (None: spec.model's)
+    model_dir: Path | str | None = None
+    #: the Gemma-3 folder of a single-file checkpoint (None: spec.model.textEncoder's)
+    text_encoder: Path | str | None = None
     model_cache: Path | None = None  # where a model given by URL is downloaded
     #: a local `ltx-extend train`: the tiny model stands in for a missing base model,
     #: and results record an attempt that stops half-way
@@ -174,17 +177,28 @@ def _latest_checkpoint(ctx: JobContext) -> str | None:
     return complete[-1] if complete else None
 
 
+def _resolve_model(ctx: JobContext) -> Any:
+    """The stage's model (`loader.Model`), checked: `--model` / `--text-encoder`, else the
+    spec's `model.url` / `model.textEncoder`."""
+    from .model.source import resolve_model, text_encoder_location
+
+    given = ctx.spec.model
+    source = ctx.model_dir or (given.url if given else None)
+    if source is None and not ctx.local_run:
+        raise NoBaseModel(NO_BASE_MODEL)  # a Job never trains the tiny random model
+    text_encoder = ctx.text_encoder or text_encoder_location(
+        given.text_encoder if given else None, source)
+    return resolve_model(source, ctx.model_cache or ctx.work_dir / "model-cache", text_encoder)
+
+
 def _train(ctx: JobContext) -> JobResult:
     import torch
 
     from .model.loader import default_device
-    from .model.source import resolve_model_dir
     from .training.trainer import Trainer, TrainerHooks, TrainSettings
 
-    source = ctx.model_dir or (ctx.spec.model.url if ctx.spec.model else None)
-    if source is None and not ctx.local_run:
-        raise NoBaseModel(NO_BASE_MODEL)  # a Job never trains the tiny random model
     ctx.progress.stage("downloading")
+    model = _resolve_model(ctx)  # a model that cannot be used is refused before any work
     work = ctx.work_dir / "train"
     if ctx.store.get_tree(f"{ctx.run}/dataset", work / "dataset") == 0:
         raise RuntimeError("no prepared dataset in the store: the prepare stage must run first")
@@ -194,7 +208,6 @@ def _train(ctx: JobContext) -> JobResult:
     if latest is not None:
         ctx.store.get_tree(f"{ctx.run}/checkpoints/{latest}", work / "checkpoints" / latest)
         log.info("checkpoint %s downloaded", latest)
-    model_dir = resolve_model_dir(source, ctx.model_cache or ctx.work_dir / "model-cache")
 
     def upload_cache(cache: Path) -> None:
         if not ctx.store.keys(f"{ctx.run}/cache/index.json"):
@@ -218,7 +231,7 @@ def _train(ctx: JobContext) -> JobResult:
 
     device = ctx.device or default_device()
     settings = ctx.train_settings or TrainSettings()
-    trainer = Trainer(ctx.spec, model_dir, work, device, settings, progress=report,
+    trainer = Trainer(ctx.spec, model, work, device, settings, progress=report,
                       hooks=TrainerHooks(upload_cache, upload_checkpoint))
 
     def previews(dest: Path) -> Path | None:
@@ -226,7 +239,7 @@ def _train(ctx: JobContext) -> JobResult:
         validation): previews run beside training, on its live transformer."""
         if not ctx.spec.validation:
             return None
-        models = load_preview_models(model_dir, trainer.transformer, trainer.connectors,
+        models = load_preview_models(model, trainer.transformer, trainer.connectors,
                                      device, ctx.spec.with_audio)
         return render_reel(ctx.spec, work / "dataset", work / "cache", models, trainer.profile,
                            dest, steps=settings.preview_steps, seed=settings.seed,

@@ -1,5 +1,7 @@
-"""Loading the LTX-2 components from a diffusers-format model folder (where the
-folder comes from is `source.py`).
+"""Loading the LTX-2 components of a model: a diffusers-format model folder, or the
+official single-file checkpoint with its Gemma-3 folder (`single_file.py`). Where either
+comes from is `source.py`; `load_component` is the one function training, previews,
+`extend` and the cache encoder load every component through.
 
 Each component is loaded with the class its entry in `model_index.json` names, as
 diffusers' own pipeline loader does, so a folder's own vocoder class (the LTX-2.3
@@ -13,9 +15,15 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
+
+from .single_file import SingleFileModel
+
+#: a model: a diffusers model folder, or a single-file checkpoint checked with its Gemma-3
+#: folder (`single_file.describe_single_file`); `Path(model).name` names either
+Model: TypeAlias = Path | SingleFileModel
 
 #: libraries whose classes a model_index.json names directly; any other library name is
 #: a diffusers pipeline module (e.g. "ltx2" → diffusers.pipelines.ltx2), as diffusers reads it
@@ -47,13 +55,16 @@ def component_class(model_dir: Path, name: str) -> type:
             "installed diffusers/transformers") from None
 
 
-def load_component(model_dir: Path, name: str, device: torch.device,
+def load_component(model: Model, name: str, device: torch.device,
                    dtype: torch.dtype | None = None) -> Any:
-    """One component, in eval mode and frozen, on `device` (tokenizer and scheduler as
-    they are)."""
+    """One component of `model`, in eval mode and frozen, on `device` (tokenizer and
+    scheduler as they are)."""
+    if isinstance(model, SingleFileModel):
+        return model.load(name, device, dtype)
+    model_dir = Path(model)
     cls = component_class(model_dir, name)
     if name in UNWEIGHTED:
-        return cls.from_pretrained(Path(model_dir) / name)
-    model = cls.from_pretrained(Path(model_dir) / name, torch_dtype=dtype or compute_dtype(device))
-    model.to(device).eval().requires_grad_(False)
-    return model
+        return cls.from_pretrained(model_dir / name)
+    component = cls.from_pretrained(model_dir / name, torch_dtype=dtype or compute_dtype(device))
+    component.to(device).eval().requires_grad_(False)
+    return component

@@ -104,9 +104,17 @@ def _config(model_dir: Path, name: str, filename: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def read_profile(model_dir: Path) -> ModelProfile:
-    """The profile of a diffusers model folder, from its configs alone (no weights read)."""
-    model_dir = Path(model_dir)
+def read_profile(model: Any) -> ModelProfile:
+    """The profile of a model (`loader.Model`: a diffusers folder, or a checked single-file
+    checkpoint, whose configs are its shapes), from its configs alone (no weights read)."""
+    shapes = getattr(model, "shapes", None)
+    if shapes is not None:  # a single file: the configs it was checked against
+        from .shapes import SCHEDULER, component_class
+
+        return profile_from_configs(shapes.config("transformer"), shapes.config("connectors"),
+                                    dict(shapes.configs.get("scheduler", SCHEDULER)),
+                                    vocoder_class=component_class(shapes, "vocoder").__name__)
+    model_dir = Path(model)
     index = json.loads((model_dir / "model_index.json").read_text())
     vocoder = index.get("vocoder") or [None, "LTX2Vocoder"]
     return profile_from_configs(

@@ -201,6 +201,14 @@ class SingleFileModel:
     def version(self) -> str:
         return self.shapes.version
 
+    @property
+    def name(self) -> str:
+        """The checkpoint's file name: what a LoRA's config records as its base model."""
+        return self.checkpoint.name
+
+    def __fspath__(self) -> str:  # the model is its checkpoint file, wherever a path is asked
+        return str(self.checkpoint)
+
     def load(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
         """One component, in eval mode and frozen, on `device` (the contract of
         `loader.load_component`)."""

@@ -1,5 +1,12 @@
-"""Where the base model comes from: a local folder, a store URL (downloaded once into the
+"""Where the base model comes from: a diffusers model folder or the official single-file
+checkpoint with its Gemma-3 folder, each local or at a store URL (downloaded once into the
 model cache), or, for local runs only, the tiny random model (written there on first use).
+
+`resolve_model` turns what a user names into a `loader.Model`, checked: a single file is
+read up to its header and its Gemma folder up to its config, and whatever cannot give an
+LTX-2 model is refused (`InvalidInput`, naming the file) before any weight is read or
+anything encoded. A `file://` checkpoint is used where it lies (it is tens of GB); an
+`s3://` one is downloaded into the cache like a folder.
 
 The model cache is the stage's `--model-cache` (`LTX_EXTEND_MODEL_CACHE`; by default
 `<work>/model-cache`): a volume the platform mounts there keeps a downloaded model for
@@ -19,14 +26,20 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ltx_contract.outcomes import InvalidInput
+from ltx_contract.rules import CHECKPOINT_SUFFIX
+
+if TYPE_CHECKING:
+    from .loader import Model
 
 log = logging.getLogger(__name__)
 
 MODEL_CACHE_ENV = "LTX_EXTEND_MODEL_CACHE"
 MODEL_INDEX = "model_index.json"
 TINY_MODEL = "tiny-model"
+STORE_SCHEMES = ("s3://", "file://")
 
 
 def default_model_cache() -> Path:
@@ -63,28 +76,50 @@ def cache_name(url: str) -> str:
 def download_model(url: str, cache: Path) -> Path:
     """The model folder at `url` (an s3:// or file:// store prefix), downloaded into
     `cache` unless it is there already."""
+    return _download_folder(url, cache, MODEL_INDEX, "a diffusers model folder")
+
+
+def _download_folder(url: str, cache: Path, marker: str, what: str) -> Path:
+    """The folder at store prefix `url`, downloaded into `cache` once (`marker` is the
+    file that makes it what it is: refused without it)."""
     from ..store import open_store
 
     dest = cache / cache_name(url)
-    if is_model_folder(dest):
-        log.info("model %s found in the model cache (%s)", url, dest)
+    if (dest / marker).is_file():
+        log.info("%s found in the model cache (%s)", url, dest)
         return dest
     with _locked(cache, dest.name):
-        if is_model_folder(dest):  # another pod finished it while this one waited
+        if (dest / marker).is_file():  # another pod finished it while this one waited
             return dest
         store = open_store(url)
         partial = cache / f".{dest.name}.partial"
         keys = store.keys("")
-        if MODEL_INDEX not in keys:
-            raise InvalidInput(f"the model at {url} is not a diffusers model folder (it has "
-                               f"no {MODEL_INDEX})")
+        if marker not in keys:
+            raise InvalidInput(f"the model at {url} is not {what} (it has no {marker})")
         fetched = 0
         for key in keys:
             if not (partial / key).is_file():  # files are written whole or not at all
                 store.get_file(key, partial / key)
                 fetched += 1
         partial.rename(dest)
-    log.info("model %s downloaded to %s (%d of %d files)", url, dest, fetched, len(keys))
+    log.info("%s downloaded to %s (%d of %d files)", url, dest, fetched, len(keys))
+    return dest
+
+
+def download_checkpoint(url: str, cache: Path) -> Path:
+    """The single-file checkpoint at `url`: a file:// one where it lies, an s3:// one
+    downloaded into `cache` once (whole or not at all)."""
+    from ..store import file_url_path, open_store
+
+    if url.startswith("file://"):
+        return file_url_path(url)
+    folder, _, name = url.rstrip("/").rpartition("/")
+    dest = cache / cache_name(url) / name
+    with _locked(cache, dest.parent.name):
+        if not dest.is_file():
+            if not open_store(folder).get_file(name, dest):
+                raise InvalidInput(f"the model at {url} does not exist")
+            log.info("%s downloaded to %s", url, dest)
     return dest
 
 
@@ -106,16 +141,65 @@ def tiny_model(cache: Path) -> Path:
     return dest
 
 
-def resolve_model_dir(model_dir: Path | str | None, cache: Path | None = None) -> Path:
-    """The model folder to use: a local folder, a store URL (downloaded into `cache`), or,
-    with None, the tiny model (written into `cache`). Jobs never pass None: they refuse
-    a training without a model before they get here."""
+def is_checkpoint(location: str | Path) -> bool:
+    """Whether a model location names a single-file checkpoint (rather than a folder)."""
+    return str(location).rstrip("/").endswith(CHECKPOINT_SUFFIX)
+
+
+def text_encoder_location(text_encoder: str | None, model: str | Path | None) -> str | None:
+    """Where `spec.model.textEncoder` points: a URL as it is; a relative path beside the
+    checkpoint, in the same store or volume (`model`: where the checkpoint is)."""
+    if text_encoder is None or text_encoder.startswith(STORE_SCHEMES) or model is None:
+        return text_encoder
+    model = str(model).rstrip("/")
+    if model.startswith(STORE_SCHEMES):
+        return f"{model.rpartition('/')[0]}/{text_encoder}"
+    return str(Path(model).parent / text_encoder)
+
+
+def resolve_model(source: Path | str | None, cache: Path | None = None,
+                  text_encoder: Path | str | None = None) -> Model:
+    """The model to use, checked: a diffusers folder; a single-file checkpoint (`.safetensors`)
+    with its Gemma-3 folder `text_encoder`; either as a local path or a store URL
+    (downloaded into `cache`); or, with None, the tiny model (written into `cache`). Jobs
+    never pass None: they refuse a training without a model before they get here."""
+    from .single_file import CheckpointError, describe_single_file
+
     cache = cache or default_model_cache()
-    if isinstance(model_dir, str) and model_dir.startswith(("s3://", "file://")):
-        return download_model(model_dir, cache)
-    if model_dir is not None:
-        model_dir = Path(model_dir)
-        if not is_model_folder(model_dir):
-            raise InvalidInput(f"{model_dir} is not a diffusers model folder (no {MODEL_INDEX})")
-        return model_dir
-    return tiny_model(cache)
+    if source is None:
+        if text_encoder is not None:
+            raise InvalidInput("a text encoder folder was given without a model: it goes with "
+                               "a single-file checkpoint")
+        return tiny_model(cache)
+    url = isinstance(source, str) and source.startswith(STORE_SCHEMES)
+    if not is_checkpoint(source):
+        folder = download_model(str(source), cache) if url else Path(source)
+        if not is_model_folder(folder):
+            raise InvalidInput(f"{folder} is not a diffusers model folder (no {MODEL_INDEX}) "
+                               f"and not a single-file checkpoint ({CHECKPOINT_SUFFIX})")
+        if text_encoder is not None:
+            raise InvalidInput(
+                f"{source} is a diffusers model folder, which has its own text_encoder/: a "
+                "separate text encoder folder goes with a single-file checkpoint only")
+        return folder
+    if text_encoder is None:  # refused before a checkpoint of tens of GB is downloaded
+        raise CheckpointError(f"{source} holds no text encoder: give its Gemma-3 folder "
+                              "(config.json, the weights and the tokenizer) as well")
+    checkpoint = download_checkpoint(str(source), cache) if url else Path(source)
+    return describe_single_file(checkpoint, _text_encoder_dir(text_encoder, cache))
+
+
+def _text_encoder_dir(text_encoder: Path | str, cache: Path) -> Path:
+    from ..store import file_url_path
+
+    text = str(text_encoder)
+    if text.startswith("file://"):
+        return file_url_path(text)
+    if text.startswith("s3://"):
+        return _download_folder(text, cache, "config.json", "a Gemma-3 folder")
+    return Path(text_encoder)
+
+
+#: the earlier name, which callers such as the benchmarks use
+resolve_model_dir = resolve_model
+

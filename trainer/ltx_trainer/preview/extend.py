@@ -6,6 +6,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ from .sampler import Models, extend_backward
 
 @dataclass
 class ExtendRequest:
-    model: Path | None  # None: the tiny model
+    model: Any  # a folder or a single-file checkpoint (resolved: a loader.Model); None: tiny
     lora: Path | None
     clip: Path
     prompt: str
@@ -41,12 +42,14 @@ class ExtendRequest:
     stg_scale: float = 1.0
     seed: int = 0
     max_sequence_length: int | None = None  # default: the LoRA's, else 1024
+    text_encoder: Path | None = None  # the Gemma-3 folder of a single-file checkpoint
 
 
 def extend_clip(request: ExtendRequest, device: torch.device,
-                resolve_model: Callable[[Path | None], Path]) -> Path:
-    """Check the clip, then generate; the model folder is resolved only once the input
-    is known to be good."""
+                resolve_model: Callable[..., Any]) -> Path:
+    """Check the clip, then generate; the model (`resolve_model(model, text_encoder=…)`,
+    `source.resolve_model`) is resolved only once the input is known to be good, and
+    refused before anything is encoded when it cannot be used."""
     from ..model.loader import load_component
 
     config = read_lora_config(request.lora)
@@ -69,7 +72,7 @@ def extend_clip(request: ExtendRequest, device: torch.device,
                          wav if request.audio else None, normalize=True, preserve_pitch=True)
         closing = read_video(video_path)
         audio = torch.from_numpy(read_wav(wav)[0]) if request.audio else None
-    request.model = resolve_model(request.model)
+    request.model = resolve_model(request.model, text_encoder=request.text_encoder)
     profile = read_profile(request.model)
     texts = encode_texts(request.model, [request.prompt, request.negative_prompt], device, length)
     transformer = load_component(request.model, "transformer", device)
