@@ -19,6 +19,12 @@ def read_frames(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in inp.decode(video=0)])
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images or clips, in dB (99 when equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
 def make_turned_clip(path: Path, clockwise: int, *, displayed: tuple[int, int] = (96, 160),
                      how: str = "matrix", mirrored: bool = False, seconds: float = 1.0,
                      fps: int = 24) -> Path:

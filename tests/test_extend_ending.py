@@ -28,18 +28,13 @@ from ltx_trainer.preview.ending import (
 from ltx_trainer.preview.run import reel_part
 from ltx_trainer.preview.sampler import Extension, Models, extend_backward
 
-from media_factory import make_clip, read_frames
+from media_factory import make_clip, psnr, read_frames
 
 FRAMES, FPS, CF = 17, 24, 8
 SUFFIX = SuffixWindow(FRAMES, FPS, CF)
 COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "scheduler")
 PROMPT = "a square glides in"
 CPU = torch.device("cpu")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def decode(path) -> tuple[np.ndarray, np.ndarray, int]:

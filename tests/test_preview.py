@@ -10,17 +10,20 @@ import pytest
 import torch
 
 from ltx_contract.outcomes import ExitCode
+from ltx_contract.spec import frame_size
 from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.cli import main
 from ltx_trainer.codec.latents import encode_video, pack_video
 from ltx_trainer.codec.text import encode_texts, text_key
 from ltx_trainer.codec.video import read_video
+from ltx_trainer.dataset.media import probe
+from ltx_trainer.dataset.prepare import fit_closing_clip
 from ltx_trainer.model.loader import load_component
 from ltx_trainer.model.profile import read_profile
 from ltx_trainer.preview.reel import ReelPart, write_reel
 from ltx_trainer.preview.sampler import Models, extend_backward
 
-from media_factory import make_clip
+from media_factory import make_clip, psnr, read_frames
 
 CPU = torch.device("cpu")
 SUFFIX = SuffixWindow(25, 24, 8)
@@ -151,6 +154,19 @@ def test_extend_command(setup, request, tmp_path, version):
     with av.open(str(out)) as container:
         assert {s.type for s in container.streams} == {"video", "audio"}
         assert container.streams.video[0].frames == 17
+    if version == "2.3":
+        return
+    # the output ends with the clip's own fitted frames; --decoded-ending with the model's
+    fitted_path = tmp_path / "fitted.mp4"
+    fit_closing_clip(setup[4], probe(setup[4]), 17, 24, frame_size("low", "1:1"), fitted_path,
+                     None, normalize=True, preserve_pitch=True)
+    fitted = read_frames(fitted_path)[-8:]
+    decoded = tmp_path / "decoded.mp4"
+    assert main(["extend", "--model", str(model), "--clip", str(setup[4]), "--prompt",
+                 "a square glides in", "--output", str(decoded), "--frames", "17",
+                 "--resolution", "low", "--steps", "2", "--decoded-ending"]) == ExitCode.SUCCESS
+    assert psnr(read_frames(out)[-8:], fitted) >= 35
+    assert psnr(read_frames(decoded)[-8:], fitted) < 35
 
 
 def test_extend_refuses_a_short_clip_before_loading_any_model(tmp_path, capsys):

@@ -176,7 +176,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
         resolution=args.resolution, aspect=args.aspect, audio=args.audio,
         conditioning_frames=args.conditioning_frames,
         negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT, steps=args.steps,
-        stg_scale=args.stg_scale, seed=args.seed)
+        stg_scale=args.stg_scale, seed=args.seed, decoded_ending=args.decoded_ending)
     try:
         path = extend_clip(request, default_device(), resolve_model)
     except (Outcome, ValueError, FileNotFoundError) as exc:
@@ -414,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     extend.add_argument("--steps", type=int, default=30)
     extend.add_argument("--stg-scale", type=float, default=1.0)
     extend.add_argument("--seed", type=int, default=0)
+    extend.add_argument("--decoded-ending", action="store_true",
+                        help="end with the model's decode of the closing clip instead of the "
+                        "clip's own frames and audio")
     extend.set_defaults(func=cmd_extend)
 
     def training_options(p: argparse.ArgumentParser) -> None:

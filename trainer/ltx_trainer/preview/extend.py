@@ -15,12 +15,11 @@ from ltx_contract.spec import DEFAULT_NEGATIVE_PROMPT, frame_size
 from ltx_contract.suffix import SuffixWindow
 
 from ..codec.text import encode_texts, text_key
-from ..codec.video import read_video
-from ..dataset.media import Undecodable, frames_in, probe, read_wav
+from ..dataset.media import Undecodable, frames_in, probe
 from ..dataset.prepare import fit_closing_clip
 from ..model.lora import load_lora, read_lora_config
 from ..model.profile import read_profile
-from .reel import write_video
+from .ending import FittedClip, write_extension
 from .sampler import Models, extend_backward
 
 
@@ -43,6 +42,7 @@ class ExtendRequest:
     seed: int = 0
     max_sequence_length: int | None = None  # default: the LoRA's, else 1024
     text_encoder: Path | None = None  # the Gemma-3 folder of a single-file checkpoint
+    decoded_ending: bool = False  # end with the model's decode of the clip, not the clip
 
 
 def extend_clip(request: ExtendRequest, device: torch.device,
@@ -70,8 +70,7 @@ def extend_clip(request: ExtendRequest, device: torch.device,
         fit_closing_clip(request.clip, info, request.frames, request.fps,
                          frame_size(request.resolution, request.aspect), video_path,
                          wav if request.audio else None, normalize=True, preserve_pitch=True)
-        closing = read_video(video_path)
-        audio = torch.from_numpy(read_wav(wav)[0]) if request.audio else None
+        fitted = FittedClip.read(video_path, wav if request.audio else None)
     request.model = resolve_model(request.model, text_encoder=request.text_encoder)
     profile = read_profile(request.model)
     texts = encode_texts(request.model, [request.prompt, request.negative_prompt], device, length)
@@ -86,10 +85,9 @@ def extend_clip(request: ExtendRequest, device: torch.device,
         scheduler=load_component(request.model, "scheduler", device),
     )
     result = extend_backward(
-        models, profile, closing, audio, texts[text_key(request.prompt)],
+        models, profile, fitted.pixels(), fitted.waveform(), texts[text_key(request.prompt)],
         texts[text_key(request.negative_prompt)], suffix=suffix, with_audio=request.audio,
         steps=request.steps, stg_scale=request.stg_scale, seed=request.seed,
         max_sequence_length=length)
-    request.output.parent.mkdir(parents=True, exist_ok=True)
-    return write_video(result.frames, request.fps, request.output, result.audio,
-                       result.sample_rate)
+    return write_extension(result, fitted, suffix, request.output,
+                           decoded_ending=request.decoded_ending)
