@@ -143,8 +143,8 @@ def real_shape_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real
     """Written once per session (~3.5 GB per layout, removed at the end)."""
     import shutil
 
-    from ltx_trainer.model.shapes import write_layouts
     from ltx_trainer.model.single_file import GEMMA_DIR
+    from ltx_trainer.model.writer import write_layouts
 
     root = tmp_path_factory.mktemp("real-shapes")
     single = root / "single-file"

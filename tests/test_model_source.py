@@ -16,9 +16,10 @@ from ltx_contract.spec import SpecError, parse_spec
 from ltx_trainer.cli import main
 from ltx_trainer.model.loader import load_component
 from ltx_trainer.model.profile import read_profile
-from ltx_trainer.model.shapes import ModelShapes, write_layouts
+from ltx_trainer.model.shapes import ModelShapes
 from ltx_trainer.model.single_file import GEMMA_DIR, CheckpointError, SingleFileModel
 from ltx_trainer.model.source import resolve_model, text_encoder_location
+from ltx_trainer.model.writer import write_layouts
 
 CPU = torch.device("cpu")
 DATA = "https://example.com/clips.zip"

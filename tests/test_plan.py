@@ -137,7 +137,7 @@ def test_command_on_a_model_folder(spec_file: Path, tiny_model: Path,
 def test_command_on_a_single_file(spec_file: Path, tiny_model: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture) -> None:
     """A checkpoint's shapes come from its header: no Gemma folder is needed to plan."""
-    from ltx_trainer.model.shapes import write_layouts
+    from ltx_trainer.model.writer import write_layouts
 
     checkpoint = write_layouts({"single-file": tmp_path / "single"},
                                ModelShapes.from_model_dir(tiny_model))["single-file"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltx_trainer.model import shapes
+from ltx_trainer.model import writer
 from ltx_trainer.model.shapes import (
     LTX_2_3,
     build_component,
@@ -122,7 +122,7 @@ def test_components_are_built_on_any_device_from_a_seed() -> None:
 
 def _cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    shapes.add_parser(parser.add_subparsers(dest="command"))
+    writer.add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(list(argv))
 
 
@@ -137,7 +137,7 @@ def test_cli_writes_the_single_file_layout(tmp_path: Path, capsys: pytest.Captur
     assert files.version == "2.3" and files.shapes.configs["transformer"]["num_layers"] == 1
     assert "model.diffusion_model.transformer_blocks.0.attn1.to_q.weight" in \
         files.keys["transformer"]
-    marker = json.loads((tmp_path / shapes.MARKER).read_text())
+    marker = json.loads((tmp_path / writer.MARKER).read_text())
     assert marker == {"shapes": "ltx-2.3-1-block", "layout": "single-file", "seed": 0,
                       "kind": "real-shapes-random"}
 

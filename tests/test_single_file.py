@@ -13,7 +13,7 @@ from conftest import RealShapeModels
 from safetensors.torch import load_file, save_file
 
 from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.shapes import LTX_2_0, LTX_2_3, ModelShapes, build_meta, write_layouts
+from ltx_trainer.model.shapes import LTX_2_0, LTX_2_3, ModelShapes, build_meta
 from ltx_trainer.model.single_file import (
     GEMMA_DIR,
     CheckpointError,
@@ -21,6 +21,7 @@ from ltx_trainer.model.single_file import (
     load_single_file_component,
     original_key,
 )
+from ltx_trainer.model.writer import write_layouts
 
 CPU = torch.device("cpu")
 

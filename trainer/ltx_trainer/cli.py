@@ -14,7 +14,7 @@ from typing import Any
 from ltx_contract.outcomes import ExitCode
 
 from . import __version__, plan
-from .model import shapes
+from .model import writer
 from .model.source import MODEL_CACHE_ENV
 from .spec_file import read_spec_or_report
 
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("dest", type=local_path, metavar="DIR")
     sample.set_defaults(func=cmd_sample_data)
 
-    shapes.add_parser(sub, path=local_path)
+    writer.add_parser(sub, path=local_path)
     plan.add_parser(sub, path=local_path)
 
     extend = sub.add_parser(

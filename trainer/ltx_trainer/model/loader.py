@@ -19,7 +19,10 @@ from typing import Any, TypeAlias
 
 import torch
 
+from .device import compute_dtype, default_device
 from .single_file import SingleFileModel
+
+__all__ = ["Model", "compute_dtype", "default_device", "load_component"]
 
 #: a model: a diffusers model folder, or a single-file checkpoint checked with its Gemma-3
 #: folder (`single_file.describe_single_file`); `Path(model).name` names either
@@ -29,14 +32,6 @@ Model: TypeAlias = Path | SingleFileModel
 #: a diffusers pipeline module (e.g. "ltx2" → diffusers.pipelines.ltx2), as diffusers reads it
 TOP_LEVEL_LIBRARIES = ("diffusers", "transformers")
 UNWEIGHTED = ("tokenizer", "scheduler")
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def component_class(model_dir: Path, name: str) -> type:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 TRANSFORMER_PREFIX = "model.diffusion_model."
 PROJECTION_PREFIX = "text_embedding_projection."
 PREFIXES = {"vae": "vae.", "audio_vae": "audio_vae.", "vocoder": "vocoder."}
-#: the Gemma-3 folder written beside a checkpoint by `write_single_file`
+#: the Gemma-3 folder written beside a checkpoint by `writer.write_layouts`
 GEMMA_DIR = "gemma-3"
 #: metadata entry of a checkpoint whose shapes are not a release's (our random models)
 SHAPES_METADATA = "ltx_extend_shapes"
@@ -212,7 +212,7 @@ class SingleFileModel:
     def load(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
         """One component, in eval mode and frozen, on `device` (the contract of
         `loader.load_component`)."""
-        from .loader import compute_dtype
+        from .device import compute_dtype
 
         dtype = dtype or compute_dtype(device)
         if name == "tokenizer":
