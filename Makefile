@@ -47,7 +47,8 @@ lock: $(STAMP)
 
 # The wheels the GPU kit (tests/benchmarks/device/run.sh) needs on an air-gapped GPU machine
 # whose Python 3.12 has torch, transformers, peft and safetensors but not these: cp312,
-# manylinux x86_64, the locked versions, into the ignored .whl/ folder that travels with it.
+# manylinux x86_64, the locked versions, into the ignored .whl/ folder that travels with it,
+# and the kit's prepared dataset in .whl/kit.
 DEVICE_WHEELS := diffusers importlib-metadata pydantic pydantic-core pydantic-settings \
 	python-dotenv typing-inspection annotated-types typing-extensions av minio argon2-cffi \
 	argon2-cffi-bindings pycryptodome
@@ -58,6 +59,8 @@ device-wheels: $(STAMP)
 		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		--platform manylinux1_x86_64 --platform any -d .whl \
 		$$(for name in $(DEVICE_WHEELS); do grep -i "^$$name==" requirements/trainer.lock; done)
+	# the kit's dataset, prepared here: the GPU machine has no PySceneDetect
+	PYTHON=$(BIN)/python tests/benchmarks/device/run.sh --prepare .whl/kit
 	@du -sh .whl
 
 clean:

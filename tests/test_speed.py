@@ -5,8 +5,6 @@ tiny model where only the training loop does."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
@@ -89,8 +87,7 @@ def test_the_optimizer_is_fused_on_cuda_and_takes_the_lora_as_it_is():
 def real_width(real_shape_models, tmp_path_factory):
     """A trainer on the one-block LTX-2.3 model at its real widths, in bf16 (as on a GPU)
     on the CPU."""
-    folder = ModelParts.from_folder(real_shape_models.diffusers)
-    parts = replace(folder, load=lambda name, device: folder.load(name, device).to(BF16))
+    parts = ModelParts.from_folder(real_shape_models.diffusers, dtype=BF16)
     trainer = Trainer(spec(rank=8), None, tmp_path_factory.mktemp("rw"), CPU,
                       TrainSettings(max_sequence_length=128), parts=parts)
     trainer._load()

@@ -120,7 +120,8 @@ class ReusedParts:
         transformer = self.built.get("transformer")
         if transformer is None:
             return
-        transformer.unload_lora()
+        if getattr(transformer, "_hf_peft_config_loaded", False):
+            transformer.unload_lora()
         transformer.disable_gradient_checkpointing()
         for block in transformer.transformer_blocks:
             block._compiled_call_impl = None  # what Module.compile set
@@ -136,10 +137,11 @@ def model_parts(args: argparse.Namespace) -> tuple[Any, Path | None]:
     if args.shapes:
         shapes = shapes_named(args.shapes)
         return ModelParts.from_shapes(shapes.cut_depth() if args.one_block else shapes), None
+    # bf16 weights on any device, as on a GPU (a CPU would load them in fp32)
     if args.model is not None and args.model.is_file():
-        return ModelParts.from_single_file(args.model), None
+        return ModelParts.from_single_file(args.model, dtype=torch.bfloat16), None
     folder = resolve_model_dir(args.model)
-    return ModelParts.from_folder(folder), folder
+    return ModelParts.from_folder(folder, dtype=torch.bfloat16), folder
 
 
 # -- one case ----------------------------------------------------------------------------
@@ -417,15 +419,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         peak = GPUS[key].bf16_flops / 1e12
     results = []
     for case in cases_from(args):
-        result = run_case(case, parts, device, steps=args.steps, warmup=args.warmup,
-                          max_sequence_length=args.max_sequence_length, peak_tflops=peak)
+        try:
+            result = run_case(case, parts, device, steps=args.steps, warmup=args.warmup,
+                              max_sequence_length=args.max_sequence_length, peak_tflops=peak)
+        except torch.cuda.OutOfMemoryError as exc:  # recorded; the other cases still run
+            result = {"case": case.label, "error": f"out of memory: {exc}".splitlines()[0]}
+            parts.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
         line = json.dumps(result)
         print(line, flush=True)
         if args.json_out is not None:
             with args.json_out.open("a") as out:
                 out.write(line + "\n")
         results.append(result)
-    print(table(results), file=sys.stderr)
+    print(table([r for r in results if "error" not in r]), file=sys.stderr)
+    for failed in (r for r in results if "error" in r):
+        print(f"{failed['case']}: {failed['error']}", file=sys.stderr)
     return results
 
 

@@ -69,14 +69,16 @@ class Kit:
         self.out, self.stages = out, {}
         self.log = (out / "kit.log").open("a")
 
-    def stage(self, name: str, command: list[str], timeout: float) -> bool:
+    def stage(self, name: str, command: list[str], timeout: float,
+              env: dict[str, str] | None = None) -> bool:
         self.log.write(f"\n== {name}: {' '.join(command)}\n")
         self.log.flush()
         print(f"kit: {name} …", flush=True)
         began = time.perf_counter()
         try:
             rc = subprocess.run(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                timeout=timeout, cwd=ROOT).returncode
+                                timeout=timeout, cwd=ROOT,
+                                env={**os.environ, **(env or {})}).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         seconds = round(time.perf_counter() - began, 1)
@@ -147,14 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     model = work / "model"
     spec = data / "spec.json"
     smoke_size = ["--max-sequence-length", "64"] if args.smoke else []
+    # the tiny model gains nothing from more threads, and on a busy CPU spinning ones
+    # slow it down many times over
+    tiny = {"OMP_NUM_THREADS": "1"} if args.smoke else None
     kit.stage("bench", bench_command(args, out), 420)
     written = kit.stage("model", [*CLI, "tiny-model", str(model), "--version", "2.3"]
                         if args.smoke else [*CLI, "tiny-model", str(model), "--shapes",
-                                            "ltx-2.3"], 180)
+                                            "ltx-2.3"], 180, tiny)
     trained = written and kit.stage("train", [
         *CLI, "job", "train", "--store", str(store), "--run", RUN, "--spec-json", f"@{spec}",
         "--model", str(model), "--work", str(work / "train"), "--progress-port", "0",
-        "--preview-steps", "2", "--checkpoint-every", "1000", *smoke_size], 300)
+        "--preview-steps", "2", "--checkpoint-every", "1000", *smoke_size], 300, tiny)
     lora = store / RUN / "outputs" / "lora.safetensors"
     if trained:
         shutil.copy(store / RUN / "result-train.json", out / "result-train.json")
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             *CLI, "extend", "--model", str(model), "--lora", str(lora), "--clip",
             str(data / "closing.mp4"), "--prompt", "LEADIN a square glides in", "--output",
             str(out / "extend.mp4"), "--frames", "17", "--resolution", "low",
-            "--aspect", "16:9", "--steps", "2", "--audio"], 180)
+            "--aspect", "16:9", "--steps", "2", "--audio"], 180, tiny)
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()
              ] if (out / "bench.jsonl").is_file() else []
     summary = {"smoke": args.smoke, "environment": environment(), "stages": kit.stages,

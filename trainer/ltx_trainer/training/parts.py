@@ -29,17 +29,18 @@ class ModelParts:
     load: Loader
 
     @classmethod
-    def from_folder(cls, model_dir: Path) -> ModelParts:
+    def from_folder(cls, model_dir: Path, dtype: torch.dtype | None = None) -> ModelParts:
+        """`dtype`: the weights' (default: the device's compute dtype)."""
         from ..model.loader import load_component
         from ..model.shapes import ModelShapes
 
         model_dir = Path(model_dir)
         return cls(model_dir.name, read_profile(model_dir), ModelShapes.from_model_dir(model_dir),
-                   lambda name, device: load_component(model_dir, name, device))
+                   lambda name, device: load_component(model_dir, name, device, dtype))
 
     @classmethod
-    def from_single_file(cls, checkpoint: Path, text_encoder_dir: Path | None = None
-                         ) -> ModelParts:
+    def from_single_file(cls, checkpoint: Path, text_encoder_dir: Path | None = None,
+                         dtype: torch.dtype | None = None) -> ModelParts:
         """The official checkpoint (its Gemma folder, `single_file.GEMMA_DIR` beside it by
         default, is only checked: training reads cached text features)."""
         from ..model.single_file import GEMMA_DIR, describe_single_file
@@ -47,7 +48,7 @@ class ModelParts:
         checkpoint = Path(checkpoint)
         files = describe_single_file(checkpoint, text_encoder_dir or checkpoint.parent / GEMMA_DIR)
         return cls(checkpoint.name, _profile(files.shapes), files.shapes,
-                   lambda name, device: files.load(name, device))
+                   lambda name, device: files.load(name, device, dtype))
 
     @classmethod
     def from_shapes(cls, shapes: Any, seed: int = 0, dtype: torch.dtype = torch.bfloat16
