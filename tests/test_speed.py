@@ -132,3 +132,21 @@ def test_at_real_widths_each_speed_measure_gives_the_same_step(real_width):
     cast = gradients(trainer, inputs, trainer.caption_context("c", sample["text"]))
     set_input_casting(trainer.transformer, False)
     assert cast[0] == pytest.approx(loss, rel=2e-2)
+
+
+def test_the_compiled_blocks_give_the_same_step(tiny_model_v23, tmp_path):
+    """Regional compilation (dynamo's graph of one block, reused by both; the eager
+    backend here, inductor on a GPU): the step's loss and gradients are unchanged."""
+    steps = {}
+    for backend in (None, "eager"):
+        trainer = Trainer(spec(), tiny_model_v23, tmp_path / str(backend), CPU,
+                          TrainSettings(max_sequence_length=16, compile_backend=backend))
+        trainer._load()
+        blocks = trainer.transformer.transformer_blocks
+        assert all((block._compiled_call_impl is not None) == bool(backend) for block in blocks)
+        sample, suffix = sample_for(trainer, 3, 5)
+        inputs = trainer.prepare(sample, suffix, step_generator(0, 0))
+        steps[backend] = gradients(trainer, inputs, trainer.caption_context("k", sample["text"]))
+    assert steps["eager"][0] == pytest.approx(steps[None][0], rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+               for a, b in zip(steps[None][1], steps["eager"][1], strict=True))
