@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test e2e lint crd lock install clean
+.PHONY: demo test e2e lint crd lock install clean device-wheels
 
 $(STAMP): pyproject.toml requirements/trainer.lock tests/helm_binary.py
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,24 @@ crd: $(STAMP)
 # Re-resolve the images' lock files after a dependency change in pyproject.toml.
 lock: $(STAMP)
 	$(BIN)/python requirements/lock.py
+
+# The wheels the GPU kit (tests/benchmarks/device/run.sh) needs on an air-gapped GPU machine
+# whose Python 3.12 has torch, transformers, peft and safetensors but not these: cp312,
+# manylinux x86_64, the locked versions, into the ignored .whl/ folder that travels with it,
+# and the kit's prepared dataset in .whl/kit.
+DEVICE_WHEELS := diffusers importlib-metadata pydantic pydantic-core pydantic-settings \
+	python-dotenv typing-inspection annotated-types typing-extensions av minio argon2-cffi \
+	argon2-cffi-bindings pycryptodome
+device-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux1_x86_64 --platform any -d .whl \
+		$$(for name in $(DEVICE_WHEELS); do grep -i "^$$name==" requirements/trainer.lock; done)
+	# the kit's dataset, prepared here: the GPU machine has no PySceneDetect
+	PYTHON=$(BIN)/python tests/benchmarks/device/run.sh --prepare .whl/kit
+	@du -sh .whl
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

@@ -35,10 +35,23 @@ def lora_targets(modalities: tuple[str, ...]) -> str:
 
 
 def add_lora(transformer: Any, rank: int, modalities: tuple[str, ...]) -> None:
+    """The adapter, its layers left to take their input as it comes: peft would otherwise
+    copy every bf16 activation into the fp32 of the LoRA weights before each LoRA matmul
+    (the step's autocast runs those matmuls in bf16 anyway)."""
     from peft import LoraConfig
 
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True,
                                        target_modules=lora_targets(modalities)))
+    set_input_casting(transformer, False)
+
+
+def set_input_casting(transformer: Any, enabled: bool) -> None:
+    """Whether the LoRA layers cast their input to their weights' dtype (peft's default)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in transformer.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = enabled
 
 
 def adapter_state(transformer: Any) -> dict[str, torch.Tensor]:

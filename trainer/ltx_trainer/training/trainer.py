@@ -5,6 +5,11 @@ with (seed, step), so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted run would and ends with the same LoRA. A non-finite loss or gradient
 stops the run at once (`Diverged`) before the optimizer takes the step, so no
 checkpoint is ever written from a bad state and the last good one stays.
+
+The frozen text connectors run once per caption, at its first step, not in every step:
+their outputs are kept for the rest of the run beside the cached Gemma features. What
+else makes a step fast (fused AdamW, checkpointing only the blocks the GPU's memory
+needs, regional compilation, the attention kernels) is `speed.py`.
 """
 
 from __future__ import annotations
@@ -26,11 +31,18 @@ from ltx_contract.spec import TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
 from ..codec.text import pad_left
-from ..model.forward import TextContext, connect_text, predict
-from ..model.profile import read_profile
+from ..model.forward import (
+    ATTENTION_BACKENDS,
+    TextContext,
+    attention_kernels,
+    connect_text,
+    predict,
+)
 from .checkpoints import Checkpoints, TrainingState, restore_rng_state
 from .lora import adapter_state, add_lora, lora_state_dict, training_config, write_lora_file
+from .parts import ModelParts
 from .preprocess import encode_dataset, load_sample
+from .speed import checkpoint_blocks, compile_blocks, make_optimizer, planned_checkpointing
 from .strategy import StepInputs, SuffixStrategy
 
 log = logging.getLogger(__name__)
@@ -46,9 +58,13 @@ class TrainSettings:
     warmup_steps: int = 0
     max_sequence_length: int = 1024
     log_every: int = 25
-    gradient_checkpointing: bool | None = None  # None: on GPU only
     preview_every: int = 0  # 0: previews only at the end
     preview_steps: int = 30
+    #: transformer blocks to checkpoint, the first ones; None: on a GPU the fewest whose
+    #: planned peak fits its memory, on a CPU none
+    checkpointed_blocks: int | None = None
+    attention_backend: str = "auto"  # model.forward.ATTENTION_BACKENDS
+    compile_backend: str | None = None  # torch.compile the blocks with it ("inductor")
 
 
 @dataclass
@@ -100,44 +116,54 @@ def _sample_order(seed: int, epoch: int, count: int) -> list[int]:
 
 
 class Trainer:
-    def __init__(self, spec: TrainingSpec, model_dir: Path, work_dir: Path,
+    def __init__(self, spec: TrainingSpec, model_dir: Path | None, work_dir: Path,
                  device: torch.device, settings: TrainSettings | None = None,
-                 progress: ProgressCallback | None = None, hooks: TrainerHooks | None = None):
+                 progress: ProgressCallback | None = None, hooks: TrainerHooks | None = None,
+                 parts: ModelParts | None = None):
+        """`parts` gives the transformer and connectors another way than the folder
+        `model_dir` (a checkpoint, or random weights of a release's shapes); the folder is
+        still where the cache is encoded from."""
         self.spec, self.model_dir, self.work_dir = spec, model_dir, work_dir
         self.device, self.settings = device, settings or TrainSettings()
         self.progress = progress
         self.hooks = hooks or TrainerHooks()
         self.checkpoints = Checkpoints(work_dir / "checkpoints", self.settings.keep_checkpoints)
-        self.profile = read_profile(model_dir)
+        self.parts = parts or ModelParts.from_folder(model_dir)
+        self.profile = self.parts.profile
         if not self.profile.dynamic_shifting:
             raise InvalidInput(
-                f"the model {Path(model_dir).name} cannot be trained: its scheduler does not "
+                f"the model {self.parts.name} cannot be trained: its scheduler does not "
                 "use dynamic shifting, the mark of a distilled checkpoint (a fixed few-step "
                 "schedule); train on the dev (non-distilled) model")
+        _check_settings(self.settings, self.profile.num_layers)
+        self._captions: dict[str, TextContext] = {}
 
     # -- model ---------------------------------------------------------------------------
     def _load(self) -> None:
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import cast_training_params
 
-        from ..model.loader import load_component
-
-        self.transformer = load_component(self.model_dir, "transformer", self.device)
-        self.connectors = load_component(self.model_dir, "connectors", self.device)
+        settings = self.settings
+        self.transformer = self.parts.load("transformer", self.device)
+        self.connectors = self.parts.load("connectors", self.device)
         self.strategy = SuffixStrategy.for_training(
             self.spec, self.profile, self.transformer.config.audio_in_channels)
-        torch.manual_seed(self.settings.seed)  # LoRA A matrices start from the seed
+        torch.manual_seed(settings.seed)  # LoRA A matrices start from the seed
         add_lora(self.transformer, self.spec.rank, self.strategy.modalities)
         cast_training_params(self.transformer, dtype=torch.float32)  # LoRA in fp32 on a bf16 base
-        gc_on = self.settings.gradient_checkpointing
-        if gc_on or (gc_on is None and self.device.type == "cuda"):
-            self.transformer.enable_gradient_checkpointing()
+        blocks = settings.checkpointed_blocks
+        if blocks is None:
+            blocks = planned_checkpointing(self.parts.shapes, self.spec,
+                                           settings.max_sequence_length, self.device)
+        self.checkpointed = checkpoint_blocks(self.transformer, blocks)
+        if settings.compile_backend:
+            compile_blocks(self.transformer, settings.compile_backend)
         self.transformer.train()
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.spec.learning_rate,
-                                           weight_decay=self.settings.weight_decay)
+        self.optimizer = make_optimizer(self.params, self.spec.learning_rate,
+                                        settings.weight_decay, self.device)
         self.scheduler = get_scheduler("constant_with_warmup", self.optimizer,
-                                       num_warmup_steps=self.settings.warmup_steps)
+                                       num_warmup_steps=settings.warmup_steps)
 
     @torch.no_grad()
     def text_context(self, embeds: torch.Tensor) -> TextContext:
@@ -146,22 +172,38 @@ class Trainer:
                                 self.connectors.dtype)
         return connect_text(self.connectors, padded, mask)
 
-    def loss(self, inputs: StepInputs, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    def caption_context(self, key: str, embeds: torch.Tensor) -> TextContext:
+        """The connectors' outputs for the cached caption `key` (Gemma features `embeds`):
+        computed at its first use and kept for the run (in host memory beside a GPU)."""
+        kept = self._captions.get(key)
+        if kept is None:
+            home = torch.device("cpu") if self.device.type == "cuda" else self.device
+            kept = self._captions[key] = self.text_context(embeds).to(home)
+        return kept.to(self.device)
+
+    def loss(self, inputs: StepInputs, text: torch.Tensor | TextContext
+             ) -> dict[str, torch.Tensor]:
+        """The step's losses; `text` is a caption's connector outputs, or its Gemma
+        features (then the connectors run in this call)."""
+        context = text if isinstance(text, TextContext) else self.text_context(text)
         video, audio = predict(self.transformer, self.profile, inputs.video.state,
-                               inputs.audio.state, self.text_context(text), inputs.geometry,
-                               isolate=not self.strategy.trains_audio)
+                               inputs.audio.state, context, inputs.geometry,
+                               isolate=not self.strategy.trains_audio,
+                               attention=self.settings.attention_backend)
         return self.strategy.loss({"video": video, "audio": audio}, inputs)
 
     def prepare(self, cached: dict[str, torch.Tensor], suffix: SuffixWindow,
                 generator: torch.Generator) -> StepInputs:
         return self.strategy.prepare(cached, suffix, generator, self.device)
 
-    def backward(self, inputs: StepInputs, text: torch.Tensor
+    def backward(self, inputs: StepInputs, text: torch.Tensor | TextContext
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Losses and the clipped gradients' total norm, on the device (no host sync)."""
         losses = self.loss(inputs, text)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        # the checkpointed blocks' forwards run again in here, on the same kernels
+        with attention_kernels(self.settings.attention_backend, self.device):
+            losses["total"].backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
         return losses, norm
 
@@ -190,9 +232,10 @@ class Trainer:
         total = 0.0
         for meta in index["samples"]:
             cached = load_sample(self.work_dir / "cache", meta)
+            text = self.caption_context(meta["caption"], cached["text"])
             for draw in range(draws):
                 inputs = self.prepare(cached, self._suffix(meta), step_generator(10_000 + draw, 0))
-                total += self.loss(inputs, cached["text"])["total"].item()
+                total += self.loss(inputs, text)["total"].item()
         return total / (draws * len(index["samples"]))
 
     # -- state ---------------------------------------------------------------------------
@@ -237,7 +280,8 @@ class Trainer:
             meta = samples[_sample_order(settings.seed, epoch, len(samples))[position]]
             cached = load_sample(self.work_dir / "cache", meta)
             inputs = self.prepare(cached, self._suffix(meta), generator)
-            step_losses, norm = self.backward(inputs, cached["text"])
+            text = self.caption_context(meta["caption"], cached["text"])
+            step_losses, norm = self.backward(inputs, text)
             names = sorted(step_losses)
             *values, grad_norm = torch.stack([step_losses[n].detach().float() for n in names]
                                              + [norm.detach().float()]).tolist()  # one sync
@@ -273,6 +317,7 @@ class Trainer:
         """Drop the model and optimizer, so their memory can be freed."""
         for name in ("transformer", "connectors", "params", "optimizer", "scheduler"):
             self.__dict__.pop(name, None)
+        self._captions.clear()
 
     def _report(self, bar: Any, progress: Progress) -> None:
         bar.update(1)
@@ -294,6 +339,16 @@ class Trainer:
         config_file = out / "config.json"
         config_file.write_text(json.dumps(config, indent=2))
         return TrainResult(lora_file, config_file, steps, losses)
+
+
+def _check_settings(settings: TrainSettings, depth: int) -> None:
+    blocks = settings.checkpointed_blocks
+    if blocks is not None and not 0 <= blocks <= depth:
+        raise InvalidInput(f"checkpointed blocks must be between 0 and the model's {depth} "
+                           f"transformer blocks, not {blocks}")
+    if settings.attention_backend not in ATTENTION_BACKENDS:
+        raise InvalidInput(f"unknown attention backend {settings.attention_backend!r}: "
+                           f"choose one of {', '.join(ATTENTION_BACKENDS)}")
 
 
 def _progress_bar(total: int, start: int) -> Any:

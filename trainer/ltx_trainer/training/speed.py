@@ -1,0 +1,111 @@
+"""What makes a training step fast and lets it fit: the optimizer, gradient checkpointing
+of only as many blocks as the GPU's memory needs, and regional compilation.
+
+- AdamW is fused on CUDA (one kernel for every LoRA tensor). The LoRA weights are fp32,
+  their gradients come back fp32 from autocast's casts: already the dtype and device the
+  fused kernel takes, so nothing is cast per step.
+- Checkpointing trades a block's forward again in the backward for its activations. The
+  memory plan (`ltx_trainer.plan`, the step measured on the meta device) gives the fewest
+  blocks whose peak fits the GPU; only those are checkpointed, through diffusers' own
+  hook for the checkpointing function.
+- `torch.compile` of the repeated transformer blocks (diffusers' `compile_repeated_blocks`,
+  regional compilation): one block is compiled and its code reused by all 48.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+GIB = 2**30
+
+
+def make_optimizer(params: list[torch.Tensor], lr: float, weight_decay: float,
+                   device: torch.device, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over `params`, fused on CUDA unless `fused` says otherwise."""
+    fused = device.type == "cuda" if fused is None else fused
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def checkpoint_blocks(transformer: Any, count: int) -> list[int]:
+    """Checkpoint the first `count` transformer blocks (0: none); returns their indices.
+    The others keep their activations, so they are not run twice."""
+    blocks = transformer.transformer_blocks
+    if not 0 <= count <= len(blocks):
+        raise ValueError(f"cannot checkpoint {count} of {len(blocks)} transformer blocks")
+    if count == 0:
+        transformer.disable_gradient_checkpointing()
+        return []
+    chosen = {id(block) for block in blocks[:count]}
+
+    def run(module: torch.nn.Module, *args: Any) -> Any:
+        if id(module) in chosen:
+            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
+        return module(*args)
+
+    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=run)
+    return list(range(count))
+
+
+def device_memory_gib(device: torch.device) -> float | None:
+    """The GPU's memory in GiB (None off a GPU)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / GIB
+
+
+@functools.lru_cache(maxsize=16)
+def _measured(shapes_json: str, step: Any) -> tuple[Any, int]:
+    from ..model.shapes import ModelShapes
+    from ..plan import measure_step
+
+    return measure_step(ModelShapes.from_json(shapes_json), step)
+
+
+def spec_step(shapes: Any, spec: Any, text_tokens: int) -> Any:
+    """The plan's step shape of `spec` with `text_tokens` of text (the trainer's max
+    sequence length)."""
+    from ..plan import StepShape
+
+    spatial = shapes.configs["transformer"]["vae_scale_factors"][1]
+    return StepShape.from_spec(spec, text_tokens=text_tokens, spatial=spatial)
+
+
+def step_plan(shapes: Any, step: Any, gpu_memory_gib: float, gpu: str = "h100",
+              utilisation: float = 0.4) -> Any:
+    """`ltx_trainer.plan`'s plan of one step of shape `step` on a GPU of `gpu_memory_gib`;
+    measured once per model and step shape in a process."""
+    from dataclasses import replace
+
+    from ..model.shapes import build_meta, parameter_count
+    from ..plan import GPUS, Plan
+
+    cost, connector_flops = _measured(shapes.to_json(), replace(step, label=""))
+    return Plan(shapes.name, step, shapes.configs["transformer"]["num_layers"],
+                parameter_count(build_meta(shapes, "transformer")),
+                parameter_count(build_meta(shapes, "connectors")), cost, connector_flops,
+                GPUS[gpu], gpu_memory_gib, utilisation)
+
+
+def planned_checkpointing(shapes: Any, spec: Any, text_tokens: int, device: torch.device
+                          ) -> int:
+    """Blocks to checkpoint on `device`: on a GPU the plan's fewest that fit its memory
+    (all when none fits), elsewhere none (CPU memory is not the limit there)."""
+    memory = device_memory_gib(device)
+    if memory is None:
+        return 0
+    plan = step_plan(shapes, spec_step(shapes, spec, text_tokens), memory)
+    blocks = plan.planned_blocks
+    log.info("checkpointing %d of %d blocks: planned peak %.1f GiB of the GPU's %.1f GiB",
+             blocks, plan.depth, plan.peak(blocks) / GIB, memory)
+    return blocks
+
+
+def compile_blocks(transformer: Any, backend: str = "inductor") -> None:
+    """Regional compilation: each repeated transformer block through `torch.compile`
+    (compiled at the first step, once for all blocks)."""
+    transformer.compile_repeated_blocks(backend=backend)
