@@ -15,10 +15,10 @@ from ltx_trainer.codec.text import encode_texts, text_key
 from ltx_trainer.model.low_memory import (
     eight_bit_optimizer_runs_on,
     int8_bytes,
-    make_optimizer,
     quantizable,
     quantize_frozen,
 )
+from ltx_trainer.training.speed import make_optimizer
 from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
 
 CPU = torch.device("cpu")
@@ -62,13 +62,14 @@ def test_int8_base_weights_train_like_full_precision(real_shape_models: RealShap
                                    trainer.transformer.config.audio_in_channels,
                                    generator=generator)}
     lora = copy.deepcopy(get_peft_model_state_dict(trainer.transformer))
-    trainer.optimizer = make_optimizer(trainer.params, spec.learning_rate, 0.0)
+    trainer.optimizer = make_optimizer(trainer.params, spec.learning_rate, 0.0, CPU)
     full = _losses(trainer, sample, suffix)
 
     set_peft_model_state_dict(trainer.transformer, lora)  # the same start, int8 base
     layers = quantize_frozen(trainer.transformer)
     # on the CPU the 8-bit optimizer's kernels do not run: torch's AdamW stays
-    trainer.optimizer = make_optimizer(trainer.params, spec.learning_rate, 0.0, low_memory=True)
+    trainer.optimizer = make_optimizer(trainer.params, spec.learning_rate, 0.0, CPU,
+                                       low_memory=True)
     assert type(trainer.optimizer) is torch.optim.AdamW
     low = _losses(trainer, sample, suffix)
 
@@ -92,7 +93,21 @@ def test_what_the_low_memory_mode_keeps() -> None:
     assert eight_bit_optimizer_runs_on(torch.device("cuda"))
     assert not eight_bit_optimizer_runs_on(CPU)
     params = [torch.nn.Parameter(torch.zeros(4))]
-    assert type(make_optimizer(params, 1e-3, 0.0, low_memory=False)) is torch.optim.AdamW
+    assert type(make_optimizer(params, 1e-3, 0.0, CPU, low_memory=True)) is torch.optim.AdamW
+
+
+def test_the_trainer_in_low_memory_mode_trains_on_int8_base_weights(tiny_model_v23,
+                                                                    tmp_path) -> None:
+    from torchao.quantization import Int8Tensor
+
+    spec = parse_spec({"trainingDataUrl": "https://example.com/c.zip", "withAudio": False})
+    trainer = Trainer(spec, tiny_model_v23, tmp_path, CPU, TrainSettings(low_memory=True))
+    trainer._load()
+    block = trainer.transformer.transformer_blocks[0]
+    assert isinstance(block.attn1.to_q.base_layer.weight, Int8Tensor)
+    assert all(not isinstance(p, Int8Tensor) and p.dtype == torch.float32
+               for p in trainer.params)  # the LoRA trains in full precision
+    assert type(trainer.optimizer) is torch.optim.AdamW  # the 8-bit one is CUDA's
 
 
 @pytest.mark.parametrize("flag", [["--low-memory"], []])

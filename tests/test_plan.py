@@ -50,8 +50,10 @@ def test_the_defaults(plans: list[Plan]) -> None:
     assert 0.9 * defaults.cost.forward_flops / 48 < block < defaults.cost.forward_flops / 48
     assert defaults.flops(48) - defaults.flops(k) == (48 - k) * defaults.cost.block_forward_flops
     assert defaults.seconds(k) == pytest.approx(defaults.flops(k) / (0.4 * H100))
-    # the frozen connectors run every step without gradients: a small, separate share
+    # the frozen connectors run once per caption without gradients: a small share, apart
     assert 0 < defaults.connector_flops < defaults.flops(0) / 20
+    c = defaults.cost
+    assert defaults.flops(0) == c.forward_flops + c.backward_flops
 
 
 def test_audio_and_high_resolution_cost_more(plans: list[Plan]) -> None:

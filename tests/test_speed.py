@@ -75,6 +75,19 @@ def test_bad_speed_settings_are_refused_by_name(tiny_model_v23, tmp_path):
         Trainer(spec(), tiny_model_v23, tmp_path, CPU, TrainSettings(attention_backend="fast"))
 
 
+def test_the_command_line_offers_every_attention_backend():
+    from ltx_trainer.cli import build_parser
+    from ltx_trainer.model.forward import ATTENTION_BACKENDS
+
+    args = build_parser().parse_args(["train", "s.yaml", "--attention-backend", "math",
+                                      "--checkpointed-blocks", "2", "--compile-backend", "eager"])
+    assert (args.attention_backend, args.checkpointed_blocks, args.compile_backend) == \
+        ("math", 2, "eager")
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]
+                  ._actions if a.dest == "attention_backend")
+    assert tuple(action.choices) == ATTENTION_BACKENDS
+
+
 def test_the_optimizer_is_fused_on_cuda_and_takes_the_lora_as_it_is():
     params = [torch.nn.Parameter(torch.zeros(4, 2))]
     assert make_optimizer(params, 1e-4, 0.0, torch.device("cuda")).defaults["fused"] is True
@@ -87,7 +100,7 @@ def test_the_optimizer_is_fused_on_cuda_and_takes_the_lora_as_it_is():
 def real_width(real_shape_models, tmp_path_factory):
     """A trainer on the one-block LTX-2.3 model at its real widths, in bf16 (as on a GPU)
     on the CPU."""
-    parts = ModelParts.from_folder(real_shape_models.diffusers, dtype=BF16)
+    parts = ModelParts.from_model(real_shape_models.diffusers, dtype=BF16)
     trainer = Trainer(spec(rank=8), None, tmp_path_factory.mktemp("rw"), CPU,
                       TrainSettings(max_sequence_length=128), parts=parts)
     trainer._load()

@@ -176,18 +176,18 @@ def test_a_model_given_by_url_is_downloaded_once_and_an_interrupted_download_res
     import logging
     import shutil
 
-    from ltx_trainer.model.source import cache_name, resolve_model_dir
+    from ltx_trainer.model.source import cache_name, resolve_model
 
     caplog.set_level(logging.INFO, logger="ltx_trainer.model.source")
     url = tiny_model.as_uri()
     cache = tmp_path / "model-cache"
-    first = resolve_model_dir(url, cache)
+    first = resolve_model(url, cache)
     assert first.parent == cache and (first / "model_index.json").is_file()
     files = sorted(p.relative_to(tiny_model) for p in tiny_model.rglob("*") if p.is_file())
     assert sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file()) == files
     stamps = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
     caplog.clear()
-    assert resolve_model_dir(url, cache) == first  # a retried pod on the same volume
+    assert resolve_model(url, cache) == first  # a retried pod on the same volume
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == stamps
     assert "found in the model cache" in caplog.text
 
@@ -200,7 +200,7 @@ def test_a_model_given_by_url_is_downloaded_once_and_an_interrupted_download_res
         shutil.copyfile(tiny_model / relative, partial / relative)
     inodes = {r: (partial / r).stat().st_ino for r in kept}
     caplog.clear()
-    resumed = resolve_model_dir(url, other)
+    resumed = resolve_model(url, other)
     assert {r: (resumed / r).stat().st_ino for r in kept} == inodes  # not fetched again
     assert f"({len(files) - len(kept)} of {len(files)} files)" in caplog.text
     assert not partial.exists()
@@ -208,10 +208,10 @@ def test_a_model_given_by_url_is_downloaded_once_and_an_interrupted_download_res
 
 def test_a_url_that_holds_no_model_is_invalid_input(tmp_path):
     from ltx_contract.outcomes import InvalidInput
-    from ltx_trainer.model.source import resolve_model_dir
+    from ltx_trainer.model.source import resolve_model
 
     (tmp_path / "empty" / "x.txt").parent.mkdir()
     (tmp_path / "empty" / "x.txt").write_text("x")
     with pytest.raises(InvalidInput, match="is not a diffusers model folder"):
-        resolve_model_dir((tmp_path / "empty").as_uri(), tmp_path / "cache")
+        resolve_model((tmp_path / "empty").as_uri(), tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.partial"))

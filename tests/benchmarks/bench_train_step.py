@@ -128,20 +128,23 @@ class ReusedParts:
         transformer.eval().requires_grad_(False)
 
 
-def model_parts(args: argparse.Namespace) -> tuple[Any, Path | None]:
-    """(ModelParts, the model folder when there is one)."""
+def model_parts(args: argparse.Namespace) -> Any:
+    """The transformer and connectors to measure: a release's shapes, or a model."""
     from ltx_trainer.model.shapes import shapes_named
-    from ltx_trainer.model.source import resolve_model_dir
+    from ltx_trainer.model.source import resolve_model
     from ltx_trainer.training.parts import ModelParts
 
     if args.shapes:
         shapes = shapes_named(args.shapes)
-        return ModelParts.from_shapes(shapes.cut_depth() if args.one_block else shapes), None
+        return ModelParts.from_shapes(shapes.cut_depth() if args.one_block else shapes)
     # bf16 weights on any device, as on a GPU (a CPU would load them in fp32)
-    if args.model is not None and args.model.is_file():
-        return ModelParts.from_single_file(args.model, dtype=torch.bfloat16), None
-    folder = resolve_model_dir(args.model)
-    return ModelParts.from_folder(folder, dtype=torch.bfloat16), folder
+    text_encoder = args.text_encoder
+    if text_encoder is None and args.model is not None and args.model.is_file():
+        from ltx_trainer.model.single_file import GEMMA_DIR
+
+        text_encoder = args.model.parent / GEMMA_DIR
+    model = resolve_model(args.model, text_encoder=text_encoder)
+    return ModelParts.from_model(model, dtype=torch.bfloat16)
 
 
 # -- one case ----------------------------------------------------------------------------
@@ -388,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--shapes", help="a release (ltx-2.3, ltx-2.0): random weights, no "
                         "checkpoint")
     source.add_argument("--model", type=Path, help="a diffusers folder or a single file")
+    p.add_argument("--text-encoder", type=Path,
+                   help="with --model FILE: its Gemma-3 folder (default: gemma-3 beside it)")
     p.add_argument("--one-block", action="store_true", help="with --shapes: one block per stack")
     p.add_argument("--case", nargs="+", choices=sorted(CASES), default=["defaults"])
     p.add_argument("--variants", help="comma-separated variants of the first case, or all")
@@ -413,7 +418,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from ltx_trainer.plan import GPUS
 
     device = default_device()
-    parts = ReusedParts(model_parts(args)[0])
+    parts = ReusedParts(model_parts(args))
     peak = args.peak_tflops
     if peak is None and (key := gpu_key(device)) is not None:
         peak = GPUS[key].bf16_flops / 1e12

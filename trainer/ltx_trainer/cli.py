@@ -186,21 +186,15 @@ def cmd_extend(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
-class UsageError(Exception):
-    """A command line that cannot run as given."""
-
-
 def _train_settings(args: argparse.Namespace) -> Any:
-    from dataclasses import fields
 
     from .training.trainer import TrainSettings
 
     values = {k: getattr(args, k) for k in ("checkpoint_every", "preview_every",
                                            "preview_steps", "max_sequence_length", "seed",
-                                           "low_memory")
+                                           "low_memory", "checkpointed_blocks",
+                                           "attention_backend", "compile_backend")
               if getattr(args, k, None) is not None}
-    if "low_memory" in values and "low_memory" not in {f.name for f in fields(TrainSettings)}:
-        raise UsageError("--low-memory: this trainer has no low-memory mode")
     return TrainSettings(**values)
 
 
@@ -253,7 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Outcome as exc:
         print(f"--model {args.model}: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except (UsageError, argparse.ArgumentTypeError) as exc:
+    except argparse.ArgumentTypeError as exc:
         print(exc, file=sys.stderr)
         return ExitCode.USAGE
     return train_locally(args, spec, settings)
@@ -285,11 +279,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         default = Path(os.environ.get("LTX_EXTEND_TERMINATION_LOG", "/dev/termination-log"))
         termination = default if default.parent.is_dir() and os.access(default.parent,
                                                                         os.W_OK) else None
-    try:
-        settings = _train_settings(args)
-    except UsageError as exc:
-        print(f"ltx-extend job: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+    settings = _train_settings(args)
     make_folders()
     raw = args.spec_json or os.environ.get("LTX_EXTEND_SPEC", "")
     state = ProgressState()
@@ -438,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preview-steps", type=int, help="denoising steps of a preview")
         p.add_argument("--max-sequence-length", type=int, help="text tokens (default 1024)")
         p.add_argument("--seed", type=int)
+        p.add_argument("--checkpointed-blocks", type=int, metavar="N",
+                       help="checkpoint the first N transformer blocks (default: the fewest "
+                       "whose planned peak fits the GPU's memory; none on a CPU)")
+        p.add_argument("--attention-backend",
+                       choices=("auto", "default", "cudnn", "flash", "efficient", "math"),
+                       help="SDPA kernels (default auto: cuDNN, then flash, then "
+                       "memory-efficient on a GPU)")
+        p.add_argument("--compile-backend", metavar="BACKEND",
+                       help="torch.compile the repeated transformer blocks with this backend, "
+                       "e.g. inductor (default: not compiled)")
         p.add_argument("--allow-private-networks", action="store_true",
                        help="allow http(s) URLs on loopback or private addresses")
 
@@ -503,9 +503,20 @@ def _confinement(args: argparse.Namespace) -> Path | None:
     return args.work
 
 
+#: loggers whose import-time warnings say nothing about a run: torchao's prebuilt kernels
+#: for other Pythons and GPUs (the low-memory mode uses none of them), diffusers' note
+#: that follows from them, and torch's deprecation notes on torchao's enums
+QUIET_LOGGERS = ("torchao", "diffusers.quantizers.torchao.torchao_quantizer",
+                 "torch.utils._pytree")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     from .workspace import confined_to
 
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     work = _confinement(args)
     if work is None:

@@ -164,13 +164,18 @@ class Plan:
     @property
     def planned_blocks(self) -> int:
         """Blocks to checkpoint: the fewest that fit, else all."""
-        k = self.checkpointed_blocks
+        return self.blocks_to_checkpoint(low_memory=False)
+
+    def blocks_to_checkpoint(self, low_memory: bool) -> int:
+        """The fewest checkpointed blocks that fit in that mode, else all."""
+        k = self.fewest_checkpointed(low_memory)
         return self.depth if k is None else k
 
     def flops(self, checkpointed: int) -> int:
+        """One step's FLOPs; the frozen connectors are not in it (the trainer runs them
+        once per caption and keeps their outputs, `connector_flops` apart)."""
         c = self.cost
-        return (c.forward_flops + c.backward_flops + checkpointed * c.block_forward_flops
-                + self.connector_flops)
+        return c.forward_flops + c.backward_flops + checkpointed * c.block_forward_flops
 
     def seconds(self, checkpointed: int) -> float:
         return self.flops(checkpointed) / (self.utilisation * self.gpu.bf16_flops)
@@ -482,7 +487,8 @@ def table(plans: list[Plan], markdown: bool = False) -> str:
         row("  its peak", lambda p: _gib(p.peak(p.planned_blocks))),
         row("TFLOPs per step: all / fewest checkpointed",
             both(lambda p, k: f"{p.flops(k) / 1e12:,.0f}")),
-        row("  of which text connectors (no grad)", lambda p: f"{p.connector_flops / 1e12:,.1f}"),
+        row("text connectors, once per caption (no grad)",
+            lambda p: f"{p.connector_flops / 1e12:,.1f}"),
         row(f"seconds per step at {first.utilisation:.0%}: all / fewest",
             both(lambda p, k: f"{p.seconds(k):.2f}")),
         row("low memory (--low-memory): frozen weights, int8 blocks",

@@ -18,7 +18,6 @@ on a 48 GB card.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import torch
 
@@ -66,19 +65,3 @@ def quantize_frozen(transformer: torch.nn.Module) -> int:
 def eight_bit_optimizer_runs_on(device: torch.device) -> bool:
     """Whether the 8-bit AdamW is used on `device` (see the module's note)."""
     return device.type == "cuda"
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
-                   low_memory: bool = False) -> torch.optim.Optimizer:
-    """AdamW over `params`: torchao's 8-bit AdamW in the low-memory mode where it runs on
-    the parameters' device, torch's otherwise."""
-    params = list(params)
-    device = params[0].device if params else torch.device("cpu")
-    if low_memory and eight_bit_optimizer_runs_on(device):
-        from torchao.optim import AdamW8bit
-
-        return AdamW8bit(params, lr=lr, weight_decay=weight_decay)
-    if low_memory:
-        log.info("low memory: the 8-bit optimizer runs on CUDA only; %s keeps torch's AdamW",
-                 device.type)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

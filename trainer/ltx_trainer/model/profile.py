@@ -104,16 +104,22 @@ def _config(model_dir: Path, name: str, filename: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def profile_from_shapes(shapes: Any) -> ModelProfile:
+    """The profile of a release's shapes (`shapes.ModelShapes`): a single file's, or random
+    weights built from them."""
+    from .shapes import SCHEDULER, component_class
+
+    return profile_from_configs(shapes.config("transformer"), shapes.config("connectors"),
+                                dict(shapes.configs.get("scheduler", SCHEDULER)),
+                                vocoder_class=component_class(shapes, "vocoder").__name__)
+
+
 def read_profile(model: Any) -> ModelProfile:
     """The profile of a model (`loader.Model`: a diffusers folder, or a checked single-file
     checkpoint, whose configs are its shapes), from its configs alone (no weights read)."""
     shapes = getattr(model, "shapes", None)
     if shapes is not None:  # a single file: the configs it was checked against
-        from .shapes import SCHEDULER, component_class
-
-        return profile_from_configs(shapes.config("transformer"), shapes.config("connectors"),
-                                    dict(shapes.configs.get("scheduler", SCHEDULER)),
-                                    vocoder_class=component_class(shapes, "vocoder").__name__)
+        return profile_from_shapes(shapes)
     model_dir = Path(model)
     index = json.loads((model_dir / "model_index.json").read_text())
     vocoder = index.get("vocoder") or [None, "LTX2Vocoder"]

@@ -198,8 +198,3 @@ def _text_encoder_dir(text_encoder: Path | str, cache: Path) -> Path:
     if text.startswith("s3://"):
         return _download_folder(text, cache, "config.json", "a Gemma-3 folder")
     return Path(text_encoder)
-
-
-#: the earlier name, which callers such as the benchmarks use
-resolve_model_dir = resolve_model
-

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..model.profile import ModelProfile, profile_from_configs, read_profile
+from ..model.profile import ModelProfile, profile_from_shapes, read_profile
 
 Loader = Callable[[str, torch.device], Any]
 
@@ -29,26 +29,16 @@ class ModelParts:
     load: Loader
 
     @classmethod
-    def from_folder(cls, model_dir: Path, dtype: torch.dtype | None = None) -> ModelParts:
-        """`dtype`: the weights' (default: the device's compute dtype)."""
+    def from_model(cls, model: Any, dtype: torch.dtype | None = None) -> ModelParts:
+        """A model as `model.source.resolve_model` gives it (a diffusers folder, or a
+        checked single-file checkpoint); `dtype`: the weights' (default: the device's
+        compute dtype)."""
         from ..model.loader import load_component
         from ..model.shapes import ModelShapes
 
-        model_dir = Path(model_dir)
-        return cls(model_dir.name, read_profile(model_dir), ModelShapes.from_model_dir(model_dir),
-                   lambda name, device: load_component(model_dir, name, device, dtype))
-
-    @classmethod
-    def from_single_file(cls, checkpoint: Path, text_encoder_dir: Path | None = None,
-                         dtype: torch.dtype | None = None) -> ModelParts:
-        """The official checkpoint (its Gemma folder, `single_file.GEMMA_DIR` beside it by
-        default, is only checked: training reads cached text features)."""
-        from ..model.single_file import GEMMA_DIR, describe_single_file
-
-        checkpoint = Path(checkpoint)
-        files = describe_single_file(checkpoint, text_encoder_dir or checkpoint.parent / GEMMA_DIR)
-        return cls(checkpoint.name, _profile(files.shapes), files.shapes,
-                   lambda name, device: files.load(name, device, dtype))
+        shapes = getattr(model, "shapes", None) or ModelShapes.from_model_dir(Path(model))
+        return cls(Path(model).name, read_profile(model), shapes,
+                   lambda name, device: load_component(model, name, device, dtype))
 
     @classmethod
     def from_shapes(cls, shapes: Any, seed: int = 0, dtype: torch.dtype = torch.bfloat16
@@ -56,13 +46,6 @@ class ModelParts:
         """Random weights of `shapes` in `dtype`, built on the device they are loaded to."""
         from ..model.shapes import build_component
 
-        return cls(shapes.name, _profile(shapes), shapes,
+        return cls(shapes.name, profile_from_shapes(shapes), shapes,
                    lambda name, device: build_component(shapes, name, device, dtype, seed))
 
-
-def _profile(shapes: Any) -> ModelProfile:
-    from ..model.shapes import SCHEDULER, component_class
-
-    return profile_from_configs(shapes.config("transformer"), shapes.config("connectors"),
-                                shapes.configs.get("scheduler", SCHEDULER),
-                                component_class(shapes, "vocoder").__name__)

@@ -25,8 +25,19 @@ GIB = 2**30
 
 
 def make_optimizer(params: list[torch.Tensor], lr: float, weight_decay: float,
-                   device: torch.device, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over `params`, fused on CUDA unless `fused` says otherwise."""
+                   device: torch.device, fused: bool | None = None,
+                   low_memory: bool = False) -> torch.optim.Optimizer:
+    """AdamW over `params`: in the low-memory mode torchao's 8-bit AdamW where it runs
+    (`model.low_memory`); otherwise torch's, fused on CUDA unless `fused` says otherwise."""
+    from ..model.low_memory import eight_bit_optimizer_runs_on
+
+    if low_memory and eight_bit_optimizer_runs_on(device):
+        from torchao.optim import AdamW8bit
+
+        return AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    if low_memory:
+        log.info("low memory: the 8-bit optimizer runs on CUDA only; %s keeps torch's AdamW",
+                 device.type)
     fused = device.type == "cuda" if fused is None else fused
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
@@ -91,17 +102,17 @@ def step_plan(shapes: Any, step: Any, gpu_memory_gib: float, gpu: str = "h100",
                 GPUS[gpu], gpu_memory_gib, utilisation)
 
 
-def planned_checkpointing(shapes: Any, spec: Any, text_tokens: int, device: torch.device
-                          ) -> int:
+def planned_checkpointing(shapes: Any, spec: Any, text_tokens: int, device: torch.device,
+                          low_memory: bool = False) -> int:
     """Blocks to checkpoint on `device`: on a GPU the plan's fewest that fit its memory
     (all when none fits), elsewhere none (CPU memory is not the limit there)."""
     memory = device_memory_gib(device)
     if memory is None:
         return 0
     plan = step_plan(shapes, spec_step(shapes, spec, text_tokens), memory)
-    blocks = plan.planned_blocks
+    blocks = plan.blocks_to_checkpoint(low_memory)
     log.info("checkpointing %d of %d blocks: planned peak %.1f GiB of the GPU's %.1f GiB",
-             blocks, plan.depth, plan.peak(blocks) / GIB, memory)
+             blocks, plan.depth, plan.peak(blocks, low_memory) / GIB, memory)
     return blocks
 
 

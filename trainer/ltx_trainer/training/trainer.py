@@ -38,6 +38,7 @@ from ..model.forward import (
     connect_text,
     predict,
 )
+from ..model.low_memory import quantize_frozen
 from .checkpoints import Checkpoints, TrainingState, restore_rng_state
 from .lora import adapter_state, add_lora, lora_state_dict, training_config, write_lora_file
 from .parts import ModelParts
@@ -65,6 +66,8 @@ class TrainSettings:
     checkpointed_blocks: int | None = None
     attention_backend: str = "auto"  # model.forward.ATTENTION_BACKENDS
     compile_backend: str | None = None  # torch.compile the blocks with it ("inductor")
+    #: int8 frozen block weights and the 8-bit AdamW (on CUDA): the 22B on a 48 GB card
+    low_memory: bool = False
 
 
 @dataclass
@@ -128,7 +131,7 @@ class Trainer:
         self.progress = progress
         self.hooks = hooks or TrainerHooks()
         self.checkpoints = Checkpoints(work_dir / "checkpoints", self.settings.keep_checkpoints)
-        self.parts = parts or ModelParts.from_folder(model_dir)
+        self.parts = parts or ModelParts.from_model(model_dir)
         self.profile = self.parts.profile
         if not self.profile.dynamic_shifting:
             raise InvalidInput(
@@ -151,17 +154,21 @@ class Trainer:
         torch.manual_seed(settings.seed)  # LoRA A matrices start from the seed
         add_lora(self.transformer, self.spec.rank, self.strategy.modalities)
         cast_training_params(self.transformer, dtype=torch.float32)  # LoRA in fp32 on a bf16 base
+        if settings.low_memory:
+            quantize_frozen(self.transformer)
         blocks = settings.checkpointed_blocks
         if blocks is None:
             blocks = planned_checkpointing(self.parts.shapes, self.spec,
-                                           settings.max_sequence_length, self.device)
+                                           settings.max_sequence_length, self.device,
+                                           settings.low_memory)
         self.checkpointed = checkpoint_blocks(self.transformer, blocks)
         if settings.compile_backend:
             compile_blocks(self.transformer, settings.compile_backend)
         self.transformer.train()
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, self.spec.learning_rate,
-                                        settings.weight_decay, self.device)
+                                        settings.weight_decay, self.device,
+                                        low_memory=settings.low_memory)
         self.scheduler = get_scheduler("constant_with_warmup", self.optimizer,
                                        num_warmup_steps=settings.warmup_steps)
 
