@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
-from soak_faults import FaultPlan, S3Outage  # noqa: E402
+from soak_faults import FaultPlan, S3Outage
 
-from kubelet import Kubelet  # noqa: E402
-from operator_cluster import JOBS, Cluster  # noqa: E402
+from kubelet import Kubelet
+from operator_cluster import JOBS, Cluster
 
 SHELL = "harness/shell"
 
@@ -122,7 +122,8 @@ async def test_an_s3_outage_begins_at_the_chosen_request_and_ends(s3_server, tmp
     assert proxy.outages == [("/faults/outage/file.bin", 2.0)] and down == [True]
     assert took >= 2.0  # the upload waited the outage out, then went through whole
     got = tmp_path / "back.bin"
-    assert await asyncio.to_thread(store.get_file, "outage/file.bin", got) and got.read_bytes() == local.read_bytes()
+    assert await asyncio.to_thread(store.get_file, "outage/file.bin", got)
+    assert got.read_bytes() == local.read_bytes()
     await proxy.stop()
 
 

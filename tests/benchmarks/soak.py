@@ -50,10 +50,11 @@ import kmock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
-import kube_api  # noqa: E402
-from kubelet import Kubelet  # noqa: E402
-from procstats import peak_rss  # noqa: E402
-from soak_faults import OUTAGE_AT, FaultPlan, S3Outage  # noqa: E402
+from soak_faults import OUTAGE_AT, FaultPlan, S3Outage
+
+import kube_api
+from kubelet import Kubelet
+from procstats import peak_rss
 
 NAMESPACE = "team"
 TRAININGS = f"/apis/ltx-training.io/v1alpha1/namespaces/{NAMESPACE}/ltxextendtrainings"
@@ -116,7 +117,7 @@ class Soak:
     def upload_inputs(self, model: Path) -> None:
         from ltx_trainer.sample_data import make_clip
 
-        client = self.s3_client("http://%s:%d" % self.moto_address)
+        client = self.s3_client("http://{}:{}".format(*self.moto_address))
         for bucket in ("datasets", BUCKET):
             client.make_bucket(bucket)
         media = self.scratch / "media"
@@ -185,7 +186,7 @@ class Soak:
     async def disturb_pods(self, kubelet: Kubelet, session: aiohttp.ClientSession) -> None:
         """Kill prepare pods and preempt train pods as planned; leave half-written
         checkpoints behind."""
-        store = self.s3_client("http://%s:%d" % self.moto_address)
+        store = self.s3_client("http://{}:{}".format(*self.moto_address))
         killed, preempted, half = set(), set(), set()
         while not self.done.is_set():
             for (_, job), state in list(kubelet.jobs.items()):
@@ -249,11 +250,11 @@ class Soak:
                          io.BytesIO(half), len(half))
 
     # -- the run ---------------------------------------------------------------------
-    async def run(self, deadline: float) -> dict[str, Any]:
+    async def run(self, deadline: float, model: Path | None = None) -> dict[str, Any]:
         from ltx_trainer.model.tiny import write_tiny_model
 
         start = time.perf_counter()
-        model = write_tiny_model(self.scratch / "models" / "tiny")
+        model = model or write_tiny_model(self.scratch / "models" / "tiny")
         self.start_s3()
         self.upload_inputs(model)
         proxy = S3Outage(self.moto_address, self.outage_for)
@@ -458,14 +459,15 @@ def _free_port() -> int:
 
 async def soak(trainings: int, seed: int, pods: int = 3, deadline: float | None = None,
                api_fault_rate: float = 0.03, restart_every: tuple[float, float] = (20, 60),
-               scratch: Path | None = None) -> dict[str, Any]:
-    """Run the soak; the report as a dict."""
+               scratch: Path | None = None, model: Path | None = None) -> dict[str, Any]:
+    """Run the soak; the report as a dict. `model`: the tiny model's folder, if written
+    already."""
     own = scratch is None
     scratch = Path(tempfile.mkdtemp(prefix="soak-")) if own else scratch
     deadline = deadline or 300 + 150 * trainings / pods
     try:
         return await Soak(trainings, seed, pods, scratch, api_fault_rate,
-                          restart_every).run(deadline)
+                          restart_every).run(deadline, model)
     finally:
         if own:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -38,6 +38,7 @@ class S3Outage:
         self.connections: set[asyncio.StreamWriter] = set()
         self.down = False
         self.outages: list[tuple[str, float]] = []  # (request path, seconds)
+        self.pending: set[asyncio.Future] = set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
@@ -84,7 +85,9 @@ class S3Outage:
                         seconds = self.trigger(method, path)
                         if seconds is not None and not self.down:
                             self.outages.append((path.split("?")[0], seconds))
-                            asyncio.ensure_future(self.outage(seconds))
+                            task = asyncio.ensure_future(self.outage(seconds))
+                            self.pending.add(task)
+                            task.add_done_callback(self.pending.discard)
                             return
                     sink.write(data)
                     await sink.drain()
