@@ -156,7 +156,7 @@ class Soak:
         log = open(self.scratch / "operator.log", "ab")
         self.operator = subprocess.Popen(
             [str(Path(sys.executable).parent / "ltx-operator"), "--liveness",
-             "http://127.0.0.1:0/healthz"], env=self.operator_env, stdout=log,
+             f"http://127.0.0.1:{_free_port()}/healthz"], env=self.operator_env, stdout=log,
             stderr=subprocess.STDOUT)
         self.operator_peaks.append(0)
 
