@@ -82,11 +82,12 @@ def spec(name: str) -> dict[str, Any]:
 
 class Soak:
     def __init__(self, trainings: int, seed: int, pods: int, scratch: Path,
-                 api_fault_rate: float, restart_every: tuple[float, float]):
+                 api_fault_rate: float, restart_every: tuple[float, float],
+                 fault_share: float = 0.12):
         self.names = [f"soak-{seed}-{i:03d}" for i in range(trainings)]
         self.seed, self.pods, self.scratch = seed, pods, scratch
         self.random = random.Random(seed)
-        self.plan = FaultPlan(self.names, seed)
+        self.plan = FaultPlan(self.names, seed, share=fault_share)
         self.api_fault_rate, self.restart_every = api_fault_rate, restart_every
         self.faults: collections.Counter = collections.Counter()
         self.operator: subprocess.Popen | None = None
@@ -159,6 +160,15 @@ class Soak:
              f"http://127.0.0.1:{_free_port()}/healthz"], env=self.operator_env, stdout=log,
             stderr=subprocess.STDOUT)
         self.operator_peaks.append(0)
+
+    @contextlib.asynccontextmanager
+    async def operator_stopped(self) -> Any:
+        """The operator stopped however the run ends (an interrupted soak included)."""
+        try:
+            yield
+        finally:
+            if self.operator is not None and self.operator.poll() is None:
+                self.stop_operator()
 
     def stop_operator(self) -> None:
         self.operator.send_signal(signal.SIGKILL)  # no graceful shutdown: a crash
@@ -306,7 +316,7 @@ class Soak:
                     kubelet.disk_limits[f"{name}-train"] = DISK_FULL_BYTES
                     self.faults["disk_full"] += 1
                 self.start_operator()
-                async with kubelet:
+                async with kubelet, self.operator_stopped():
                     for name in self.names:
                         await cluster.apply(name, spec(name))
                     tasks = [asyncio.ensure_future(t) for t in (
@@ -459,7 +469,8 @@ def _free_port() -> int:
 
 async def soak(trainings: int, seed: int, pods: int = 3, deadline: float | None = None,
                api_fault_rate: float = 0.03, restart_every: tuple[float, float] = (20, 60),
-               scratch: Path | None = None, model: Path | None = None) -> dict[str, Any]:
+               scratch: Path | None = None, model: Path | None = None,
+               fault_share: float = 0.12) -> dict[str, Any]:
     """Run the soak; the report as a dict. `model`: the tiny model's folder, if written
     already."""
     own = scratch is None
@@ -467,7 +478,7 @@ async def soak(trainings: int, seed: int, pods: int = 3, deadline: float | None 
     deadline = deadline or 300 + 150 * trainings / pods
     try:
         return await Soak(trainings, seed, pods, scratch, api_fault_rate,
-                          restart_every).run(deadline, model)
+                          restart_every, fault_share).run(deadline, model)
     finally:
         if own:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -478,9 +489,12 @@ if __name__ == "__main__":
     parser.add_argument("--trainings", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pods", type=int, default=3, help="pods the node runs at once")
+    parser.add_argument("--fault-share", type=float, default=0.12,
+                        help="share of the trainings that meet each per-training fault")
     parser.add_argument("--keep", type=Path, help="keep the run's files in this folder")
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     print(json.dumps(asyncio.run(soak(args.trainings, args.seed, args.pods,
-                                      scratch=args.keep)), indent=2))
+                                      scratch=args.keep, fault_share=args.fault_share)),
+                     indent=2))
