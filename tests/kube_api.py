@@ -15,14 +15,25 @@ sees a request first and may refuse it by raising `kmock.KubernetesError`.
 
 It also keeps only the requests in flight in kmock's request log: kmock keeps every
 request for assertions and, to route each new one, scans that whole log, which makes a
-long run quadratic. These tests assert on the API's objects, never on that log.
+long run quadratic; and of each object only its current version (kmock keeps every
+version, a deep copy per write). These tests assert on the API's current objects.
+
+`observers` see every object the server stores, as it stores it (a soak's bookkeeping).
+With `inject(ApiFaults(...))` the server misbehaves towards one account as a loaded or
+restarting API server does: 500, 503 and 429 (with `Retry-After`) on a share of its
+requests, 409 on a share of its writes, and its watch streams cut mid-way, the next
+watch of that resource answered `410 Gone` (its resourceVersion has expired).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import datetime
 import itertools
+import json
+import random
 import secrets
 import uuid
 from collections.abc import Callable
@@ -93,6 +104,59 @@ class Rbac:
 
 
 Admission = Callable[[Any], None]
+#: (plural, the object as stored) after each write
+Observer = Callable[[str, dict[str, Any]], None]
+WRITES = {"PATCH", "PUT"}
+#: What a loaded or restarting API server answers (the Status reason of each code).
+ERRORS = {500: "InternalError", 503: "ServiceUnavailable", 429: "TooManyRequests"}
+
+
+@dataclass
+class ApiFaults:
+    """The faults the API server injects into one account's requests, drawn from a seeded
+    random generator; `counts` tells how many of each kind it injected."""
+
+    token: str
+    seed: int = 0
+    #: share of requests (watches excepted) answered 500, 503 or 429
+    error_rate: float = 0.0
+    #: share of writes (PATCH, PUT) answered 409 Conflict
+    conflict_rate: float = 0.0
+    #: a watch stream is cut after this many seconds (drawn uniformly); None: never
+    watch_cut_after: tuple[float, float] | None = None
+    retry_after: int = 1  # seconds, in a 429's Retry-After
+    active: bool = True
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    #: resources whose next watch is answered 410 Gone (their stream was cut)
+    expired: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+
+    def applies(self, request: Any) -> bool:
+        return self.active and request.resource is not None and bearer(request) == self.token
+
+    def error(self, request: Any) -> aiohttp.web.Response | None:
+        """The error this request is answered with instead, if any."""
+        code = None
+        if str(request.method.value) in WRITES and self.random.random() < self.conflict_rate:
+            code = 409
+        elif self.random.random() < self.error_rate:
+            code = self.random.choice(sorted(ERRORS))
+        if code is None:
+            return None
+        self.counts[f"api_{code}"] += 1
+        reason = ERRORS.get(code, "Conflict")
+        message = ("Operation cannot be fulfilled: the object has been modified; please apply "
+                   "your changes to the latest version and try again") if code == 409 else (
+            f"the server could not answer ({reason})")
+        status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                  "code": code, "reason": reason, "message": message}
+        headers = {}
+        if code == 429:
+            status["details"] = {"retryAfterSeconds": self.retry_after}
+            headers["Retry-After"] = str(self.retry_after)
+        return aiohttp.web.json_response(status, status=code, headers=headers)
 
 
 def bearer(request: Any) -> str | None:
@@ -136,6 +200,17 @@ class ApiServer(kmock.KubernetesEmulator):
     def admission(self) -> list[Admission]:
         return self.__dict__.setdefault("_admission", [])
 
+    @property
+    def observers(self) -> list[Observer]:
+        return self.__dict__.setdefault("_observers", [])
+
+    @property
+    def faults(self) -> ApiFaults | None:
+        return self.__dict__.get("_faults")
+
+    def inject(self, faults: ApiFaults | None) -> None:
+        self.__dict__["_faults"] = faults
+
     def _authorize(self, request: Any) -> None:
         """RBAC and OwnerReferencesPermissionEnforcement for the enforced account."""
         rbac = self.rbac
@@ -169,6 +244,12 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
         try:
+            faults = self.faults
+            if faults is not None and faults.applies(request):
+                if request.action == kmock.action.WATCH:
+                    return await self._faulty_watch(request, faults)
+                if (answer := faults.error(request)) is not None:
+                    return answer
             self._authorize(request)
             for admit in list(self.admission):
                 admit(request)
@@ -181,6 +262,38 @@ class ApiServer(kmock.KubernetesEmulator):
                 if self._requests[index] is request:
                     del self._requests[index]
                     break
+
+    async def _faulty_watch(self, request: Any, faults: ApiFaults
+                            ) -> aiohttp.web.StreamResponse:
+        """A watch of the faulted account: `410 Gone` if its last stream was cut, else the
+        stream, cut after a while (the connection dropped, as a restarting server does)."""
+        plural = request.resource.plural
+        if plural in faults.expired:
+            faults.expired.discard(plural)
+            faults.counts["watch_gone"] += 1
+            gone = {"type": "ERROR", "object": {
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "code": 410, "reason": "Expired",
+                "message": "too old resource version: the watch must start again from a list"}}
+            return aiohttp.web.Response(body=json.dumps(gone).encode() + b"\n",
+                                        content_type="application/json")
+        self._authorize(request)
+        serving = asyncio.ensure_future(self._serve(request))
+        if faults.watch_cut_after is None:
+            return await serving
+        done, _ = await asyncio.wait({serving}, timeout=faults.random.uniform(
+            *faults.watch_cut_after))
+        if done:
+            return serving.result()
+        faults.counts["watch_cut"] += 1
+        faults.expired.add(plural)
+        transport = request._raw_request.transport
+        if transport is not None:
+            transport.abort()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await serving
+        raise asyncio.CancelledError  # the connection is gone: nothing to answer
 
     @property
     def pod_logs(self) -> dict[tuple[str, str], str]:
@@ -206,7 +319,25 @@ class ApiServer(kmock.KubernetesEmulator):
                 self._on_create(request)
             else:
                 self._on_update(request)
-            return await super()._handle(request)
+            key = (request.resource, request.namespace or (request.data.get("metadata") or {})
+                   .get("namespace"), request.name or (request.data.get("metadata") or {})
+                   .get("name"))
+            response = await super()._handle(request)
+            self._trim(key)
+            if self.observers and key in self._objects and not self._objects[key].deleted:
+                stored = self._objects[key].raw
+                for observe in list(self.observers):
+                    observe(request.resource.plural, stored)
+            return response
+
+    def _trim(self, key: Any) -> None:
+        """Forget an object's earlier versions (kmock keeps each as a deep copy)."""
+        if key not in self._objects:
+            return
+        history = self._objects[key].history
+        last = max((i for i, version in enumerate(history) if version is not None), default=0)
+        if last:
+            del history[:last]
 
     def _current(self, request: Any) -> dict[str, Any] | None:
         key = (request.resource, request.namespace, request.name)

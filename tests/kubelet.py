@@ -3,13 +3,21 @@
 For every Job the operator creates, the harness starts a pod the way a cluster would:
 it writes the Pod to the API, runs the container's command as a local process (the
 image's entrypoint with the container's arguments and environment, its volumes as
-local folders, the Secret named in `envFrom` read from the API), serves the pod's
-ports on loopback (the pod IP is 127.0.0.1), and when the process ends writes the
-pod's phase, exit code and termination message back, then applies the Job's rules
-(pod failure policy, backoff limit, deadline, suspend) and writes the Job's status.
-A deleted Job's pods are stopped. `preempt()` evicts a running pod the way the
-scheduler does: a `DisruptionTarget` condition, then SIGKILL. A new pod is reported
-`Pending` (ContainerCreating) before it runs.
+local folders, the Secret named in `envFrom` read from the API), gives the pod its own
+loopback address as its IP (127.1.x.y: what the pod serves on 0.0.0.0 is served on that
+address, so pods of many trainings serve the same port side by side), and when the
+process ends writes the pod's phase, exit code and termination message back, then
+applies the Job's rules (pod failure policy, backoff limit, deadline, suspend) and
+writes the Job's status. A deleted Job's pods are stopped. `preempt()` evicts a running
+pod the way the scheduler does: a `DisruptionTarget` condition, then SIGKILL; `kill()`
+kills it with no condition, as the OOM killer or a crashed node does. A new pod is
+reported `Pending` (ContainerCreating) before it runs. With `max_pods`, the node runs at
+most that many pods at once; the other Jobs wait for a free slot, with no pod yet.
+
+`disk_limits` (Job name → bytes) puts a Job's work volume (its `emptyDir` named "work")
+on a tmpfs of that size, mounted in the pod's own mount namespace (`unshare`): the pod
+sees a full disk (ENOSPC) as it would on a node, while the harness's files stay where
+they are.
 
 The root filesystem of the real pods is read-only. The harness guards it: every
 process of a pod runs with an audit hook (a `sitecustomize` on its PYTHONPATH) that
@@ -25,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import itertools
 import logging
 import os
 import secrets
@@ -40,8 +49,23 @@ log = logging.getLogger(__name__)
 TERMINATION_LOG_ENV = "LTX_EXTEND_TERMINATION_LOG"  # where the pod's termination message goes
 FALLBACK_LOG_BYTES = 2048  # terminationMessagePolicy FallbackToLogsOnError: the log's tail
 WRITE_LOG_ENV = "LTX_WRITE_GUARD_LOG"
+POD_IP_ENV = "LTX_HARNESS_POD_IP"
+WORK_VOLUME = "work"
 WRITE_GUARD = f"""
 import os, sys
+
+_ip = os.environ.get("{POD_IP_ENV}")
+if _ip:  # the pod's network: what it serves on every address is served on its own
+    import socket
+
+    _bind = socket.socket.bind
+
+    def _pod_bind(self, address):
+        if isinstance(address, tuple) and address and address[0] in ("", "0.0.0.0"):
+            address = (_ip, *address[1:])
+        return _bind(self, address)
+
+    socket.socket.bind = _pod_bind
 
 _log = os.environ.get("{WRITE_LOG_ENV}")
 if _log:
@@ -75,6 +99,7 @@ class Pod:
     job: str
     root: Path  # the pod's files: volumes, termination message, log
     process: asyncio.subprocess.Process
+    ip: str = "127.0.0.1"
     disrupted: bool = False
     reported: bool = False  # its end was written to the API and counted
 
@@ -111,12 +136,15 @@ class JobState:
 
 class Kubelet:
     def __init__(self, cluster: Cluster, images: dict[str, list[str]],
-                 claims: dict[str, Path], root: Path, interval: float = 0.2):
+                 claims: dict[str, Path], root: Path, interval: float = 0.2,
+                 max_pods: int | None = None):
         self.cluster, self.images, self.claims = cluster, images, claims
-        self.root, self.interval = root, interval
+        self.root, self.interval, self.max_pods = root, interval, max_pods
         self.jobs: dict[tuple[str, str], JobState] = {}
         self.settled: set[tuple[str, str]] = set()
         self.errors: list[str] = []
+        self.disk_limits: dict[str, int] = {}
+        self._addresses = itertools.count(1)
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> Kubelet:
@@ -145,6 +173,17 @@ class Kubelet:
         pod.process.send_signal(signal.SIGKILL)
         await pod.process.wait()
         return pod
+
+    async def kill(self, job: str, namespace: str = "team") -> Pod:
+        """Kill the Job's running pod with no condition (the OOM killer, a crash)."""
+        pod = self.jobs[namespace, job].active
+        assert pod is not None, f"Job {job} has no running pod"
+        pod.process.send_signal(signal.SIGKILL)
+        await pod.process.wait()
+        return pod
+
+    def running(self) -> int:
+        return sum(1 for state in self.jobs.values() if state.active)
 
     async def _loop(self) -> None:
         while True:
@@ -189,7 +228,7 @@ class Kubelet:
                 await self._delete_pod(active)
             await self._fail(key, "DeadlineExceeded", "Job was active longer than specified")
             return
-        if active is None:
+        if active is None and (self.max_pods is None or self.running() < self.max_pods):
             await self._start_pod(key, job, state)
 
     async def _start_pod(self, key: tuple[str, str], job: dict[str, Any],
@@ -205,10 +244,12 @@ class Kubelet:
         guard.mkdir(parents=True, exist_ok=True)
         (guard / "sitecustomize.py").write_text(WRITE_GUARD)
         # the image's files are read-only: no bytecode written next to the sources
+        number = next(self._addresses)
+        ip = f"127.1.{number // 250 % 250}.{number % 250 + 1}"
         env = {"PATH": os.environ["PATH"], "HOME": str(root / "home"),
                "PYTHONUNBUFFERED": "1", TERMINATION_LOG_ENV: str(root / "termination-log"),
                "PYTHONPATH": str(guard), "PYTHONDONTWRITEBYTECODE": "1",
-               WRITE_LOG_ENV: str(root / "writes.log")}
+               WRITE_LOG_ENV: str(root / "writes.log"), POD_IP_ENV: ip}
         for source in container.get("envFrom") or []:
             env.update(await self._secret(namespace, source["secretRef"]["name"]))
         for variable in container.get("env") or []:
@@ -216,6 +257,9 @@ class Kubelet:
             env[variable["name"]] = _in_pod(variable.get("value", ""), mounts)
         command = container.get("command") or self.images[container["image"]]
         args = [_in_pod(a, mounts) for a in container.get("args") or []]
+        limit = self.disk_limits.get(job_name)
+        if limit is not None:
+            command = [*_on_tmpfs(root / "volumes" / WORK_VOLUME, limit), *command]
         (root / "home").mkdir(parents=True, exist_ok=True)
         created = await self.cluster.create(f"/api/v1/namespaces/{namespace}/pods", {
             "apiVersion": "v1", "kind": "Pod",
@@ -237,12 +281,11 @@ class Kubelet:
             process = await asyncio.create_subprocess_exec(
                 *command, *args, env=env, cwd=root, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        pod = Pod(name, namespace, job_name, root, process)
+        pod = Pod(name, namespace, job_name, root, process, ip=ip)
         pod.allowed = (*mounts.values(), root / "termination-log")
         state.pods.append(pod)
         state.started = state.started or time.monotonic()
-        await self._pod_status(pod, {"phase": "Running", "podIP": "127.0.0.1",
-                                     "startTime": _now()})
+        await self._pod_status(pod, {"phase": "Running", "podIP": ip, "startTime": _now()})
         await self._job_status(key, {"active": 1, "startTime": _now()})
 
     def _mounts(self, pod_spec: dict[str, Any], container: dict[str, Any],
@@ -348,6 +391,13 @@ def _termination_message(pod: Pod, code: int) -> str:
     if not message and code != 0:  # FallbackToLogsOnError
         message = pod.log()[-FALLBACK_LOG_BYTES:]
     return message
+
+
+def _on_tmpfs(folder: Path, size: int) -> list[str]:
+    """The command prefix that runs a command with `folder` on a tmpfs of `size` bytes,
+    in a mount namespace of its own (the mount goes when the pod's process ends)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(folder)]
 
 
 def _in_pod(value: str, mounts: dict[str, Path]) -> str:

@@ -204,7 +204,11 @@ def _fail(status: TrainingStatus, reason: str, message: str, generation: int | N
 
 
 def _ended(observed: Observed, job: JobView) -> PodView | None:
+    """The pod whose end decided the Job: for a completed Job the one that succeeded (an
+    earlier, preempted pod may be the only end the index has seen yet)."""
     ended = [p for p in observed.pods if p.job == job.name and p.terminated is not None]
+    if job.finished is not None and job.finished[0] == "Complete":
+        ended = [p for p in ended if p.terminated[0] == 0]
     return max(ended, key=lambda p: p.created) if ended else None
 
 

@@ -82,15 +82,13 @@ class Store(ABC):
         return self.url(key)
 
     # shared helpers
-    def put_json(self, key: str, value: Any) -> str:
-        import tempfile
+    @abstractmethod
+    def put_bytes(self, data: bytes, key: str) -> str:
+        """Upload `data` as `key`, whole or not at all; returns the key's URL."""
 
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tmp:
-            json.dump(value, tmp, indent=2)
-        try:
-            return self.put_file(Path(tmp.name), key)
-        finally:
-            os.unlink(tmp.name)
+    def put_json(self, key: str, value: Any) -> str:
+        # from memory: a result must still reach the store when the work disk is full
+        return self.put_bytes(json.dumps(value, indent=2).encode(), key)
 
     def get_json(self, key: str) -> Any | None:
         """The JSON document at `key`, or None when there is none (or it is not JSON)."""
@@ -138,6 +136,14 @@ class FileStore(Store):
         partial.replace(dest)
         return self.url(key)
 
+    def put_bytes(self, data: bytes, key: str) -> str:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".part")
+        partial.write_bytes(data)
+        partial.replace(dest)
+        return self.url(key)
+
     def get_file(self, key: str, local: Path) -> bool:
         source = self._path(key)
         if not source.is_file():
@@ -175,6 +181,13 @@ class S3Store(Store):
     def put_file(self, local: Path, key: str) -> str:
         _retry(f"upload of {key}", lambda: self.client.fput_object(
             self.bucket, self._key(key), str(local), part_size=PART_SIZE))
+        return self.url(key)
+
+    def put_bytes(self, data: bytes, key: str) -> str:
+        import io
+
+        _retry(f"upload of {key}", lambda: self.client.put_object(
+            self.bucket, self._key(key), io.BytesIO(data), len(data)))
         return self.url(key)
 
     def get_file(self, key: str, local: Path) -> bool:
