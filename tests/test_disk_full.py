@@ -21,8 +21,6 @@ CLI = str(Path(sys.executable).parent / "ltx-extend")
 FAIL_AT_ONCE = {int(ExitCode.USAGE), int(ExitCode.INVALID_INPUT)}
 
 
-@pytest.mark.xfail(strict=True, reason="runner.run_stage reports a full disk as an internal "
-                   "error (OSError: [Errno 28] and the node's path); the fix is in runner.py")
 def test_a_full_work_disk_fails_the_stage_in_plain_words(tmp_path):
     archive = tmp_path / "clips.zip"
     with zipfile.ZipFile(archive, "w") as z:

@@ -79,7 +79,8 @@ def test_local_run_end_to_end(media, tiny_model, tmp_path, capsys):
     # the loss curves: chart, table and TensorBoard's event files, named in the result
     run = lora.parent.parent
     result = json.loads((run / "result-train.json").read_text())["artifacts"]
-    assert result["lossChart"] == (run / "outputs" / "loss.png").as_uri()
+    assert result["lossChart"] == (run / "outputs" / "loss.png").as_uri() == \
+        printed["loss chart"]
     assert result["lossLog"] == (run / "outputs" / "loss.csv").as_uri()
     assert result["logs"] == (run / "outputs" / "logs").as_uri()
     assert (run / "outputs" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

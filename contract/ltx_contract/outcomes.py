@@ -45,6 +45,20 @@ class Diverged(Outcome):
     reason = "Diverged"
 
 
+class DiskFull(Outcome):
+    """The stage's work folder ran out of space: another attempt on the same disk fails
+    the same way, so the Job fails at once (and bills 0)."""
+
+    exit_code = ExitCode.INVALID_INPUT
+    reason = "DiskFull"
+
+    def __init__(self, stage: str):
+        super().__init__(
+            f"the {stage} pod's disk is full: its work folder ran out of space. Give the "
+            f"{stage} Jobs more scratch disk (the chart's trainer.{stage}.resources."
+            f"ephemeralStorage) or train on a smaller dataset")
+
+
 class NoBaseModel(InvalidInput):
     """A training Job was given no base model: no --model, no spec.model."""
 

@@ -319,7 +319,7 @@ def plan_beside(result: dict[str, Any], case: Case, trainer: Any,
                      device_memory_gib(device) or 80.0, key)
     connector_flops = plan.connector_flops
     blocks = result["checkpointedBlocks"]
-    flops = plan.flops(blocks) - (0 if case.variant.connectors_every_step else connector_flops)
+    flops = plan.flops(blocks) + (connector_flops if case.variant.connectors_every_step else 0)
     peak = peak_tflops * 1e12 if peak_tflops else plan.gpu.bf16_flops
     figures = {"checkpointedBlocks": plan.planned_blocks, "flopsPerStep": flops,
                "connectorFlops": connector_flops, "peakGiB": round(plan.peak(blocks) / GIB, 3),

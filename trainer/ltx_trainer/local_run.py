@@ -30,7 +30,9 @@ DEFAULT_OUTPUT = "ltx-extend-output"
 TINY_MODEL_NOTICE = ("using the tiny random model (no --model and no spec.model): it trains "
                      "a LoRA of noise, for trying the pipeline only")
 _ARTIFACTS = (("LoRA", "lora_file"), ("config", "config_file"),
-              ("validation reel", "video"), ("debug dataset", "debug_dataset"))
+              ("validation reel", "video"), ("debug dataset", "debug_dataset"),
+              ("loss chart", "loss_chart"), ("loss log", "loss_log"),
+              ("TensorBoard logs", "logs"))
 
 
 def default_work(output: str | None) -> Path:

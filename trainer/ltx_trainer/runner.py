@@ -13,10 +13,12 @@ resumes from its last checkpoint. Before a local stage starts, its result alread
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import re
+import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 
 from ltx_contract.billing import billable_units
 from ltx_contract.manifest import Manifest
-from ltx_contract.outcomes import NO_BASE_MODEL, ExitCode, NoBaseModel, Outcome
+from ltx_contract.outcomes import NO_BASE_MODEL, DiskFull, ExitCode, NoBaseModel, Outcome
 from ltx_contract.result import JobResult
 from ltx_contract.spec import TrainingSpec
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "train")
 INTERRUPTED = "Interrupted"
+DISK_FULL_MARGIN = 2**20  # bytes: less room than this after a failure means a full disk
 
 
 def local_run_id(spec: TrainingSpec, name: str, model: str | None, seed: int,
@@ -75,17 +78,42 @@ def run_stage(stage: str, ctx: JobContext) -> JobResult:
     try:
         result = {"prepare": _prepare, "train": _train}[stage](ctx)
     except Outcome as exc:
-        result = JobResult(stage=stage, outcome="Failed", reason=exc.reason,
-                           message=exc.message, exit_code=int(exc.exit_code))
+        result = _failed(stage, exc)
     except Exception as exc:  # an internal error: reported, logged in full, bills 0
-        log.error("internal error in the %s stage:\n%s", stage, traceback.format_exc())
-        result = JobResult(
-            stage=stage, outcome="Failed", reason="InternalError",
-            message=f"internal error in the {stage} stage: {type(exc).__name__}: {exc}",
-            exit_code=int(ExitCode.INTERNAL_ERROR))
+        if _disk_full(exc, ctx.work_dir):
+            log.error("the %s stage ran out of disk:\n%s", stage, traceback.format_exc())
+            result = _failed(stage, DiskFull(stage))
+        else:
+            log.error("internal error in the %s stage:\n%s", stage, traceback.format_exc())
+            result = JobResult(
+                stage=stage, outcome="Failed", reason="InternalError",
+                message=f"internal error in the {stage} stage: {type(exc).__name__}: {exc}",
+                exit_code=int(ExitCode.INTERNAL_ERROR))
     ctx.progress.stage("succeeded" if result.succeeded else "failed")
     write_result(ctx, result)
     return result
+
+
+def _failed(stage: str, exc: Outcome) -> JobResult:
+    return JobResult(stage=stage, outcome="Failed", reason=exc.reason, message=exc.message,
+                     exit_code=int(exc.exit_code))
+
+
+def _disk_full(exc: BaseException | None, work: Path) -> bool:
+    """ENOSPC anywhere in the exception's chain, or a failure with the work folder's disk
+    full (torch.save reports a full disk as `basic_ios::clear: iostream error`)."""
+    try:
+        if shutil.disk_usage(work).free < DISK_FULL_MARGIN:
+            return True
+    except OSError:
+        pass
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def read_result(ctx: JobContext, stage: str) -> JobResult | None:
