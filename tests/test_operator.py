@@ -499,6 +499,28 @@ async def test_a_refused_job_is_retried_with_a_growing_delay_and_says_why(
     assert set(await cluster.jobs()) == {"refused-prepare"}
 
 
+async def test_an_overloaded_api_server_is_waited_out_without_a_refusal(cluster, api_server):
+    """429 and 5xx on the Job's creation are the API server's trouble, not a refusal of the
+    Job: tried again after its Retry-After, no JobRefused condition or Event."""
+    emulator, _ = api_server
+    handlers.configure(handlers.current().model_copy(update={"job_retry_delay": 0.2}))
+    answers = [kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="busy"),
+               kmock.KubernetesError(status=500, reason="InternalError", message="etcd")]
+
+    def overloaded(request: Any) -> None:
+        if request.resource is not None and request.resource.plural == "jobs" \
+                and request.action == CREATE and answers:
+            raise answers.pop(0)
+
+    emulator.admission.append(overloaded)
+    await cluster.apply("busy", SPEC)
+    await cluster.until(lambda: cluster.has_job("busy-prepare"))
+    training = await cluster.until(lambda: cluster.phase("busy", "Pending"))
+    assert not answers and "retry" not in training["status"]
+    assert "JobCreated" not in {c["type"] for c in training["status"].get("conditions", [])}
+    assert not {"JobRefused", "QuotaExceeded"} & set(await cluster.event_reasons("busy"))
+
+
 async def test_an_invalid_job_ends_failed_and_bills_nothing(cluster, api_server):
     emulator, _ = api_server
     message = ('Job.batch "rejected-prepare" is invalid: spec.template.spec.containers[0]'

@@ -239,7 +239,8 @@ def _act(plan: Plan, training: dict[str, Any], jobs: dict[str, JobView],
         try:
             job = kube.create_job(manifest)
         except ApiException as exc:  # quota, an admission webhook, an invalid object
-            refusal = Refusal(stage, exc.status or 0, exc.reason or "", kube.api_message(exc))
+            refusal = Refusal(stage, exc.status or 0, exc.reason or "", kube.api_message(exc),
+                              kube.retry_after(exc))
             _log(training, "the API refused the %s Job (%s): %s", stage, exc.status,
                  refusal.message, level=logging.WARNING)
             continue

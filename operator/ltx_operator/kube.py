@@ -45,6 +45,15 @@ def api_message(exc: ApiException) -> str:
         return str(exc.reason or exc.status)
 
 
+def retry_after(exc: ApiException) -> float | None:
+    """The seconds an overloaded API server asks to wait (its Retry-After header)."""
+    value = (exc.headers or {}).get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 def create_job(job: dict[str, Any]) -> dict[str, Any] | None:
     """Create the Job and return it as stored; None when it exists already. A refusal
     (quota, admission webhook, invalid) raises ApiException."""

@@ -60,6 +60,13 @@ class Refusal:
     code: int
     reason: str
     message: str
+    retry_after: float | None = None  # the API's Retry-After, in seconds
+
+    @property
+    def transient(self) -> bool:
+        """The API server's own trouble (overloaded, restarting): not a refusal of the
+        Job; tried again soon, without a condition or an Event."""
+        return self.code == 429 or self.code >= 500
 
     @property
     def final(self) -> bool:
@@ -304,6 +311,9 @@ def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan
     now, generation = observed.now, observed.training["metadata"].get("generation")
     retry = status.retry if status.retry is not None and status.retry.stage == stage else None
     refusal = observed.effects.refusal
+    if refusal is not None and refusal.stage == stage and refusal.transient:
+        plan.requeue_after = refusal.retry_after or settings.job_retry_delay
+        return
     if refusal is not None and refusal.stage == stage:
         attempts = (retry.attempts if retry else 0) + 1
         if refusal.final:
