@@ -14,12 +14,13 @@ features of the case's real sizes: a step's cost depends on shapes, not weights.
 diffusers folder or the official single file instead; neither: the tiny model.
 
 Cases: `defaults` (medium 768×768, 89 frames, rank 32, video only), `audio` (the same with
-audio), `high` (960×960, 121 frames); the low-memory mode is not part of this build yet.
+audio), `high` (960×960, 121 frames).
 Variants of the defaults measure each speed measure against the step without it:
 `before` (all of them off: the connectors every step, peft's fp32 input casts, unfused
 AdamW, PyTorch's own attention order, every block checkpointed) and one with each alone
 off, and `compiled` (regional compilation on; its compile time is the first step's
-excess over the median).
+excess over the median), and `low-memory` (int8 frozen block weights and the 8-bit
+AdamW on CUDA; run last, as the reused transformer stays int8).
 
 Per case: the median of `--steps` timed steps after `--warmup` (plus one step counted by
 FlopCounterMode, whose first-step count also gives the connectors' FLOPs), peak allocated
@@ -62,6 +63,9 @@ class Variant:
     attention: str = "auto"
     all_checkpointed: bool = False  # else the trainer's choice (the plan's on a GPU)
     compile_backend: str | None = None
+    #: int8 frozen block weights and the 8-bit AdamW (on CUDA); one way (the reused
+    #: transformer stays int8), so such a case runs last
+    low_memory: bool = False
 
 
 AFTER = Variant("after")
@@ -74,6 +78,7 @@ VARIANTS = {
     "attention-default": Variant("attention-default", attention="default"),
     "all-checkpointed": Variant("all-checkpointed", all_checkpointed=True),
     "compiled": Variant("compiled", compile_backend="inductor"),
+    "low-memory": Variant("low-memory", low_memory=True),
 }
 
 
@@ -215,7 +220,7 @@ def run_case(case: Case, parts: ReusedParts, device: torch.device, *, steps: int
     depth = parts.profile.num_layers
     settings = TrainSettings(
         max_sequence_length=max_sequence_length, attention_backend=variant.attention,
-        compile_backend=variant.compile_backend,
+        compile_backend=variant.compile_backend, low_memory=variant.low_memory,
         checkpointed_blocks=depth if variant.all_checkpointed else None)
     trainer = Trainer(case.spec, None, Path(tempfile.mkdtemp(prefix="bench-step-")), device,
                       settings, parts=parts)
@@ -321,8 +326,10 @@ def plan_beside(result: dict[str, Any], case: Case, trainer: Any,
     blocks = result["checkpointedBlocks"]
     flops = plan.flops(blocks) + (connector_flops if case.variant.connectors_every_step else 0)
     peak = peak_tflops * 1e12 if peak_tflops else plan.gpu.bf16_flops
-    figures = {"checkpointedBlocks": plan.planned_blocks, "flopsPerStep": flops,
-               "connectorFlops": connector_flops, "peakGiB": round(plan.peak(blocks) / GIB, 3),
+    low_memory = case.variant.low_memory
+    figures = {"checkpointedBlocks": plan.blocks_to_checkpoint(low_memory),
+               "flopsPerStep": flops, "connectorFlops": connector_flops,
+               "peakGiB": round(plan.peak(blocks, low_memory) / GIB, 3),
                "secondsPerStep": round(flops / (plan.utilisation * peak), 4),
                "utilisation": plan.utilisation}
     measured = {"flopsPerStep": result.get("flopsPerStep"),
@@ -382,7 +389,7 @@ def cases_from(args: argparse.Namespace) -> list[Case]:
         if name == "compiled" and args.compile_backend:
             variant = replace(variant, compile_backend=args.compile_backend)
         cases.append(replace(base, variant=variant))
-    return cases
+    return sorted(cases, key=lambda case: case.variant.low_memory)  # stable: the rest first
 
 
 def parser() -> argparse.ArgumentParser:
