@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ltx_trainer.model import writer
+from ltx_trainer.model.adapter import MODALITIES, add_lora, lora_targets
 from ltx_trainer.model.shapes import (
     LTX_2_3,
     build_component,
@@ -19,8 +20,6 @@ from ltx_trainer.model.shapes import (
     parameter_count,
     real_shapes,
 )
-from ltx_trainer.training.lora import add_lora, lora_targets
-from ltx_trainer.training.strategy import MODALITIES
 
 #: every attention projection: the targets of a training with audio
 LORA_TARGETS = lora_targets(MODALITIES)

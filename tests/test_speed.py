@@ -11,8 +11,8 @@ import torch
 from ltx_contract.outcomes import InvalidInput
 from ltx_contract.spec import parse_spec
 from ltx_contract.suffix import SuffixWindow
+from ltx_trainer.model.adapter import set_input_casting
 from ltx_trainer.model.forward import AttentionKernels, TextContext
-from ltx_trainer.training.lora import set_input_casting
 from ltx_trainer.training.parts import ModelParts
 from ltx_trainer.training.speed import checkpoint_blocks, make_optimizer, planned_checkpointing
 from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator

@@ -211,8 +211,8 @@ def run_case(case: Case, parts: ReusedParts, device: torch.device, *, steps: int
              warmup: int, max_sequence_length: int, peak_tflops: float | None) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ltx_trainer.model.adapter import set_input_casting
     from ltx_trainer.model.forward import AttentionKernels
-    from ltx_trainer.training.lora import set_input_casting
     from ltx_trainer.training.speed import make_optimizer
     from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
 

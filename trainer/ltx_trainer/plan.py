@@ -72,14 +72,14 @@ class StepShape:
                   ) -> StepShape:
         from ltx_contract.suffix import audio_latent_frames, latent_frames
 
-        from .training.trainer import TrainSettings
+        from .codec.text import DEFAULT_TEXT_TOKENS
 
         width, height = spec.frame_size
         label = f"{spec.resolution} {width}×{height}, {spec.number_of_frames} frames" + (
             ", audio" if spec.with_audio else "")
         return cls(label, latent_frames(spec.number_of_frames), height // spatial,
                    width // spatial, audio_latent_frames(spec.number_of_frames, spec.frame_rate),
-                   text_tokens or TrainSettings().max_sequence_length, float(spec.frame_rate),
+                   text_tokens or DEFAULT_TEXT_TOKENS, float(spec.frame_rate),
                    spec.with_audio, spec.rank)
 
 
@@ -304,9 +304,8 @@ def _measure(shapes: Any, step: StepShape, text: tuple[Any, Any, Any]) -> dict[s
     from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .model.adapter import add_lora, trained_modalities
     from .model.shapes import build_meta
-    from .training.lora import add_lora
-    from .training.strategy import trained_modalities
 
     meta = torch.device("meta")
     transformer = build_meta(shapes, "transformer")

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CACHE_DTYPE = torch.bfloat16
+#: text tokens a prompt is padded or cut to unless a setting says otherwise
+DEFAULT_TEXT_TOKENS = 1024
 
 
 def text_key(text: str) -> str:

@@ -14,7 +14,7 @@ from ltx_contract.outcomes import InvalidInput
 from ltx_contract.spec import DEFAULT_NEGATIVE_PROMPT, frame_size
 from ltx_contract.suffix import SuffixWindow
 
-from ..codec.text import encode_texts, text_key
+from ..codec.text import DEFAULT_TEXT_TOKENS, encode_texts, text_key
 from ..dataset.media import Undecodable, frames_in, probe
 from ..dataset.prepare import fit_closing_clip
 from ..model.lora import load_lora, read_lora_config
@@ -54,7 +54,8 @@ def extend_clip(request: ExtendRequest, device: torch.device,
 
     config = read_lora_config(request.lora)
     cf = request.conditioning_frames or int(config.get("conditioningFrames", 8))
-    length = request.max_sequence_length or int(config.get("maxSequenceLength", 1024))
+    length = request.max_sequence_length or int(config.get("maxSequenceLength",
+                                                           DEFAULT_TEXT_TOKENS))
     suffix = SuffixWindow(request.frames, request.fps, cf)
     try:
         info = probe(request.clip)

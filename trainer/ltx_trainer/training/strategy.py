@@ -20,16 +20,10 @@ from ltx_contract.suffix import SuffixWindow
 
 from ..codec.latents import pack_video
 from ..codec.suffix import audio_keep_mask, video_keep_mask
+from ..model.adapter import MODALITIES, trained_modalities
 from ..model.forward import Geometry, StreamState
 from ..model.profile import ModelProfile
 from .timesteps import ShiftedLogitNormal
-
-MODALITIES = ("video", "audio")
-
-
-def trained_modalities(with_audio: bool) -> tuple[str, ...]:
-    """What a training trains: video always, audio when the spec asks for it."""
-    return MODALITIES if with_audio else ("video",)
 
 
 @dataclass

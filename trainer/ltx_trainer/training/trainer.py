@@ -30,7 +30,8 @@ from ltx_contract.outcomes import Diverged, InvalidInput
 from ltx_contract.spec import TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
-from ..codec.text import pad_left
+from ..codec.text import DEFAULT_TEXT_TOKENS, pad_left
+from ..model.adapter import add_lora
 from ..model.forward import (
     ATTENTION_BACKENDS,
     TextContext,
@@ -40,7 +41,7 @@ from ..model.forward import (
 )
 from ..model.low_memory import quantize_frozen
 from .checkpoints import Checkpoints, TrainingState, restore_rng_state
-from .lora import adapter_state, add_lora, lora_state_dict, training_config, write_lora_file
+from .lora import adapter_state, lora_state_dict, training_config, write_lora_file
 from .parts import ModelParts
 from .preprocess import encode_dataset, load_sample
 from .speed import checkpoint_blocks, compile_blocks, make_optimizer, planned_checkpointing
@@ -57,7 +58,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    max_sequence_length: int = 1024
+    max_sequence_length: int = DEFAULT_TEXT_TOKENS
     log_every: int = 25
     preview_every: int = 0  # 0: previews only at the end
     preview_steps: int = 30
