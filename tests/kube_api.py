@@ -38,6 +38,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -157,6 +158,17 @@ class ApiFaults:
             status["details"] = {"retryAfterSeconds": self.retry_after}
             headers["Retry-After"] = str(self.retry_after)
         return aiohttp.web.json_response(status, status=code, headers=headers)
+
+
+def write_kubeconfig(path: Path, server: str, token: str, namespace: str) -> Path:
+    """A kubeconfig for one user of the emulated cluster (what kubectl and the plugin read)."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "clusters": [{"name": "dev", "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {"token": token}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "me",
+                                                 "namespace": namespace}}]}))
+    return path
 
 
 def bearer(request: Any) -> str | None:

@@ -5,7 +5,6 @@ the operator writes from a trainer's progress and a finished training's result."
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import subprocess
 import sys
@@ -58,13 +57,7 @@ async def kubectl(tmp_path: Path):
         url = str(server.url).rstrip("/")
         kube_api.declare(emulator)
         emulator.serve_crd(yaml.safe_load(CRD.read_text()))
-        config = tmp_path / "kubeconfig"
-        config.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "dev",
-            "clusters": [{"name": "dev", "cluster": {"server": url}}],
-            "users": [{"name": "me", "user": {"token": "a-user"}}],
-            "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "me",
-                                                     "namespace": NAMESPACE}}]}))
+        config = kube_api.write_kubeconfig(tmp_path / "kubeconfig", url, "a-user", NAMESPACE)
 
         async def kubectl(*argv: str) -> str:
             done = await asyncio.to_thread(

@@ -4,7 +4,6 @@ it) and the S3 server on loopback (the presigned links)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest_asyncio
 from ltx_contract.result import JobResult
 from ltx_operator.kubectl_plugin import main
 
+from kube_api import write_kubeconfig
 from operator_cluster import NAMESPACE, PODS, TRAININGS
 
 pytestmark = pytest.mark.asyncio
@@ -27,13 +27,7 @@ async def kubectl(api_server, tmp_path: Path, capsys):
     from operator_cluster import Cluster
 
     emulator, url = api_server
-    config = tmp_path / "kubeconfig"
-    config.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
-        "clusters": [{"name": "dev", "cluster": {"server": url}}],
-        "users": [{"name": "me", "user": {"token": "a-user"}}],
-        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "me",
-                                                 "namespace": NAMESPACE}}]}))
+    config = write_kubeconfig(tmp_path / "kubeconfig", url, "a-user", NAMESPACE)
 
     async def run(*argv: str) -> tuple[int, str, str]:
         code = await asyncio.to_thread(main, ["--kubeconfig", str(config), *argv])
