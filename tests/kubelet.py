@@ -317,6 +317,7 @@ class Kubelet:
         args = [_in_pod(a, mounts) for a in container.get("args") or []]
         hosts = None
         if pod_spec.get("subdomain"):
+            root.mkdir(parents=True, exist_ok=True)
             hosts = root / "hosts"
             hosts.write_text(await self._hosts(namespace, job, state, index, labels))
         limit = self.disk_limits.get(job_name)
