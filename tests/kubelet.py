@@ -205,7 +205,7 @@ class Kubelet:
         await self._pod_status(pod, {"conditions": [{
             "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
             "message": "preempted by a higher-priority pod", "lastTransitionTime": _now()}]})
-        pod.process.send_signal(signal.SIGKILL)
+        _signal(pod, signal.SIGKILL)
         await pod.process.wait()
         return pod
 
@@ -213,7 +213,7 @@ class Kubelet:
         """Kill the Job's running pod (of `index`) with no condition (the OOM killer, a
         crash)."""
         pod = self._running(job, namespace, index)
-        pod.process.send_signal(signal.SIGKILL)
+        _signal(pod, signal.SIGKILL)
         await pod.process.wait()
         return pod
 
@@ -249,6 +249,7 @@ class Kubelet:
         for pod in list(state.pods):
             if pod.process.returncode is not None and not pod.reported:
                 pod.reported = True
+                _signal(pod, signal.SIGKILL)  # the container ended: its other processes too
                 if await self._pod_ended(key, job, state, pod):
                     return
         if spec.get("suspend"):
@@ -547,15 +548,28 @@ def _in_pod(value: str, mounts: dict[str, Path]) -> str:
     return value
 
 
+def _signal(pod: Pod, number: int) -> None:
+    """Signal every process of the pod (a container's processes die with it: a launcher's
+    ranks too). Each pod is a session of its own, its group led by its first process."""
+    try:
+        os.killpg(pod.process.pid, number)
+    except ProcessLookupError:
+        pass
+
+
 async def _stop(pod: Pod, grace: float) -> None:
     if pod.process.returncode is not None:
         return
-    pod.process.send_signal(signal.SIGTERM if grace else signal.SIGKILL)
+    if grace:  # as a container runtime does: SIGTERM to its first process, then SIGKILL to all
+        pod.process.send_signal(signal.SIGTERM)
+    else:
+        _signal(pod, signal.SIGKILL)
     try:
         await asyncio.wait_for(pod.process.wait(), grace or None)
     except TimeoutError:
-        pod.process.send_signal(signal.SIGKILL)
+        _signal(pod, signal.SIGKILL)
         await pod.process.wait()
+    _signal(pod, signal.SIGKILL)  # the container is gone: so is what its process left
 
 
 def _condition(kind: str, reason: str, message: str) -> dict[str, str]:

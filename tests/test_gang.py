@@ -181,6 +181,49 @@ async def test_a_fail_job_exit_of_one_index_stops_the_others(node):
     assert not [p for p in harness.pods("doomed") if p.process.returncode is None]
 
 
+#: Each rank adds its rank into one sum over gloo; rank 0 says what the group made.
+RANKS = textwrap.dedent("""
+    import os, socket
+    import torch
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    total = torch.tensor([float(dist.get_rank())])
+    dist.all_reduce(total)
+    print(f"rank {dist.get_rank()} of {dist.get_world_size()} on {socket.gethostname()}: "
+          f"sum {int(total.item())}", flush=True)
+    dist.destroy_process_group()
+""")
+
+
+async def test_the_operators_gang_meets_at_rank_0s_rendezvous_through_torchrun(node):
+    """The train Job and Service the operator makes for `nodes: 2, gpus: 2`, their pods
+    running torchrun itself (which reads the `PET_*` variables): four ranks on two pods
+    meet at `<job>-0.<service>` and sum over gloo."""
+    from ltx_contract.spec import parse_spec
+    from ltx_operator.jobs import build_job, build_service
+
+    cluster, harness = node
+    script = harness.root / "ranks.py"
+    harness.root.mkdir(parents=True, exist_ok=True)
+    script.write_text(RANKS)
+    harness.images["harness/torchrun"] = [sys.executable, "-m", "torch.distributed.run",
+                                          str(script)]
+    settings = OperatorSettings(model_url="s3://models/tiny", store_secret=None,
+                                trainer_image="harness/torchrun", rendezvous_port=_free_port(),
+                                train_shm_size="")
+    body = {"metadata": {"name": "door", "namespace": NAMESPACE, "uid": "u-1"}}
+    spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2, "nodes": 2})
+    await cluster.create(SERVICES, build_service(body, settings))
+    await cluster.create(JOBS, build_job("train", body, spec, settings))
+    status = await job_finished(cluster, "door-train")
+    pods = {p.index: p for p in harness.pods("door-train")}
+    logs = {i: p.log() for i, p in pods.items()}
+    assert {c["type"] for c in status["conditions"]} == {"Complete"}, logs
+    lines = sorted(line.split("] ")[-1] for log in logs.values() for line in log.splitlines()
+                   if "sum" in line)
+    assert lines == [f"rank {r} of 4 on door-train-{r // 2}: sum 6" for r in range(4)], logs
+
+
 @pytest.fixture
 def operator_settings() -> OperatorSettings:
     """The e2e platform (see test_e2e), with a rendezvous port free on this machine."""
