@@ -523,6 +523,11 @@ def _field(pod: dict[str, Any], source: dict[str, Any]) -> str:
     return plain[path]
 
 
+def _on_tmpfs(folder: Path, size: int) -> list[str]:
+    """The command prefix that runs a command with `folder` on a tmpfs of `size` bytes."""
+    return _in_namespaces((folder, size), None, None)
+
+
 def _in_namespaces(tmpfs: tuple[Path, int] | None, hosts: Path | None,
                    hostname: str | None) -> list[str]:
     """The command prefix that runs a command in a mount namespace of its own (the mounts
