@@ -28,6 +28,7 @@ from test_e2e import (  # noqa: F401  (fixtures)
     spec,
 )
 
+from ltx_contract.result import JobResult
 from ltx_operator.settings import OperatorSettings
 
 from kubelet import Kubelet
@@ -246,8 +247,10 @@ async def test_a_training_on_two_nodes_succeeds_and_bills_once(
                            audio=False, reel_clips=1)
     pods = {p.index: p for p in kubelet.pods("gang-train")}
     assert set(pods) == {0, 1}  # one pod per node, none replaced
-    worker = json.loads(pods[1].root.joinpath("termination-log").read_text())
-    assert worker.get("worker") is True and worker.get("node") == 1, worker
+    assert [pods[i].process.returncode for i in (0, 1)] == [0, 0]
+    worker = pods[1].root.joinpath("termination-log").read_text()
+    assert JobResult.from_termination_message(worker) is None, worker  # rank 0 alone reports
+    assert json.loads(worker).get("worker") is True, worker
     result = json.loads(pods[0].root.joinpath("termination-log").read_text())
     assert result["outcome"] == "Succeeded" and result["stepsCompleted"] == 100
     job = (await cluster.jobs())["gang-train"]
