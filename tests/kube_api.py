@@ -52,6 +52,7 @@ RESOURCES = (
     ("v1/pods", "Pod", True),
     ("v1/events", "Event", True),
     ("v1/secrets", "Secret", True),
+    ("v1/services", "Service", True),
     ("kueue.x-k8s.io/v1beta1/workloads", "Workload", True),
     ("v1/namespaces", "Namespace", False),
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),

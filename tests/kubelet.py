@@ -14,6 +14,18 @@ kills it with no condition, as the OOM killer or a crashed node does. A new pod 
 reported `Pending` (ContainerCreating) before it runs. With `max_pods`, the node runs at
 most that many pods at once; the other Jobs wait for a free slot, with no pod yet.
 
+An Indexed Job (`completionMode: Indexed`) gets one pod per completion index, as the Job
+controller makes them: the index in the pod's annotation and label
+`batch.kubernetes.io/job-completion-index` and its env `JOB_COMPLETION_INDEX`, hostname
+`<job>-<index>`; the Job is Complete when every index has succeeded, a failed index's pod
+is replaced (pod failure policy and backoff limit as for one pod), and a failed Job's
+other pods are stopped. Downward-API `fieldRef` env is resolved from the pod as stored.
+Name resolution is the kubelet's and the cluster DNS's: a pod whose template sets a
+`subdomain` runs in its own UTS and mount namespaces with its hostname set and its own
+`/etc/hosts` bind-mounted, which maps `<job>-<i>.<subdomain>` (and the namespace-qualified
+forms) to pod i's address when a headless Service of that name selects the pods. A
+replacement pod keeps its index's address, so the names stay true as DNS keeps them.
+
 `disk_limits` (Job name → bytes) puts a Job's work volume (its `emptyDir` named "work")
 on a tmpfs of that size, mounted in the pod's own mount namespace (`unshare`): the pod
 sees a full disk (ENOSPC) as it would on a node, while the harness's files stay where
@@ -37,6 +49,7 @@ import itertools
 import logging
 import os
 import secrets
+import shlex
 import signal
 import time
 from dataclasses import dataclass, field
@@ -51,6 +64,8 @@ FALLBACK_LOG_BYTES = 2048  # terminationMessagePolicy FallbackToLogsOnError: the
 WRITE_LOG_ENV = "LTX_WRITE_GUARD_LOG"
 POD_IP_ENV = "LTX_HARNESS_POD_IP"
 WORK_VOLUME = "work"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+CLUSTER_DOMAIN = "cluster.local"
 WRITE_GUARD = f"""
 import os, sys
 
@@ -100,6 +115,7 @@ class Pod:
     root: Path  # the pod's files: volumes, termination message, log
     process: asyncio.subprocess.Process
     ip: str = "127.0.0.1"
+    index: int | None = None  # an Indexed Job's completion index
     disrupted: bool = False
     reported: bool = False  # its end was written to the API and counted
 
@@ -127,11 +143,23 @@ class JobState:
     failed: int = 0
     started: float | None = None
     pods: list[Pod] = field(default_factory=list)
+    #: the indexes that succeeded (None: the one pod of a Job that is not Indexed)
+    succeeded: set[int | None] = field(default_factory=set)
+    #: index → its pods' address (a replacement keeps it: its name resolves the same)
+    addresses: dict[int | None, str] = field(default_factory=dict)
+
+    def at(self, index: int | None) -> Pod | None:
+        """The running pod of an index."""
+        pods = [p for p in self.pods if p.index == index]
+        return pods[-1] if pods and pods[-1].process.returncode is None else None
+
+    @property
+    def running(self) -> list[Pod]:
+        return [p for p in self.pods if p.process.returncode is None]
 
     @property
     def active(self) -> Pod | None:
-        pod = self.pods[-1] if self.pods else None
-        return pod if pod is not None and pod.process.returncode is None else None
+        return self.running[0] if self.running else None
 
 
 class Kubelet:
@@ -156,34 +184,41 @@ class Kubelet:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         for state in self.jobs.values():
-            if state.active:
-                await _stop(state.active, grace=0)
+            for pod in state.running:
+                await _stop(pod, grace=0)
 
     def pods(self, job: str, namespace: str = "team") -> list[Pod]:
         return list(self.jobs.get((namespace, job), JobState()).pods)
 
-    async def preempt(self, job: str, namespace: str = "team") -> Pod:
-        """Evict the Job's running pod as a preempting scheduler does."""
-        pod = self.jobs[namespace, job].active
-        assert pod is not None, f"Job {job} has no running pod"
+    def _running(self, job: str, namespace: str, index: int | None) -> Pod:
+        state = self.jobs[namespace, job]
+        pod = state.active if index is None else state.at(index)
+        assert pod is not None, f"Job {job} has no running pod" + (
+            f" at index {index}" if index is not None else "")
+        return pod
+
+    async def preempt(self, job: str, namespace: str = "team",
+                      index: int | None = None) -> Pod:
+        """Evict the Job's running pod (of `index`) as a preempting scheduler does."""
+        pod = self._running(job, namespace, index)
         pod.disrupted = True
         await self._pod_status(pod, {"conditions": [{
             "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
             "message": "preempted by a higher-priority pod", "lastTransitionTime": _now()}]})
-        pod.process.send_signal(signal.SIGKILL)
+        _signal(pod, signal.SIGKILL)
         await pod.process.wait()
         return pod
 
-    async def kill(self, job: str, namespace: str = "team") -> Pod:
-        """Kill the Job's running pod with no condition (the OOM killer, a crash)."""
-        pod = self.jobs[namespace, job].active
-        assert pod is not None, f"Job {job} has no running pod"
-        pod.process.send_signal(signal.SIGKILL)
+    async def kill(self, job: str, namespace: str = "team", index: int | None = None) -> Pod:
+        """Kill the Job's running pod (of `index`) with no condition (the OOM killer, a
+        crash)."""
+        pod = self._running(job, namespace, index)
+        _signal(pod, signal.SIGKILL)
         await pod.process.wait()
         return pod
 
     def running(self) -> int:
-        return sum(1 for state in self.jobs.values() if state.active)
+        return sum(len(state.running) for state in self.jobs.values())
 
     async def _loop(self) -> None:
         while True:
@@ -202,74 +237,97 @@ class Kubelet:
             present.add(key)
             await self._reconcile(key, job)
         for key, state in self.jobs.items():
-            if key not in present and state.active:  # the Job was deleted: so are its pods
-                await self._delete_pod(state.active)
+            if key not in present:  # the Job was deleted: so are its pods
+                for pod in state.running:
+                    await self._delete_pod(pod)
 
     async def _reconcile(self, key: tuple[str, str], job: dict[str, Any]) -> None:
         if key in self.settled:
             return
         state = self.jobs.setdefault(key, JobState())
         spec = job["spec"]
-        last = state.pods[-1] if state.pods else None
-        if last is not None and last.process.returncode is not None and not last.reported:
-            last.reported = True
-            if await self._pod_ended(key, job, state, last):
-                return
-        active = state.active
+        for pod in list(state.pods):
+            if pod.process.returncode is not None and not pod.reported:
+                pod.reported = True
+                _signal(pod, signal.SIGKILL)  # the container ended: its other processes too
+                if await self._pod_ended(key, job, state, pod):
+                    return
         if spec.get("suspend"):
-            if active:
-                await self._delete_pod(active)  # a suspended Job's pods are removed, uncounted
+            if state.running:
+                for pod in state.running:  # a suspended Job's pods are removed, uncounted
+                    await self._delete_pod(pod)
                 await self._job_status(key, {"active": 0, "conditions": [_condition(
                     "Suspended", "JobSuspended", "Job suspended")]})
             return
         deadline = spec.get("activeDeadlineSeconds")
         if deadline and state.started and time.monotonic() - state.started > deadline:
-            if active:
-                await self._delete_pod(active)
-            await self._fail(key, "DeadlineExceeded", "Job was active longer than specified")
+            await self._fail(key, state, "DeadlineExceeded",
+                             "Job was active longer than specified")
             return
-        if active is None and (self.max_pods is None or self.running() < self.max_pods):
-            await self._start_pod(key, job, state)
+        for index in _indexes(spec):
+            if index in state.succeeded or state.at(index) is not None:
+                continue
+            if self.max_pods is None or self.running() < self.max_pods:
+                await self._start_pod(key, job, state, index)
 
     async def _start_pod(self, key: tuple[str, str], job: dict[str, Any],
-                         state: JobState) -> None:
+                         state: JobState, index: int | None = None) -> None:
         namespace, job_name = key
-        name = f"{job_name}-{secrets.token_hex(3)[:5]}"
+        base = job_name if index is None else f"{job_name}-{index}"
+        name = f"{base}-{secrets.token_hex(3)[:5]}"
         template = job["spec"]["template"]
-        pod_spec = template["spec"]
+        pod_spec = dict(template["spec"])
         container = pod_spec["containers"][0]
         root = self.root / name
         mounts = self._mounts(pod_spec, container, root)
         guard = self.root / "write-guard"
         guard.mkdir(parents=True, exist_ok=True)
         (guard / "sitecustomize.py").write_text(WRITE_GUARD)
+        if index not in state.addresses:
+            number = next(self._addresses)
+            state.addresses[index] = f"127.1.{number // 250 % 250}.{number % 250 + 1}"
+        ip = state.addresses[index]
+        labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": job_name}
+        annotations = dict((template.get("metadata") or {}).get("annotations") or {})
+        if index is not None:  # what the Job controller gives the pod of an index
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+            pod_spec["hostname"] = base
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                            "annotations": annotations,
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                                 "name": job_name,
+                                                 "uid": job["metadata"]["uid"],
+                                                 "controller": True}]},
+               "spec": pod_spec, "status": {"podIP": ip}}
         # the image's files are read-only: no bytecode written next to the sources
-        number = next(self._addresses)
-        ip = f"127.1.{number // 250 % 250}.{number % 250 + 1}"
         env = {"PATH": os.environ["PATH"], "HOME": str(root / "home"),
                "PYTHONUNBUFFERED": "1", TERMINATION_LOG_ENV: str(root / "termination-log"),
                "PYTHONPATH": str(guard), "PYTHONDONTWRITEBYTECODE": "1",
                WRITE_LOG_ENV: str(root / "writes.log"), POD_IP_ENV: ip}
+        if index is not None:
+            env["JOB_COMPLETION_INDEX"] = str(index)
         for source in container.get("envFrom") or []:
             env.update(await self._secret(namespace, source["secretRef"]["name"]))
         for variable in container.get("env") or []:
-            assert "valueFrom" not in variable, "the harness resolves plain values only"
-            env[variable["name"]] = _in_pod(variable.get("value", ""), mounts)
+            if "valueFrom" in variable:
+                env[variable["name"]] = _field(pod, variable["valueFrom"])
+            else:
+                env[variable["name"]] = _in_pod(variable.get("value", ""), mounts)
         command = container.get("command") or self.images[container["image"]]
         args = [_in_pod(a, mounts) for a in container.get("args") or []]
+        hosts = None
+        if pod_spec.get("subdomain"):
+            root.mkdir(parents=True, exist_ok=True)
+            hosts = root / "hosts"
+            hosts.write_text(await self._hosts(namespace, job, state, index, labels))
         limit = self.disk_limits.get(job_name)
-        if limit is not None:
-            command = [*_on_tmpfs(root / "volumes" / WORK_VOLUME, limit), *command]
+        tmpfs = (root / "volumes" / WORK_VOLUME, limit) if limit is not None else None
+        if hosts is not None or tmpfs is not None:
+            command = [*_in_namespaces(tmpfs, hosts, pod_spec.get("hostname")), *command]
         (root / "home").mkdir(parents=True, exist_ok=True)
-        created = await self.cluster.create(f"/api/v1/namespaces/{namespace}/pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {**(template.get("metadata") or {}).get("labels", {}),
-                                    "job-name": job_name},
-                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                                              "name": job_name, "uid": job["metadata"]["uid"],
-                                              "controller": True}]},
-            "spec": pod_spec})
+        created = await self.cluster.create(f"/api/v1/namespaces/{namespace}/pods",
+                                            {k: v for k, v in pod.items() if k != "status"})
         await self.cluster.request(
             "PATCH", f"/api/v1/namespaces/{namespace}/pods/{created['metadata']['name']}/status",
             {"status": {"phase": "Pending", "conditions": [
@@ -281,12 +339,37 @@ class Kubelet:
             process = await asyncio.create_subprocess_exec(
                 *command, *args, env=env, cwd=root, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        pod = Pod(name, namespace, job_name, root, process, ip=ip)
-        pod.allowed = (*mounts.values(), root / "termination-log")
-        state.pods.append(pod)
+        started = Pod(name, namespace, job_name, root, process, ip=ip, index=index)
+        started.allowed = (*mounts.values(), root / "termination-log")
+        state.pods.append(started)
         state.started = state.started or time.monotonic()
-        await self._pod_status(pod, {"phase": "Running", "podIP": ip, "startTime": _now()})
-        await self._job_status(key, {"active": 1, "startTime": _now()})
+        await self._pod_status(started, {"phase": "Running", "podIP": ip, "startTime": _now()})
+        await self._job_status(key, {"active": len(state.running), "startTime": _now()})
+
+    async def _hosts(self, namespace: str, job: dict[str, Any], state: JobState,
+                     index: int | None, labels: dict[str, str]) -> str:
+        """The pod's /etc/hosts: the kubelet's own entry (its hostname under its subdomain)
+        and, as the cluster DNS answers them, its peers' names when a headless Service
+        named like the subdomain selects the pods."""
+        pod_spec = job["spec"]["template"]["spec"]
+        subdomain, job_name = pod_spec["subdomain"], job["metadata"]["name"]
+        service = await self.cluster.request(
+            "GET", f"/api/v1/namespaces/{namespace}/services/{subdomain}")
+        selects = bool(service) and service.get("kind") == "Service" and \
+            service["spec"].get("clusterIP") == "None" and \
+            (service["spec"].get("selector") or {}).items() <= labels.items()
+        lines = ["127.0.0.1\tlocalhost"]
+        peers = [i for i in _indexes(job["spec"]) if selects or i == index]
+        for peer in peers:
+            if peer not in state.addresses:
+                number = next(self._addresses)
+                state.addresses[peer] = f"127.1.{number // 250 % 250}.{number % 250 + 1}"
+            host = job_name if peer is None else f"{job_name}-{peer}"
+            names = [f"{host}.{subdomain}.{namespace}.svc.{CLUSTER_DOMAIN}",
+                     f"{host}.{subdomain}.{namespace}.svc", f"{host}.{subdomain}.{namespace}",
+                     f"{host}.{subdomain}"] + ([host] if peer == index else [])
+            lines.append(f"{state.addresses[peer]}\t{' '.join(names)}")
+        return "\n".join(lines) + "\n"
 
     def _mounts(self, pod_spec: dict[str, Any], container: dict[str, Any],
                 root: Path) -> dict[str, Path]:
@@ -330,27 +413,40 @@ class Kubelet:
                                          "reason": "Completed" if code == 0 else "Error",
                                          "finishedAt": _now()}}}]})
         if code == 0:
+            state.succeeded.add(pod.index)
+            indexes = _indexes(job["spec"])
+            done: dict[str, Any] = {"active": len(state.running),
+                                    "succeeded": len(state.succeeded)}
+            if None not in indexes:
+                done["completedIndexes"] = _ranges(sorted(i for i in state.succeeded
+                                                          if i is not None))
+            if not set(indexes) <= state.succeeded:
+                await self._job_status(key, done)
+                return False
             self.settled.add(key)
-            await self._job_status(key, {"active": 0, "succeeded": 1, "completionTime": _now(),
-                                         "conditions": [_condition("Complete", "Completed",
-                                                                   "Job completed")]})
+            await self._job_status(key, {**done, "completionTime": _now(), "conditions": [
+                _condition("Complete", "Completed", "Job completed")]})
             return True
         action = _policy_action(job["spec"].get("podFailurePolicy"), code, pod.disrupted)
         if action == "FailJob":
-            await self._fail(key, "PodFailurePolicy",
+            await self._fail(key, state, "PodFailurePolicy",
                              f"Container exited with code {code}, matching a FailJob rule")
             return True
         if action != "Ignore":
             state.failed += 1
-            await self._job_status(key, {"active": 0, "failed": state.failed})
+            await self._job_status(key, {"active": len(state.running), "failed": state.failed})
             if state.failed > job["spec"].get("backoffLimit", 6):
-                await self._fail(key, "BackoffLimitExceeded",
+                await self._fail(key, state, "BackoffLimitExceeded",
                                  "Job has reached the specified backoff limit")
                 return True
         return False
 
-    async def _fail(self, key: tuple[str, str], reason: str, message: str) -> None:
+    async def _fail(self, key: tuple[str, str], state: JobState, reason: str,
+                    message: str) -> None:
+        """The Job failed: its other running pods are stopped."""
         self.settled.add(key)
+        for pod in state.running:
+            await self._delete_pod(pod)
         await self._job_status(key, {"active": 0, "conditions": [
             _condition("FailureTarget", reason, message), _condition("Failed", reason, message)]})
 
@@ -393,11 +489,60 @@ def _termination_message(pod: Pod, code: int) -> str:
     return message
 
 
+def _indexes(spec: dict[str, Any]) -> list[int | None]:
+    """The pods a Job runs to completion: one per index of an Indexed Job, else one."""
+    if spec.get("completionMode") == "Indexed":
+        return list(range(int(spec.get("completions") or 1)))
+    return [None]
+
+
+def _ranges(indexes: list[int]) -> str:
+    """`completedIndexes` as the Job controller writes it: "0-2,5"."""
+    runs: list[list[int]] = []
+    for i in indexes:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _field(pod: dict[str, Any], source: dict[str, Any]) -> str:
+    """A downward-API env value (`fieldRef`) from the pod as the API stores it."""
+    assert set(source) == {"fieldRef"}, f"the harness resolves fieldRef only, not {source}"
+    path = source["fieldRef"]["fieldPath"]
+    for mapping in ("labels", "annotations"):
+        prefix = f"metadata.{mapping}['"
+        if path.startswith(prefix) and path.endswith("']"):
+            return (pod["metadata"].get(mapping) or {}).get(path[len(prefix):-2], "")
+    plain = {"metadata.name": pod["metadata"]["name"],
+             "metadata.namespace": pod["metadata"]["namespace"],
+             "spec.hostname": pod["spec"].get("hostname", ""),
+             "status.podIP": pod["status"]["podIP"]}
+    assert path in plain, f"the harness does not resolve fieldPath {path}"
+    return plain[path]
+
+
 def _on_tmpfs(folder: Path, size: int) -> list[str]:
-    """The command prefix that runs a command with `folder` on a tmpfs of `size` bytes,
-    in a mount namespace of its own (the mount goes when the pod's process ends)."""
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(folder)]
+    """The command prefix that runs a command with `folder` on a tmpfs of `size` bytes."""
+    return _in_namespaces((folder, size), None, None)
+
+
+def _in_namespaces(tmpfs: tuple[Path, int] | None, hosts: Path | None,
+                   hostname: str | None) -> list[str]:
+    """The command prefix that runs a command in a mount namespace of its own (the mounts
+    go when the pod's process ends): with its work volume on a tmpfs of the given size,
+    with its own /etc/hosts, and (in a UTS namespace of its own) its hostname."""
+    steps, flags = [], ["--mount", "--propagation", "private"]
+    if tmpfs is not None:
+        folder, size = tmpfs
+        steps.append(f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(folder))}")
+    if hosts is not None:
+        steps.append(f"mount --bind {shlex.quote(str(hosts))} /etc/hosts")
+    if hostname:
+        flags.append("--uts")
+        steps.append(f"hostname {shlex.quote(hostname)}")
+    return ["unshare", *flags, "sh", "-c", " && ".join(steps) + ' && exec "$@"', "pod"]
 
 
 def _in_pod(value: str, mounts: dict[str, Path]) -> str:
@@ -408,15 +553,28 @@ def _in_pod(value: str, mounts: dict[str, Path]) -> str:
     return value
 
 
+def _signal(pod: Pod, number: int) -> None:
+    """Signal every process of the pod (a container's processes die with it: a launcher's
+    ranks too). Each pod is a session of its own, its group led by its first process."""
+    try:
+        os.killpg(pod.process.pid, number)
+    except ProcessLookupError:
+        pass
+
+
 async def _stop(pod: Pod, grace: float) -> None:
     if pod.process.returncode is not None:
         return
-    pod.process.send_signal(signal.SIGTERM if grace else signal.SIGKILL)
+    if grace:  # as a container runtime does: SIGTERM to its first process, then SIGKILL to all
+        pod.process.send_signal(signal.SIGTERM)
+    else:
+        _signal(pod, signal.SIGKILL)
     try:
         await asyncio.wait_for(pod.process.wait(), grace or None)
     except TimeoutError:
-        pod.process.send_signal(signal.SIGKILL)
+        _signal(pod, signal.SIGKILL)
         await pod.process.wait()
+    _signal(pod, signal.SIGKILL)  # the container is gone: so is what its process left
 
 
 def _condition(kind: str, reason: str, message: str) -> dict[str, str]:

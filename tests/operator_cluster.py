@@ -39,6 +39,7 @@ JOBS = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 EVENTS = f"/api/v1/namespaces/{NAMESPACE}/events"
 SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+SERVICES = f"/api/v1/namespaces/{NAMESPACE}/services"
 SERVER: dict[str, str] = {}
 OPERATOR_TOKEN = "test"
 RBAC = Path(__file__).resolve().parents[1] / "operator" / "ltx_operator" / "rbac.yaml"
@@ -107,6 +108,10 @@ class Cluster:
             reasons = [e["reason"] for e in await self.events(name)]
             return reasons if set(expected) <= set(reasons) else None
         return await self.until(posted)
+
+    async def services(self) -> dict[str, dict[str, Any]]:
+        listed = await self.request("GET", SERVICES)
+        return {s["metadata"]["name"]: s for s in listed.get("items", [])}
 
     async def has_job(self, name: str) -> dict | None:
         jobs = await self.jobs()

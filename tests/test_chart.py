@@ -182,9 +182,13 @@ def test_the_values_reach_the_operator_as_settings(helm):
     assert settings.trainer_pod_labels == {"team": "video"}
     assert settings.train_shm_size == "32Gi" and settings.train_ephemeral_storage == "100Gi"
     assert settings.model_cache_claim_name == "ltx-model-cache"
+    assert (settings.rendezvous_port, settings.rank_restarts, settings.shard_base) == (
+        29500, 5, True)
     defaults = OperatorSettings.from_env(
         {e["name"]: e["value"] for e in operator_container(render(helm))["env"]})
     assert defaults.namespaces == [] and defaults.trainer_args == []
+    assert (defaults.rendezvous_port, defaults.rank_restarts, defaults.shard_base) == (
+        29400, 3, False)
     assert defaults.trainer_service_account is None and defaults.trainer_env == []
     assert defaults.prepare_ephemeral_storage == "20Gi" and defaults.train_shm_size == "16Gi"
     # what the values shape reaches both Jobs
@@ -238,6 +242,16 @@ def test_network_policies_let_the_operator_reach_the_progress_port_only(helm):
         "kubernetes.io/metadata.name": "monitoring"}
     assert trainer["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
     assert {p["port"] for p in trainer["egress"][1]["ports"]} == {443, 80, 9000}
+    # a gang's train pods reach each other on any port (rendezvous, NCCL, gloo)
+    gang = build_job("train", {"metadata": {"name": "door", "namespace": "team-a", "uid": "u"}},
+                     parse_spec({"trainingDataUrl": "s3://d/c.zip", "nodes": 2}),
+                     OperatorSettings(model_claim_name="m"))
+    labels = gang["spec"]["template"]["metadata"]["labels"]
+    (peers,) = trainer["ingress"][1]["from"]
+    assert "ports" not in trainer["ingress"][1]
+    assert peers["podSelector"]["matchLabels"].items() <= labels.items()
+    assert "namespaceSelector" not in peers  # the training's own namespace only
+    assert trainer["egress"][2]["to"] == trainer["ingress"][1]["from"]
     out = policies[NAMESPACE, "ltx"]["egress"]
     assert out[1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
 

@@ -176,3 +176,107 @@ def test_both_jobs_are_valid_batch_v1_jobs():
         job = build_job(stage, BODY, given, settings)
         for version in ("1.30.0", "1.35.0"):
             kubernetes_validate.validate(job, version, strict=True)
+
+
+def env_of(job: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container(job)["env"]}
+
+
+def test_one_node_with_four_gpus_starts_four_ranks_in_one_pod():
+    job = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 4}),
+                    SETTINGS)
+    env = {k: v.get("value") for k, v in env_of(job).items()}
+    assert (env["PET_NPROC_PER_NODE"], env["PET_NNODES"], env["PET_NODE_RANK"]) == (
+        "4", "1", "0")
+    assert (env["PET_RDZV_BACKEND"], env["PET_RDZV_ID"], env["PET_MAX_RESTARTS"]) == (
+        "c10d", "u-1", "3")
+    assert "PET_RDZV_ENDPOINT" not in env  # one node: the launcher's own local rendezvous
+    assert "LTX_EXTEND_SHARD_BASE" not in env
+    assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"][
+        "spec"]
+    assert container(job)["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert container(job)["args"][:2] == ["job", "train"]  # the same command: the launcher
+    one = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip"}), SETTINGS)
+    assert not {n for n in env_of(one) if n.startswith("PET_")}  # one rank: in-process
+    prepare = build_job("prepare", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip",
+                                                     "gpus": 4, "nodes": 2}), SETTINGS)
+    assert not {n for n in env_of(prepare) if n.startswith("PET_")}
+    assert "completionMode" not in prepare["spec"]
+
+
+def test_two_nodes_are_an_indexed_job_behind_a_headless_service():
+    from ltx_operator.jobs import build_service
+
+    settings = SETTINGS.model_copy(update={"rendezvous_port": 29500, "rank_restarts": 5,
+                                           "shard_base": True})
+    spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2, "nodes": 2,
+                       "backoffLimit": 4})
+    job = build_job("train", BODY, spec, settings)
+    assert (job["spec"]["completionMode"], job["spec"]["completions"],
+            job["spec"]["parallelism"], job["spec"]["backoffLimit"]) == ("Indexed", 2, 2, 4)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == "door-train" and pod["restartPolicy"] == "Never"
+    env = env_of(job)
+    assert env["PET_NODE_RANK"] == {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+    assert {k: v.get("value") for k, v in env.items() if k.startswith("PET_")} == {
+        "PET_NPROC_PER_NODE": "2", "PET_NNODES": "2", "PET_NODE_RANK": None,
+        "PET_RDZV_BACKEND": "c10d", "PET_RDZV_ID": "u-1", "PET_MAX_RESTARTS": "5",
+        "PET_RDZV_ENDPOINT": "door-train-0.door-train:29500"}
+    assert env["LTX_EXTEND_SHARD_BASE"]["value"] == "1"
+    assert {"name": "rendezvous", "containerPort": 29500} in container(job)["ports"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"  # one gang
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2, 3, 4]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [
+        {"type": "DisruptionTarget", "status": "True"}]}
+
+    service = build_service(BODY, settings)
+    assert service["metadata"]["name"] == pod["subdomain"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True  # names before readiness
+    selector = service["spec"]["selector"]
+    assert selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"] == [{"name": "rendezvous", "protocol": "TCP",
+                                         "port": 29500, "targetPort": 29500}]
+
+
+def test_the_gang_objects_are_valid_for_kubernetes():
+    import kubernetes_validate
+
+    from ltx_operator.jobs import build_service
+
+    spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2, "nodes": 3,
+                       "activeDeadlineSeconds": 3600})
+    four = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 4})
+    settings = SETTINGS.model_copy(update={"shard_base": True})
+    objects = [build_job("train", BODY, spec, settings), build_job("train", BODY, four, SETTINGS),
+               build_service(BODY, SETTINGS)]
+    for obj in objects:
+        for version in ("1.30.0", "1.35.0"):
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_nodes_is_between_1_and_16_and_defaults_to_1():
+    from ltx_contract.spec import SpecError
+
+    assert parse_spec({"trainingDataUrl": "s3://d/c.zip"}).nodes == 1
+    assert parse_spec({"trainingDataUrl": "s3://d/c.zip", "nodes": 16}).nodes == 16
+    for bad in (0, 17):
+        try:
+            parse_spec({"trainingDataUrl": "s3://d/c.zip", "nodes": bad})
+        except SpecError as exc:
+            assert "nodes" in str(exc)
+        else:
+            raise AssertionError(f"nodes {bad} was accepted")
+
+
+def test_distributed_settings_come_from_the_environment():
+    settings = OperatorSettings.from_env({"LTX_OPERATOR_RENDEZVOUS_PORT": "29555",
+                                          "LTX_OPERATOR_RANK_RESTARTS": "0",
+                                          "LTX_OPERATOR_SHARD_BASE": "true"})
+    assert (settings.rendezvous_port, settings.rank_restarts, settings.shard_base) == (
+        29555, 0, True)
+    default = OperatorSettings.from_env({})
+    assert (default.rendezvous_port, default.rank_restarts, default.shard_base) == (
+        29400, 3, False)

@@ -403,12 +403,15 @@ class KueueStandIn:
                      (await self.cluster.request("GET", self.WORKLOADS)).get("items", [])}
         for name, job in (await self.cluster.jobs()).items():
             uid = job["metadata"]["uid"]
-            if uid not in workloads:
+            if uid not in workloads:  # one pod set of `parallelism` pods: admitted whole
+                template = job["spec"]["template"]
                 workloads[uid] = await self.cluster.create(self.WORKLOADS, {
                     "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
                     "metadata": {"name": f"job-{name}", "namespace": NAMESPACE,
                                  "labels": {"kueue.x-k8s.io/job-uid": uid}},
-                    "spec": {"active": True, "queueName": "gpus"}})
+                    "spec": {"active": True, "queueName": "gpus", "podSets": [{
+                        "name": "main", "count": job["spec"].get("parallelism", 1),
+                        "template": template}]}})
             admit = name in self.admitted and workloads[uid]["spec"].get("active", True)
             if job["spec"].get("suspend") == admit:
                 await self.cluster.request("PATCH", f"{JOBS}/{name}",
@@ -561,7 +564,7 @@ async def test_the_role_grants_what_the_operator_uses_and_no_more(cluster, api_s
                                         message='jobs.batch "plain-prepare" already exists')
 
     emulator.admission.append(another_writer)
-    await cluster.apply("plain", {**SPEC, "ttlSecondsAfterFinished": 0})
+    await cluster.apply("plain", {**SPEC, "nodes": 2, "ttlSecondsAfterFinished": 0})
     await cluster.until(lambda: cluster.has_job("plain-prepare"))
     await cluster.request("PATCH", f"{TRAININGS}/plain", {"spec": {"suspend": True}})
     await cluster.until(lambda: cluster.phase("plain", "Suspended"))
@@ -580,8 +583,98 @@ async def test_the_role_grants_what_the_operator_uses_and_no_more(cluster, api_s
 
     async def gone() -> bool:  # TTL deleted the one, the user the other: Jobs stopped
         listed = await cluster.request("GET", TRAININGS)
-        return not listed.get("items") and "queued-prepare" not in await cluster.jobs()
+        return not listed.get("items") and "queued-prepare" not in await cluster.jobs() \
+            and not await cluster.services()  # the gang's Service went with it
     await cluster.until(gone)
     assert faults == {"status": 0, "create": 0}
     assert emulator.rbac.used == emulator.rbac.granted(), (
         f"granted, never used: {sorted(emulator.rbac.granted() - emulator.rbac.used)}")
+
+
+async def start_indexed_pod(cluster: Cluster, job: str, index: int, ip: str) -> str:
+    """The Job controller's pod of one completion index, running."""
+    name = f"{job}-{index}-{uuid.uuid4().hex[:5]}"
+    template = (await cluster.request("GET", f"{JOBS}/{job}"))["spec"]["template"]
+    await cluster.create(PODS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE,
+                     "labels": {**template["metadata"]["labels"], "job-name": job,
+                                "batch.kubernetes.io/job-completion-index": str(index)},
+                     "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}}})
+    await pod_status(cluster, name, {"phase": "Running", "podIP": ip})
+    return name
+
+
+async def end_pod(cluster: Cluster, name: str, code: int, message: str) -> None:
+    await pod_status(cluster, name, {
+        "phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{
+            "name": "trainer", "ready": False, "restartCount": 0, "image": "t", "imageID": "",
+            "state": {"terminated": {"exitCode": code, "message": message,
+                                     "reason": "Completed" if code == 0 else "Error"}}}]})
+
+
+async def test_a_gang_on_two_nodes_is_one_indexed_job_behind_a_headless_service(
+        cluster, api_server):
+    """`nodes: 2, gpus: 2`: the Service first, then an Indexed Job of 2 that Kueue admits
+    as one pod set of 2; progress and the result from index 0; billed once; the
+    Service deleted with the training."""
+    emulator, _ = api_server
+    kueue = KueueStandIn(cluster, emulator)
+    made: list[str] = []
+    emulator.admission.append(lambda r: made.append(r.resource.plural) if (
+        r.resource is not None and r.action == CREATE and r.resource.plural in (
+            "jobs", "services") and kube_api.bearer(r) == OPERATOR_TOKEN) else None)
+    state = ProgressState()
+    with ProgressServer(state, 0, host="127.0.0.1") as server:
+        handlers.configure(handlers.current().model_copy(update={"progress_port": server.port}))
+        await cluster.apply("gang", {**SPEC, "nodes": 2},
+                            labels={"kueue.x-k8s.io/queue-name": "gpus"})
+        await cluster.until(lambda: cluster.has_job("gang-prepare"))
+        assert (await cluster.jobs())["gang-prepare"]["spec"].get("completionMode") is None
+        await kueue.admit("gang-prepare")
+        await finish(cluster, "gang-prepare", True, {"outcome": "Succeeded"})
+        jobs = await cluster.until(lambda: cluster.has_job("gang-train"))
+        assert made == ["jobs", "services", "jobs"]  # the Service before its Job
+        train = jobs["gang-train"]
+        assert (train["spec"]["completionMode"], train["spec"]["completions"],
+                train["spec"]["parallelism"]) == ("Indexed", 2, 2)
+        (service,) = (await cluster.services()).values()
+        assert service["metadata"]["name"] == train["spec"]["template"]["spec"]["subdomain"]
+        assert service["metadata"]["ownerReferences"][0]["name"] == "gang"
+        assert service["spec"]["clusterIP"] == "None"
+        await kueue.sync()
+        workload = await cluster.request("GET", f"{KueueStandIn.WORKLOADS}/job-gang-train")
+        assert workload["spec"]["podSets"][0]["count"] == 2  # all the pods or none
+        await condition(cluster, "gang", "Running", "Queued")
+        await kueue.admit("gang-train")
+        assert (await cluster.jobs())["gang-train"]["spec"]["suspend"] is False
+        # rank 0's /progress is on 127.0.0.1; the other node's address serves nothing
+        worker = await start_indexed_pod(cluster, "gang-train", 1, "127.0.0.2")
+        leader = await start_indexed_pod(cluster, "gang-train", 0, "127.0.0.1")
+        state.stage("training")
+        state.step(700, 2000, 0.3, 2.0, 600.0)
+
+        async def progressed() -> dict | None:
+            progress = ((await cluster.training("gang")).get("status") or {}).get(
+                "progress") or {}
+            return progress if progress.get("step") == 700 else None
+
+        await cluster.until(progressed)
+        await end_pod(cluster, worker, 0, json.dumps({"stage": "train", "worker": True,
+                                                      "node": 1}))
+        await end_pod(cluster, leader, 0, json.dumps({
+            "outcome": "Succeeded", "stepsCompleted": 2000,
+            "artifacts": {"loraFile": "s3://runs/team/gang/x/outputs/lora.safetensors"}}))
+        await cluster.request("PATCH", f"{JOBS}/gang-train/status", {"status": {
+            "succeeded": 2, "completedIndexes": "0-1", "conditions": [
+                {"type": "Complete", "status": "True", "reason": "Completed"}]}})
+        training = await cluster.until(lambda: cluster.phase("gang", "Succeeded"))
+    assert training["status"]["billing"]["units"] == 2000
+    assert training["status"]["artifacts"]["loraFile"].endswith("lora.safetensors")
+    assert (await cluster.event_reasons("gang", "Billed")).count("Billed") == 1
+    await cluster.request("DELETE", f"{TRAININGS}/gang")
+
+    async def cleaned() -> bool:
+        return not await cluster.jobs() and not await cluster.services()
+
+    await cluster.until(cleaned)

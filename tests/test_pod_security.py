@@ -47,10 +47,14 @@ def test_the_operator_pod_is_restricted(helm, values):
                      trainer_pod_annotations={"team": "video"}),
 ], ids=["default", "all-on"])
 def test_both_jobs_pods_are_restricted(settings):
-    for stage in ("prepare", "train"):
-        job = build_job(stage, BODY, SPEC, settings)
+    gang = parse_spec({**SPEC.stored_form(), "gpus": 4, "nodes": 2})
+    shard = settings.model_copy(update={"shard_base": True})
+    for stage, spec, given in (("prepare", SPEC, settings), ("train", SPEC, settings),
+                               ("train", gang, shard)):
+        job = build_job(stage, BODY, spec, given)
         template = job["spec"]["template"]
         assert violations(template["spec"], template["metadata"].get("annotations")) == []
+    assert build_job("train", BODY, gang, shard)["spec"]["completionMode"] == "Indexed"
 
 
 BREACHES = {

@@ -255,3 +255,77 @@ def test_the_phase_says_why_a_stage_waits():
     assert conditions(plan)["Running"] == ("False", "Queued")
     before = run(training(preparing()), {"prepare": job("prepare")}).status
     assert [(e.type, e.reason) for e in events(before, plan.status)] == [("Normal", "Queued")]
+
+
+GANG = {**SPEC, "gpus": 2, "nodes": 2}
+
+
+def gang_pod(index: int, phase: str = "Running", result: dict | None = None, code: int = 0,
+             created: str = "2026-01-01T11:30:00Z", **extra) -> PodView:
+    ended = (code, "Completed" if code == 0 else "Error", json.dumps(result) if result else "") \
+        if phase in ("Succeeded", "Failed") else None
+    return PodView(name=f"door-train-{index}-x{created[-3:-1]}", job="door-train",
+                   stage="train", created=created, phase=phase, ip=f"10.0.0.{10 + index}",
+                   terminated=ended, index=index, **extra)
+
+
+def gang_status() -> dict:
+    done = job("prepare", finished=("Complete", "Completed", ""))
+    observed = Observed(training(preparing(), spec=GANG), {"prepare": done},
+                        [pod("prepare", "Succeeded", {"outcome": "Succeeded"})], NOW)
+    return written(reconcile(observed.with_effects(Effects(created={"train": job("train")})),
+                             SETTINGS))
+
+
+def test_a_gang_gets_its_headless_service_with_its_indexed_train_job():
+    done = job("prepare", finished=("Complete", "Completed", ""))
+    plan = run(training(preparing(), spec=GANG), {"prepare": done},
+               [pod("prepare", "Succeeded", {"outcome": "Succeeded"})])
+    (service,) = plan.services
+    (manifest,) = plan.create
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert manifest["spec"]["completionMode"] == "Indexed"
+    assert service["metadata"]["name"] == manifest["spec"]["template"]["spec"]["subdomain"]
+    single = run(training(preparing()), {"prepare": done},
+                 [pod("prepare", "Succeeded", {"outcome": "Succeeded"})])
+    assert single.services == [] and len(single.create) == 1  # one node: no Service
+
+
+def test_a_gang_reports_from_index_0_and_waits_for_every_pod():
+    body, jobs = training(gang_status(), spec=GANG), {"train": job("train")}
+    plan = run(body, jobs, [gang_pod(1), gang_pod(0)])
+    assert plan.progress_from == "10.0.0.10"  # rank 0's /progress only
+    assert conditions(plan)["Running"] == ("True", "Running") and plan.status.phase == "Training"
+    pending = PodView(name="door-train-1-y", job="door-train", stage="train",
+                      created="2026-01-01T11:31:00Z", phase="Pending", index=1,
+                      unschedulable=("Unschedulable", "0/4 nodes have 2 free GPUs"))
+    plan = run(body, jobs, [gang_pod(0), pending])
+    assert conditions(plan)["Running"] == ("False", "Unschedulable")
+    assert plan.status.phase == "Pending"
+
+
+def test_a_gang_takes_its_result_from_index_0_and_bills_once():
+    jobs = {"train": job("train", finished=("Complete", "Completed", ""))}
+    result = {"outcome": "Succeeded", "stepsCompleted": 300,
+              "artifacts": {"loraFile": "s3://runs/x/lora.safetensors"}}
+    worker = {"stage": "train", "worker": True, "node": 1}
+    body = training(gang_status(), spec=GANG)
+    plan = run(body, jobs, [gang_pod(0, "Succeeded", result),
+                            gang_pod(1, "Succeeded", worker, created="2026-01-01T11:40:00Z")])
+    assert plan.status.phase == "Succeeded" and plan.status.billing.units == 300
+    assert plan.status.artifacts.lora_file.endswith("lora.safetensors")
+    # index 0's end not seen yet (only the other node's): its pods are listed first
+    plan = run(body, jobs, [gang_pod(1, "Succeeded", worker)])
+    assert plan.missing_results == ["door-train"] and plan.status.billing is None
+
+
+def test_a_gang_fails_with_the_reason_of_the_pod_that_knew_it():
+    jobs = {"train": job("train", finished=("Failed", "PodFailurePolicy", ""))}
+    invalid = {"outcome": "Failed", "reason": "InvalidInput", "exitCode": 3,
+               "message": "clip 3 has no audio track"}
+    plan = run(training(gang_status(), spec=GANG), jobs, [
+        gang_pod(1, "Failed", invalid, code=3),
+        gang_pod(0, "Failed", None, code=143, created="2026-01-01T11:40:00Z")])
+    assert conditions(plan)["Failed"] == ("True", "InvalidInput")
+    failed = next(c for c in plan.status.conditions if c.type == "Failed")
+    assert failed.message == "clip 3 has no audio track" and plan.status.billing.units == 0

@@ -318,6 +318,12 @@ class TrainingSpec(SpecModel):
     # Kubernetes side
     gpus: int | None = Field(None, ge=1, le=8, description="GPUs requested by the train Job "
                              "(1–8); unset uses the operator's default (1 unless configured).")
+    nodes: int = Field(
+        1, ge=1, le=16,
+        description="Nodes the train Job runs on (1–16), each with `gpus` GPUs: the training "
+        "has nodes × gpus ranks (data parallel, one sample per rank and step). More than one "
+        "node is an Indexed Job plus a headless Service, admitted as one gang.",
+    )
     gpu_resource_name: str | None = Field(
         None,
         max_length=253,

@@ -24,6 +24,7 @@ from ltx_contract.progress import ProgressReport
 from ltx_contract.resource import GROUP, KIND, PLURAL, VERSION
 
 from . import kube, metrics
+from .jobs import service_name
 from .observed import MANAGED_BY, STAGE_LABEL, JobView, PodView, training_key
 from .reconcile import Effects, Observed, Plan, Refusal, events, reconcile
 from .settings import OperatorSettings
@@ -233,9 +234,24 @@ def _act(plan: Plan, training: dict[str, Any], jobs: dict[str, JobView],
     namespace = training["metadata"]["namespace"]
     created: dict[str, JobView] = {}
     refusal = None
+    refused_stages = set()
+    for service in plan.services:  # before its Job: the pods' names resolve from the start
+        kopf.adopt(service, owner=training)
+        stage = service["metadata"]["labels"][STAGE_LABEL]
+        try:
+            if kube.create_service(service):
+                _log(training, "Service %s created", service["metadata"]["name"])
+        except ApiException as exc:
+            refusal = Refusal(stage, exc.status or 0, exc.reason or "", kube.api_message(exc),
+                              kube.retry_after(exc))
+            refused_stages.add(stage)
+            _log(training, "the API refused the Service of the %s Job (%s): %s", stage,
+                 exc.status, refusal.message, level=logging.WARNING)
     for manifest in plan.create:
         kopf.adopt(manifest, owner=training)
         stage = manifest["metadata"]["labels"][STAGE_LABEL]
+        if stage in refused_stages:
+            continue
         try:
             job = kube.create_job(manifest)
         except ApiException as exc:  # quota, an admission webhook, an invalid object
@@ -329,11 +345,15 @@ async def delete_after_ttl(stopped: kopf.DaemonStopped, spec: kopf.Spec, status:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def stop_jobs(meta: kopf.Meta, status: kopf.Status, **_: Any) -> None:
+def stop_jobs(meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any) -> None:
     """A deleted training's Jobs stop now (not only when the garbage collector gets to
-    them); an unfinished run has billed nothing and bills nothing."""
+    them), and the headless Service of one on many nodes goes with them; an unfinished
+    run has billed nothing and bills nothing."""
     for job in (status.get("jobs") or {}).values():
         if kube.delete_job(meta["namespace"], job):
             _log({"metadata": meta}, "deleted: Job %s stopped", job)
+    service = service_name(meta["name"])
+    if int(spec.get("nodes") or 1) > 1 and kube.delete_service(meta["namespace"], service):
+        _log({"metadata": meta}, "deleted: Service %s removed", service)
     if not is_finished(dict(status)):
         metrics.OUTCOMES.labels(reason="Deleted").inc()

@@ -4,6 +4,11 @@ platform's settings.
 Names are deterministic (`<name>-prepare`, `<name>-train`), so a second try finds the
 Job the first one made instead of making another. Both pods pass the "restricted" Pod
 Security Standard and write only to their volumes: the root filesystem is read-only.
+
+A training on more than one node (`nodes > 1`) trains as an Indexed Job with one pod per
+node, each pod's completion index its node rank, plus a headless Service named like the
+Job, through which every pod reaches rank 0's rendezvous at `<job>-0.<service>`. The
+ranks' launcher settings are torchrun's own `PET_*` variables.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from ltx_contract.outcomes import ExitCode
 from ltx_contract.spec import TrainingSpec
 
 from .observed import (
+    COMPLETION_INDEX,
     KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     MANAGED_BY,
@@ -29,6 +35,8 @@ MODEL_CACHE_MOUNT = "/model-cache"
 WORK_MOUNT = "/work"
 #: Labels a training passes on to its Jobs (Kueue's queue and priority).
 CARRIED_LABELS = (KUEUE_QUEUE_LABEL, KUEUE_PRIORITY_LABEL)
+#: The named port of rank 0's c10d rendezvous (trainings on many nodes).
+RENDEZVOUS_PORT_NAME = "rendezvous"
 
 
 def job_name(name: str, stage: str) -> str:
@@ -37,6 +45,16 @@ def job_name(name: str, stage: str) -> str:
 
 def run_path(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}/{name}/{uid}"
+
+
+def service_name(name: str) -> str:
+    """The headless Service of a training on many nodes: named like its train Job."""
+    return job_name(name, "train")
+
+
+def ranks(spec: TrainingSpec, settings: OperatorSettings) -> tuple[int, int]:
+    """(nodes, GPUs per node) of the train Job: one rank per GPU."""
+    return spec.nodes, spec.gpus or settings.gpu_count
 
 
 def model_in_use(spec: TrainingSpec, settings: OperatorSettings) -> str | None:
@@ -132,6 +150,11 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         if spec.priority_class_name:
             pod["priorityClassName"] = spec.priority_class_name
         backoff, deadline = spec.backoff_limit, spec.active_deadline_seconds
+        env += _launcher_env(spec, settings, name, uid)
+        if spec.nodes > 1:  # pods reach each other as <job>-<index>.<service>
+            pod["subdomain"] = service_name(name)
+            container["ports"].append({"name": RENDEZVOUS_PORT_NAME,
+                                       "containerPort": settings.rendezvous_port})
     volumes += [dict(v) for v in settings.trainer_volumes]
     container["volumeMounts"] = mounts + [dict(m) for m in settings.trainer_volume_mounts]
     template_meta: dict[str, Any] = {"labels": {**settings.trainer_pod_labels, **labels}}
@@ -156,10 +179,59 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     }
     if deadline:
         job_spec["activeDeadlineSeconds"] = deadline
+    if stage == "train" and spec.nodes > 1:
+        # One pod per node, its completion index the node rank. A failed pod is replaced
+        # at the same index (counted against backoffLimit, preemption not) and re-joins
+        # the rendezvous; Kueue admits the Job's `nodes` pods as one gang.
+        job_spec.update(completionMode="Indexed", completions=spec.nodes,
+                        parallelism=spec.nodes)
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": job_name(name, stage), "namespace": namespace,
                          "labels": {**labels, **carried}},
             "spec": job_spec}
+
+
+def _launcher_env(spec: TrainingSpec, settings: OperatorSettings, name: str,
+                  uid: str) -> list[dict[str, Any]]:
+    """torchrun's settings (its `PET_*` variables) for more than one rank; the base
+    sharded across a node's ranks when the platform asks."""
+    nodes, gpus = ranks(spec, settings)
+    env: list[dict[str, Any]] = []
+    if nodes * gpus > 1:
+        env += [{"name": "PET_NPROC_PER_NODE", "value": str(gpus)},
+                {"name": "PET_NNODES", "value": str(nodes)}]
+        if nodes > 1:
+            env.append({"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}})
+        else:
+            env.append({"name": "PET_NODE_RANK", "value": "0"})
+        env += [{"name": "PET_RDZV_BACKEND", "value": "c10d"},
+                {"name": "PET_RDZV_ID", "value": uid},
+                {"name": "PET_MAX_RESTARTS", "value": str(settings.rank_restarts)}]
+        if nodes > 1:
+            endpoint = f"{job_name(name, 'train')}-0.{service_name(name)}"
+            env.append({"name": "PET_RDZV_ENDPOINT",
+                        "value": f"{endpoint}:{settings.rendezvous_port}"})
+    if settings.shard_base:
+        env.append({"name": "LTX_EXTEND_SHARD_BASE", "value": "1"})
+    return env
+
+
+def build_service(body: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The headless Service of a training's train pods: stable names
+    (`<job>-<index>.<service>`) that resolve before the pods are ready."""
+    meta = body["metadata"]
+    name = meta["name"]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service_name(name), "namespace": meta["namespace"],
+                         "labels": {**MANAGED_BY, "app.kubernetes.io/name": "ltx-extend",
+                                    "app.kubernetes.io/component": "train",
+                                    TRAINING_LABEL: name, STAGE_LABEL: "train"}},
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {TRAINING_LABEL: name, STAGE_LABEL: "train"},
+                     "ports": [{"name": RENDEZVOUS_PORT_NAME, "protocol": "TCP",
+                                "port": settings.rendezvous_port,
+                                "targetPort": settings.rendezvous_port}]}}
 
 
 def _model_args(spec: TrainingSpec, settings: OperatorSettings, volumes: list[dict[str, Any]],

@@ -67,6 +67,29 @@ def create_job(job: dict[str, Any]) -> dict[str, Any] | None:
     return api().sanitize_for_serialization(created)
 
 
+def create_service(service: dict[str, Any]) -> bool:
+    """Create the Service; False when it exists already. A refusal raises ApiException."""
+    try:
+        client.CoreV1Api(api()).create_namespaced_service(service["metadata"]["namespace"],
+                                                          service)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def delete_service(namespace: str, name: str) -> bool:
+    """Delete a Service; False when there is none (a training on one node has none)."""
+    try:
+        client.CoreV1Api(api()).delete_namespaced_service(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     try:
         job = client.BatchV1Api(api()).read_namespaced_job(name, namespace)

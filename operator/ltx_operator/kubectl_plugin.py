@@ -17,6 +17,8 @@ from kubernetes.client.rest import ApiException
 from ltx_contract.resource import GROUP, KIND, PLURAL, VERSION
 from ltx_contract.result import JobResult
 
+from .observed import COMPLETION_INDEX
+
 ARTIFACT_FILES = {"lora_file": "lora.safetensors", "config_file": "config.json",
                   "video": "validation.mp4", "debug_dataset": "debug_dataset.zip"}
 
@@ -109,7 +111,10 @@ def cmd_logs(api: client.ApiClient, namespace: str, args: argparse.Namespace) ->
     pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
     if not pods:
         raise PluginError(f"Job {job} has no pod yet")
-    pod = max(pods, key=lambda p: p.metadata.creation_timestamp or 0)
+    # rank 0's pod (index 0 of a training on many nodes) has the run's log
+    leaders = [p for p in pods if (p.metadata.annotations or {}).get(COMPLETION_INDEX, "0")
+               == "0"]
+    pod = max(leaders or pods, key=lambda p: p.metadata.creation_timestamp or 0)
     try:
         # the raw response: the client's own decoding of text/plain is not reliable
         response = core.read_namespaced_pod_log(pod.metadata.name, namespace,

@@ -14,6 +14,8 @@ TRAINING_LABEL = f"{GROUP}/training"
 STAGE_LABEL = f"{GROUP}/stage"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+#: The annotation (and label) holding an Indexed Job's pod's index: its node rank.
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 #: Container waiting reasons that mean the image cannot be pulled.
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 
@@ -62,6 +64,13 @@ class PodView:
     terminated: tuple[int, str, str] | None = None
     #: (reason, message) of a DisruptionTarget condition: preempted, evicted, drained
     disrupted: tuple[str, str] | None = None
+    #: the completion index of an Indexed Job's pod (its node rank); None otherwise
+    index: int | None = None
+
+    @property
+    def leader(self) -> bool:
+        """The pod of rank 0: the one that serves progress and reports the result."""
+        return self.index in (None, 0)
 
     @property
     def running(self) -> bool:
@@ -89,11 +98,14 @@ class PodView:
                 terminated = (int(ended.get("exitCode") or 0), ended.get("reason") or "",
                               ended.get("message") or "")
         job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", "")
+        index = (meta.get("annotations") or {}).get(COMPLETION_INDEX, labels.get(
+            COMPLETION_INDEX))
         return cls(name=meta["name"], job=job,
                    stage=labels.get(STAGE_LABEL, ""), created=meta.get("creationTimestamp") or "",
                    phase=status.get("phase") or "Pending", ip=status.get("podIP"),
                    unschedulable=unschedulable, waiting=waiting, terminated=terminated,
-                   disrupted=disrupted)
+                   disrupted=disrupted,
+                   index=int(index) if index is not None and str(index).isdigit() else None)
 
 
 def training_key(body: dict[str, Any]) -> tuple[str, str] | None:

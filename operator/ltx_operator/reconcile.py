@@ -30,7 +30,7 @@ from ltx_contract.resource import (
 from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
-from .jobs import build_job, model_in_use
+from .jobs import build_job, build_service, model_in_use
 from .observed import IMAGE_PULL_REASONS, JobView, PodView
 from .settings import OperatorSettings
 from .status import (
@@ -114,6 +114,8 @@ class Event:
 class Plan:
     status: TrainingStatus
     create: list[dict[str, Any]] = field(default_factory=list)
+    #: Services the Jobs to create need (made first: a many-node Job's headless Service)
+    services: list[dict[str, Any]] = field(default_factory=list)
     #: Job name → spec.suspend, for Jobs Kueue does not manage
     suspend: dict[str, bool] = field(default_factory=dict)
     #: Job name → Workload spec.active, for Jobs Kueue manages
@@ -211,11 +213,20 @@ def _fail(status: TrainingStatus, reason: str, message: str, generation: int | N
 
 
 def _ended(observed: Observed, job: JobView) -> PodView | None:
-    """The pod whose end decided the Job: for a completed Job the one that succeeded (an
-    earlier, preempted pod may be the only end the index has seen yet)."""
+    """The pod whose end decided the Job: for a completed Job rank 0's that succeeded
+    (an earlier, preempted pod may be the only end the index has seen yet; the other
+    nodes' pods report no result); for a failed Job of many pods, one that left a result
+    (the rank that knew why) before the ones stopped with it."""
     ended = [p for p in observed.pods if p.job == job.name and p.terminated is not None]
     if job.finished is not None and job.finished[0] == "Complete":
-        ended = [p for p in ended if p.terminated[0] == 0]
+        ended = [p for p in ended if p.terminated[0] == 0 and p.leader]
+        return max(ended, key=lambda p: p.created) if ended else None
+    if any(p.index is not None for p in ended):
+        def weight(pod: PodView) -> tuple[bool, bool, str]:
+            result = JobResult.from_termination_message(pod.terminated[2])
+            return (result is not None and not result.succeeded, pod.terminated[0] != 0,
+                    pod.created)
+        return max(ended, key=weight) if ended else None
     return max(ended, key=lambda p: p.created) if ended else None
 
 
@@ -337,6 +348,8 @@ def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan
             and parse_time(retry.next_attempt_time) > now:
         plan.requeue_after = (parse_time(retry.next_attempt_time) - now).total_seconds()
         return
+    if stage == "train" and spec.nodes > 1:
+        plan.services.append(build_service(observed.training, settings))
     plan.create.append(build_job(stage, observed.training, spec, settings))
 
 
@@ -358,7 +371,7 @@ def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: 
     set_condition(status, "Running", running, reason, message, generation, now)
     # Pending until a pod of the stage runs: `kubectl get ltxt` tells waiting from working
     status.phase = ("Training" if stage == "train" else "Preparing") if running else "Pending"
-    pod = _newest(job, observed.pods)
+    pod = _newest(job, [p for p in observed.pods if p.leader])
     if stage == "train" and pod is not None and pod.running:
         plan.progress_from = pod.ip
         if observed.progress is not None:
@@ -371,7 +384,19 @@ def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
     if job.suspended and job.queue:
         return False, "Queued", (f"Job {job.name} waits for Kueue to admit it "
                                  f"(queue {job.queue})")
-    pod = _newest(job, pods)
+    by_index: dict[int | None, list[PodView]] = {}
+    for pod in pods:
+        if pod.job == job.name:
+            by_index.setdefault(pod.index, []).append(pod)
+    if len(by_index) > 1:  # a gang works when each of its pods does: the first that waits
+        states = [_pod_state(job, newest) for _, newest in sorted(
+            ((i or 0, max(group, key=lambda p: p.created)) for i, group in by_index.items()),
+            key=lambda item: item[0])]
+        return next((state for state in states if not state[0]), states[0])
+    return _pod_state(job, _newest(job, pods))
+
+
+def _pod_state(job: JobView, pod: PodView | None) -> tuple[bool, str, str]:
     if pod is None:
         return False, "JobPending", f"Job {job.name} has no pod yet"
     if pod.running:

@@ -53,6 +53,12 @@ class OperatorSettings(BaseSettings):
     gpu_resource_name: str = "nvidia.com/gpu"
     gpu_count: int = Field(1, ge=1, le=8, description="GPUs of a train Job whose spec sets none")
     progress_port: int = 8080
+    rendezvous_port: int = Field(29400, ge=1, le=65535, description="Port of the ranks' c10d "
+                                 "rendezvous on the pod of index 0 (trainings on many nodes)")
+    rank_restarts: int = Field(3, ge=0, le=100, description="Times the launcher restarts the "
+                               "ranks of a group after one fails (PET_MAX_RESTARTS)")
+    shard_base: bool = Field(False, description="Shard the frozen base model across the "
+                             "ranks of a node with FSDP2 (LTX_EXTEND_SHARD_BASE=1)")
     max_workers: int = Field(20, ge=1, le=1000, description="Handlers that run at once "
                              "(Kopf's thread pool for the synchronous handlers)")
     progress_interval: float = Field(10.0, gt=0, description="Seconds between progress "
