@@ -17,7 +17,8 @@ from ltx_contract.suffix import SuffixWindow
 from ..codec.text import DEFAULT_TEXT_TOKENS, encode_texts, text_key
 from ..dataset.media import Undecodable, frames_in, probe
 from ..dataset.prepare import fit_closing_clip
-from ..model.lora import load_lora, read_lora_config
+from ..model.decoders import load_video_decoder
+from ..model.lora import check_lora_version, load_lora, read_lora_config
 from ..model.profile import read_profile
 from .ending import FittedClip, write_extension
 from .sampler import Models, extend_backward
@@ -74,16 +75,19 @@ def extend_clip(request: ExtendRequest, device: torch.device,
         fitted = FittedClip.read(video_path, wav if request.audio else None)
     request.model = resolve_model(request.model, text_encoder=request.text_encoder)
     profile = read_profile(request.model)
+    if request.lora is not None:  # before anything is encoded
+        check_lora_version(request.lora, profile.name)
     texts = encode_texts(request.model, [request.prompt, request.negative_prompt], device, length)
     transformer = load_component(request.model, "transformer", device)
     if request.lora is not None:
-        load_lora(transformer, request.lora)
+        load_lora(transformer, request.lora, model_version=profile.name)
     models = Models(
         transformer=transformer, connectors=load_component(request.model, "connectors", device),
         vae=load_component(request.model, "vae", device),
         audio_vae=load_component(request.model, "audio_vae", device) if request.audio else None,
         vocoder=load_component(request.model, "vocoder", device) if request.audio else None,
         scheduler=load_component(request.model, "scheduler", device),
+        decoder=load_video_decoder(request.model, profile, device),
     )
     result = extend_backward(
         models, profile, fitted.pixels(), fitted.waveform(), texts[text_key(request.prompt)],
