@@ -165,16 +165,16 @@ def _config(model_dir: Path, name: str, filename: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def profile_from_shapes(shapes: Any) -> ModelProfile:
-    """The profile of a release's shapes (`shapes.ModelShapes`): a single file's, or random
-    weights built from them."""
+def profile_from_shapes(shapes: Any, decoders: tuple[str, ...] | None = None) -> ModelProfile:
+    """The profile of a release's shapes (`shapes.ModelShapes`): a single file's, a split
+    pack's (`decoders`: those its files ship), or random weights built from them."""
     from .shapes import SCHEDULER, component_class
 
     return profile_from_configs(shapes.config("transformer"), shapes.config("connectors"),
                                 dict(shapes.configs.get("scheduler", SCHEDULER)),
                                 vocoder_class=component_class(shapes, "vocoder").__name__,
                                 text_encoder=shapes.configs.get("text_encoder"),
-                                decoders=getattr(shapes, "decoders", None) or _decoders(shapes))
+                                decoders=decoders or _decoders(shapes))
 
 
 def _decoders(shapes: Any) -> tuple[str, ...]:

@@ -1,10 +1,13 @@
-"""Where the base model comes from: a diffusers model folder or the official single-file
-checkpoint with its Gemma-3 folder, each local or at a store URL (downloaded once into the
-model cache), or, for local runs only, the tiny random model (written there on first use).
+"""Where the base model comes from: a diffusers model folder, the official LTX-2.3
+single-file checkpoint with its Gemma-3 folder, or LTX-2.5's split pack (a transformer file
+with its text encoder, video VAE and audio VAE files beside it or named), each local or at a
+store URL (downloaded once into the model cache), or, for local runs only, the tiny random
+model (written there on first use).
 
-`resolve_model` turns what a user names into a `loader.Model`, checked: a single file is
-read up to its header and its Gemma folder up to its config, and whatever cannot give an
-LTX-2 model is refused (`InvalidInput`, naming the file) before any weight is read or
+`resolve_model` turns what a user names into a `loader.Model`, checked: a folder up to its
+configs, a single file up to its header and its Gemma folder up to its config, a split
+pack up to each file's header, and whatever cannot give an LTX-2 model, or not the version
+asked for, is refused (`InvalidInput`, naming the file) before any weight is read or
 anything encoded. A `file://` checkpoint is used where it lies (it is tens of GB); an
 `s3://` one is downloaded into the cache like a folder.
 
