@@ -90,10 +90,15 @@ def test_spec_model_text_encoder_goes_with_a_checkpoint_only() -> None:
         "s3://models/ltx/gemma-3"
     assert text_encoder_location("gemma", "/models/ltx.safetensors") == "/models/gemma"
     assert text_encoder_location("s3://b/g", "s3://a/x.safetensors") == "s3://b/g"
+    # a checkpoint without one may be LTX-2.5's (its text encoder file beside it); one
+    # stated to be LTX-2.3's is refused at once, and the files decide otherwise
+    assert parse_spec({"trainingDataUrl": DATA, "model": {
+        "url": "s3://models/ltx-2.5-22b-dev-transformer-bf16.safetensors"}}).model.version is None
     assert "the checkpoint holds no text encoder" in problems(
-        {"url": "s3://models/ltx-2.3-22b-dev.safetensors"})
+        {"url": "s3://models/ltx-2.3-22b-dev.safetensors", "version": "ltx-2.3"})
     assert "the checkpoint holds no text encoder" in problems(
-        {"claimName": "models", "subPath": "ltx/ltx-2.3-22b-dev.safetensors"})
+        {"claimName": "models", "subPath": "ltx/ltx-2.3-22b-dev.safetensors",
+         "version": "ltx-2.3"})
     assert "a model folder has its own" in problems(
         {"url": "s3://models/ltx-2.3/", "textEncoder": "gemma-3"})
     for bad in ("/abs/gemma", "../gemma", "a/../../b", "http://x/g", ""):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from .profile import CONVOLUTIONAL, DIFFUSION, ModelProfile, profile_from_shapes
 from .shapes import DIFFUSION_DECODER, LTX_2_5, LTX_GEMMA_4, ModelShapes, build_meta
 from .single_file import (
+    _TRANSFORMER_NAMES,
     PROJECTION_PREFIX,
     SHAPES_METADATA,
     TRANSFORMER_PREFIX,
@@ -42,7 +42,6 @@ from .single_file import (
     _connectors_state,
     _inverse,
     _rename,
-    _TRANSFORMER_NAMES,
     _vae_state,
     _vocoder_state,
     original_key,
@@ -173,7 +172,8 @@ class SplitPackModel:
         except RuntimeError as exc:
             raise CheckpointError(f"{self.files[name]}: the {name} does not load: {exc}"
                                   ) from None
-        tied = {"lm_head.weight"} if name == "text_encoder" else set()  # Gemma's head: its embedding
+        # Gemma's output head is its embedding: not stored
+        tied = {"lm_head.weight"} if name == "text_encoder" else set()
         if set(result.missing_keys) - tied or result.unexpected_keys:
             raise CheckpointError(f"{self.files[name]}: the {name} does not load: missing "
                                   f"{result.missing_keys[:3]}, unexpected "
