@@ -139,7 +139,8 @@ def test_train_takes_the_single_file_on_the_command_line(layouts, tmp_path, caps
     assert "is not an LTX-2 checkpoint" in capsys.readouterr().err
     assert main(["train", str(spec), "--output", out.as_uri(), "--text-encoder",
                  str(layouts["gemma"])]) == ExitCode.INVALID_INPUT
-    assert "--text-encoder goes with --model FILE" in capsys.readouterr().err
+    assert "--text-encoder, --video-vae and --audio-vae go with --model FILE" in \
+        capsys.readouterr().err
     assert not out.exists()  # nothing prepared, written or billed
 
 
@@ -149,7 +150,8 @@ def test_train_refuses_a_text_encoder_beside_a_model_folder(layouts, tmp_path, c
     assert main(["train", str(spec), "--output", str(tmp_path / "out"), "--model",
                  str(layouts["diffusers"]), "--text-encoder", str(layouts["gemma"])]) == \
         ExitCode.INVALID_INPUT
-    assert "--text-encoder goes with a single-file checkpoint only" in capsys.readouterr().err
+    assert "--text-encoder, --video-vae and --audio-vae go with a checkpoint only" in \
+        capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -320,6 +320,7 @@ def describe_split_pack(transformer: Path, text_encoder: Path | None = None,
         for header in found:
             _check_release(header, part.replace("_", " "))
     text, audio = headers["text_encoder"][0], headers["audio_vae"][0]
+    tokenizer = _check_text_encoder(text, shapes)  # a stock Gemma 4 is named as such
     decoders = {(DIFFUSION if h.has(DIFFUSION_DECODER_PREFIX) else CONVOLUTIONAL): h
                 for h in headers["video_vae"]}
     connector_keys = expected_keys(shapes, "connectors")
@@ -338,7 +339,6 @@ def describe_split_pack(transformer: Path, text_encoder: Path | None = None,
                            header is text)}
             _check_shapes(header, claimed, name.replace("_", " "), shapes)
             keys.setdefault(name, {}).update(dict.fromkeys(claimed, header.path))
-    tokenizer = _check_text_encoder(text, shapes)
     if DIFFUSION not in decoders:
         shapes = ModelShapes(shapes.name, {n: c for n, c in shapes.configs.items()
                                            if n != DIFFUSION_DECODER})

@@ -42,7 +42,9 @@ class ExtendRequest:
     stg_scale: float = 1.0
     seed: int = 0
     max_sequence_length: int | None = None  # default: the LoRA's, else 1024
-    text_encoder: Path | None = None  # the Gemma-3 folder of a single-file checkpoint
+    text_encoder: Path | None = None  # 2.3: the single file's Gemma-3 folder; 2.5: its file
+    video_vae: Path | None = None  # 2.5's pack parts, where not beside the transformer file
+    audio_vae: Path | None = None
     decoded_ending: bool = False  # end with the model's decode of the clip, not the clip
 
 
@@ -73,7 +75,8 @@ def extend_clip(request: ExtendRequest, device: torch.device,
                          frame_size(request.resolution, request.aspect), video_path,
                          wav if request.audio else None, normalize=True, preserve_pitch=True)
         fitted = FittedClip.read(video_path, wav if request.audio else None)
-    request.model = resolve_model(request.model, text_encoder=request.text_encoder)
+    request.model = resolve_model(request.model, text_encoder=request.text_encoder,
+                                  video_vae=request.video_vae, audio_vae=request.audio_vae)
     profile = read_profile(request.model)
     if request.lora is not None:  # before anything is encoded
         check_lora_version(request.lora, profile.name)
