@@ -162,10 +162,10 @@ def tiny_model_v25(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-v25", version="2.5")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_shape_pack_v25(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One random LTX-2.5 model at its real widths (one block / layer per stack) as the
-    published split pack; its transformer file (~4 GB in all, removed at the end)."""
+    published split pack; its transformer file (~4 GB in all, removed after the module)."""
     import shutil
 
     from ltx_trainer.model.writer import write_layouts

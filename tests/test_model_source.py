@@ -60,12 +60,12 @@ def test_what_cannot_give_a_model_is_refused_naming_it(layouts, tmp_path) -> Non
         ((layouts["not-ltx"], layouts["gemma"]), "is not an LTX-2 checkpoint", layouts["not-ltx"]),
         ((layouts["single-file"], layouts["diffusers"]), "is not a Gemma-3 folder",
          layouts["diffusers"]),
-        ((layouts["diffusers"], layouts["gemma"]), "a separate text encoder folder goes with "
-                                                   "a single-file checkpoint only",
+        ((layouts["diffusers"], layouts["gemma"]), "a separate text encoder or VAE goes with "
+                                                   "a checkpoint only",
          layouts["diffusers"]),
         ((tmp_path / "missing.safetensors", layouts["gemma"]), "does not exist",
          tmp_path / "missing.safetensors"),
-        ((None, layouts["gemma"]), "a text encoder folder was given without a model", ""),
+        ((None, layouts["gemma"]), "a text encoder or VAE was given without a model", ""),
     ]
     for (model, text_encoder), message, named in cases:
         with pytest.raises(InvalidInput) as refused:
