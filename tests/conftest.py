@@ -151,3 +151,25 @@ def real_shape_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real
     paths = write_layouts({"diffusers": root / "diffusers", "single-file": single})
     yield RealShapeModels(paths["diffusers"], paths["single-file"], single / GEMMA_DIR)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v25(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random model in its LTX-2.5 form (Gemma 4, no video feed-forward biases, the
+    diffusion decoder beside the convolutional one)."""
+    from ltx_trainer.model.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-v25", version="2.5")
+
+
+@pytest.fixture(scope="module")
+def real_shape_pack_v25(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One random LTX-2.5 model at its real widths (one block / layer per stack) as the
+    published split pack; its transformer file (~4 GB in all, removed after the module)."""
+    import shutil
+
+    from ltx_trainer.model.writer import write_layouts
+
+    root = tmp_path_factory.mktemp("real-shapes-v25")
+    yield write_layouts({"split": root / "pack"}, "ltx-2.5")["split"]
+    shutil.rmtree(root, ignore_errors=True)

@@ -60,12 +60,12 @@ def test_what_cannot_give_a_model_is_refused_naming_it(layouts, tmp_path) -> Non
         ((layouts["not-ltx"], layouts["gemma"]), "is not an LTX-2 checkpoint", layouts["not-ltx"]),
         ((layouts["single-file"], layouts["diffusers"]), "is not a Gemma-3 folder",
          layouts["diffusers"]),
-        ((layouts["diffusers"], layouts["gemma"]), "a separate text encoder folder goes with "
-                                                   "a single-file checkpoint only",
+        ((layouts["diffusers"], layouts["gemma"]), "a separate text encoder or VAE goes with "
+                                                   "a checkpoint only",
          layouts["diffusers"]),
         ((tmp_path / "missing.safetensors", layouts["gemma"]), "does not exist",
          tmp_path / "missing.safetensors"),
-        ((None, layouts["gemma"]), "a text encoder folder was given without a model", ""),
+        ((None, layouts["gemma"]), "a text encoder or VAE was given without a model", ""),
     ]
     for (model, text_encoder), message, named in cases:
         with pytest.raises(InvalidInput) as refused:
@@ -90,10 +90,15 @@ def test_spec_model_text_encoder_goes_with_a_checkpoint_only() -> None:
         "s3://models/ltx/gemma-3"
     assert text_encoder_location("gemma", "/models/ltx.safetensors") == "/models/gemma"
     assert text_encoder_location("s3://b/g", "s3://a/x.safetensors") == "s3://b/g"
+    # a checkpoint without one may be LTX-2.5's (its text encoder file beside it); one
+    # stated to be LTX-2.3's is refused at once, and the files decide otherwise
+    assert parse_spec({"trainingDataUrl": DATA, "model": {
+        "url": "s3://models/ltx-2.5-22b-dev-transformer-bf16.safetensors"}}).model.version is None
     assert "the checkpoint holds no text encoder" in problems(
-        {"url": "s3://models/ltx-2.3-22b-dev.safetensors"})
+        {"url": "s3://models/ltx-2.3-22b-dev.safetensors", "version": "ltx-2.3"})
     assert "the checkpoint holds no text encoder" in problems(
-        {"claimName": "models", "subPath": "ltx/ltx-2.3-22b-dev.safetensors"})
+        {"claimName": "models", "subPath": "ltx/ltx-2.3-22b-dev.safetensors",
+         "version": "ltx-2.3"})
     assert "a model folder has its own" in problems(
         {"url": "s3://models/ltx-2.3/", "textEncoder": "gemma-3"})
     for bad in ("/abs/gemma", "../gemma", "a/../../b", "http://x/g", ""):
@@ -134,7 +139,8 @@ def test_train_takes_the_single_file_on_the_command_line(layouts, tmp_path, caps
     assert "is not an LTX-2 checkpoint" in capsys.readouterr().err
     assert main(["train", str(spec), "--output", out.as_uri(), "--text-encoder",
                  str(layouts["gemma"])]) == ExitCode.INVALID_INPUT
-    assert "--text-encoder goes with --model FILE" in capsys.readouterr().err
+    assert "--text-encoder, --video-vae and --audio-vae go with --model FILE" in \
+        capsys.readouterr().err
     assert not out.exists()  # nothing prepared, written or billed
 
 
@@ -144,7 +150,8 @@ def test_train_refuses_a_text_encoder_beside_a_model_folder(layouts, tmp_path, c
     assert main(["train", str(spec), "--output", str(tmp_path / "out"), "--model",
                  str(layouts["diffusers"]), "--text-encoder", str(layouts["gemma"])]) == \
         ExitCode.INVALID_INPUT
-    assert "--text-encoder goes with a single-file checkpoint only" in capsys.readouterr().err
+    assert "--text-encoder, --video-vae and --audio-vae go with a checkpoint only" in \
+        capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

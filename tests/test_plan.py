@@ -179,3 +179,17 @@ def test_the_low_memory_mode_fits_a_48_gb_card() -> None:
     row = next(line for line in table([card]).splitlines()
                if line.startswith("low memory (--low-memory): frozen weights"))
     assert f"{card.frozen(True) / GIB:,.1f} GiB" in row
+
+
+def test_a_release_file_plans_with_its_release(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from ltx_trainer.plan import model_shapes
+
+    transformer, single = tmp_path / "t.safetensors", tmp_path / "s.safetensors"
+    save_file({"model.diffusion_model.proj_in.weight": torch.zeros(1)}, transformer)
+    save_file({"model.diffusion_model.proj_in.weight": torch.zeros(1),
+               "vae.encoder.conv_in.weight": torch.zeros(1)}, single)
+    assert model_shapes(transformer).name == model_shapes("ltx-2.5").name == "ltx-2.5"
+    assert model_shapes(single).name == "ltx-2.3"

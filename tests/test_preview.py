@@ -144,9 +144,12 @@ def test_reel_decodes_with_streams_duration_and_size(setup, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reel.mp4", "silent.mp4"]
 
 
-@pytest.mark.parametrize("version", ["2.0", "2.3"])
+TINY = {"2.0": "tiny_model", "2.3": "tiny_model_v23", "2.5": "tiny_model_v25"}
+
+
+@pytest.mark.parametrize("version", sorted(TINY))
 def test_extend_command(setup, request, tmp_path, version):
-    model = request.getfixturevalue("tiny_model" if version == "2.0" else "tiny_model_v23")
+    model = request.getfixturevalue(TINY[version])
     out = tmp_path / "extended.mp4"
     assert main(["extend", "--model", str(model), "--clip", str(setup[4]), "--prompt",
                  "a square glides in", "--output", str(out), "--frames", "17", "--resolution",
@@ -154,7 +157,7 @@ def test_extend_command(setup, request, tmp_path, version):
     with av.open(str(out)) as container:
         assert {s.type for s in container.streams} == {"video", "audio"}
         assert container.streams.video[0].frames == 17
-    if version == "2.3":
+    if version != "2.0":
         return
     # the output ends with the clip's own fitted frames; --decoded-ending with the model's
     fitted_path = tmp_path / "fitted.mp4"
@@ -183,3 +186,49 @@ def test_extend_names_a_missing_model_folder(setup, tmp_path, capsys):
                  "--prompt", "p", "--output", str(tmp_path / "o.mp4"), "--frames", "17",
                  "--resolution", "low"]) == ExitCode.INVALID_INPUT
     assert "is not a diffusers model folder (no model_index.json)" in capsys.readouterr().err
+
+
+def test_ltx25_decodes_with_the_decoder_it_ships_and_says_which(tiny_model_v25, caplog):
+    from ltx_trainer.codec.latents import decode_video
+    from ltx_trainer.model.decoders import choose_decoder
+
+    profile = read_profile(tiny_model_v25)
+    assert profile.decoders == ("convolutional", "diffusion")
+    with caplog.at_level("INFO", logger="ltx_trainer.model.decoders"):
+        assert choose_decoder(profile, CPU) == "convolutional"  # both ship; no big GPU here
+        assert choose_decoder(replace(profile, decoders=("diffusion",)), CPU) == "diffusion"
+    assert "video decoder: convolutional (both ship and the cpu has 0 GiB (under 64 GiB))" \
+        in caplog.text
+    assert "video decoder: diffusion (the only video decoder the model ships)" in caplog.text
+    # the diffusion decoder reads the same latents into frames of the same size
+    vae = load_component(tiny_model_v25, "vae", CPU)
+    decoder = load_component(tiny_model_v25, "diffusion_decoder", CPU)
+    tokens = torch.randn(1, 2 * 3 * 3, vae.config.latent_channels,
+                         generator=torch.Generator().manual_seed(0))
+    by_diffusion = decode_video(vae, tokens, 2, 3, 3, decoder=decoder, seed=0)
+    by_convolution = decode_video(vae, tokens, 2, 3, 3)
+    assert by_diffusion.shape == by_convolution.shape == (9, 96, 96, 3)
+    assert (by_diffusion != by_convolution).mean() > 0.5
+
+
+def test_extend_refuses_a_lora_of_another_version(tiny_model_v23, tiny_model_v25, setup,
+                                                  tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from ltx_trainer.model.lora import check_lora_version, lora_version
+
+    weights = {"diffusion_model.x.lora_A.weight": torch.zeros(1, 1)}
+    trained_on_23, unrecorded = tmp_path / "v23.safetensors", tmp_path / "old.safetensors"
+    save_file(weights, trained_on_23, metadata={"baseModelVersion": "2.3"})
+    save_file(weights, unrecorded, metadata={"trainingType": "extend-suffix"})
+    assert lora_version(trained_on_23) == lora_version(unrecorded) == "ltx-2.3"
+    check_lora_version(unrecorded, "ltx-2.3")  # today's files without the entry: LTX-2.3's
+    out = tmp_path / "o.mp4"
+    for lora, why in ((trained_on_23, ""), (unrecorded, r" \(it records no version")):
+        assert main(["extend", "--model", str(tiny_model_v25), "--lora", str(lora), "--clip",
+                     str(setup[4]), "--prompt", "p", "--output", str(out), "--frames", "17",
+                     "--resolution", "low"]) == ExitCode.INVALID_INPUT
+        err = capsys.readouterr().err
+        assert f"the LoRA {lora} was trained on ltx-2.3" in err and "base model is ltx-2.5" in err
+        assert ("records no version" in err) == bool(why)
+    assert not out.exists()

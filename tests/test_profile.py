@@ -20,9 +20,12 @@ SUFFIX = SuffixWindow(25, 24, 8)
 COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "scheduler")
 
 
-@pytest.fixture(params=["2.0", "2.3"])
+TINY = {"2.0": "tiny_model", "2.3": "tiny_model_v23", "2.5": "tiny_model_v25"}
+
+
+@pytest.fixture(params=sorted(TINY))
 def model(request):
-    return request.getfixturevalue("tiny_model" if request.param == "2.0" else "tiny_model_v23")
+    return request.getfixturevalue(TINY[request.param])
 
 
 def record_forwards(transformer) -> tuple[list[dict], object]:
@@ -36,8 +39,9 @@ def record_forwards(transformer) -> tuple[list[dict], object]:
     return calls, transformer.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def test_the_version_is_read_from_the_configs(tiny_model, tiny_model_v23, tmp_path):
-    old, new = read_profile(tiny_model), read_profile(tiny_model_v23)
+def test_the_version_is_read_from_the_configs(tiny_model, tiny_model_v23, tiny_model_v25,
+                                              tmp_path):
+    old, new, v25 = (read_profile(m) for m in (tiny_model, tiny_model_v23, tiny_model_v25))
     assert (old.version, old.use_cross_timestep, old.prompt_modulation,
             old.per_modality_connectors, old.vocoder_class) == (
         "2.0", False, False, False, "LTX2Vocoder")
@@ -50,6 +54,19 @@ def test_the_version_is_read_from_the_configs(tiny_model, tiny_model_v23, tmp_pa
     shutil.copy(tiny_model / "connectors" / "config.json", mixed / "connectors" / "config.json")
     with pytest.raises(ValueError, match=r"different versions.*per_modality_projections"):
         read_profile(mixed)
+    # 2.5: 2.3's call, Gemma 4 for the prompt, both video decoders
+    assert (v25.version, v25.name, v25.use_cross_timestep, v25.per_modality_connectors,
+            v25.text_encoder, v25.decoders) == (
+        "2.5", "ltx-2.5", True, True, "gemma4_unified", ("convolutional", "diffusion"))
+    assert (old.decoders, new.text_encoder, new.name) == (
+        ("convolutional",), "gemma3", "ltx-2.3")
+    # a 2.5 transformer cannot read Gemma 3's features: refused, naming both
+    stock = tmp_path / "gemma3-in-25"
+    shutil.copytree(tiny_model_v25, stock, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copy(tiny_model_v23 / "text_encoder" / "config.json",
+                stock / "text_encoder" / "config.json")
+    with pytest.raises(ValueError, match=r"text encoder is 'gemma3'.*LTX-2.5.*gemma4"):
+        read_profile(stock)
 
 
 def test_every_training_and_sampling_forward_carries_the_profile(model, tmp_path):

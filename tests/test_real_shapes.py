@@ -1,6 +1,8 @@
-"""Training and sampling at LTX-2.3's real widths (one block / layer per stack, random
-weights): a few training steps, the LoRA reloaded through diffusers' own LTX-2 loader,
-and a few sampler steps with CFG, STG and modality guidance on it, in each layout.
+"""Training and sampling at LTX-2.3's and LTX-2.5's real widths (one block / layer per
+stack, random weights): a few training steps, the LoRA reloaded through diffusers' own LTX-2
+loader, and a few sampler steps with CFG, STG and modality guidance on it, in each layout.
+LTX-2.5 runs once, video only, from its split pack (its folder equals the pack component by
+component: `test_ltx25.py`).
 
 Both layouts load the same weights (component by component equality is
 `test_single_file.py`'s), so the two runs split the cases: the diffusers folder trains
@@ -33,10 +35,14 @@ SETTINGS = TrainSettings(max_sequence_length=128, seed=0)
 PROMPT, NEGATIVE = "a square glides in", "blurry"
 
 
-@pytest.fixture(scope="module", params=[("diffusers", False), ("single-file", True)],
-                ids=["diffusers-video", "single-file-audio"])
-def case(request, real_shape_models: RealShapeModels) -> tuple[object, bool]:
+@pytest.fixture(scope="module", params=[("diffusers", False), ("single-file", True),
+                                        ("split", False)],
+                ids=["diffusers-video", "single-file-audio", "ltx-2.5-split-video"])
+def case(request) -> tuple[object, bool]:
     layout, with_audio = request.param
+    if layout == "split":
+        return resolve_model(request.getfixturevalue("real_shape_pack_v25")), with_audio
+    real_shape_models: RealShapeModels = request.getfixturevalue("real_shape_models")
     if layout == "diffusers":
         return resolve_model(real_shape_models.diffusers), with_audio
     return resolve_model(real_shape_models.checkpoint, text_encoder=real_shape_models.gemma), \
@@ -60,7 +66,8 @@ def test_train_reload_and_sample_at_real_shapes(case, tmp_path: Path) -> None:
               "text": texts[text_key(PROMPT)]}
 
     trainer = Trainer(_spec(with_audio), model, tmp_path, CPU, SETTINGS)
-    assert trainer.profile.version == "2.3" and trainer.profile.use_cross_timestep
+    assert trainer.profile.version == getattr(model, "version", "2.3")
+    assert trainer.profile.use_cross_timestep
     trainer._load()
     audio_channels = trainer.transformer.config.audio_in_channels
     sample["audio"] = torch.randn(suffix.audio_latent_frames, audio_channels,
@@ -74,6 +81,9 @@ def test_train_reload_and_sample_at_real_shapes(case, tmp_path: Path) -> None:
         trainer.optimizer_step()
         losses.append(step_losses["total"].item())
     result = trainer._write_outputs(2, losses)
+    from ltx_trainer.model.lora import lora_version
+
+    assert lora_version(result.lora_file) == trainer.profile.name  # the version it is for
     trainer.release()
     del trainer
     gc.collect()

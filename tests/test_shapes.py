@@ -150,3 +150,28 @@ def test_cli_tiny_model_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--layout needs --shapes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _cli("tiny-model", str(tmp_path), "--shapes", "ltx-9")
+
+
+def test_ltx25_on_the_meta_device() -> None:
+    from ltx_trainer.model.profile import profile_from_shapes
+    from ltx_trainer.model.shapes import LTX_2_5
+
+    transformer = build_meta(LTX_2_5, "transformer")
+    # 2.3's widths less the video feed-forward biases and the prompt-modulation MLPs, plus
+    # the keyframe position embedding
+    assert parameter_count(transformer) == 18_923_347_200
+    assert transformer.transformer_blocks[0].ff.net[0].proj.bias is None
+    assert not hasattr(transformer, "prompt_adaln")
+    assert transformer.keyframes_abs_pos_embedding.shape == (1, 4096)
+    targets = [n for n, _ in transformer.named_modules() if re.fullmatch(LORA_TARGETS, n)]
+    assert len(targets) == 48 * LORA_MODULES_PER_BLOCK  # the same LoRA as 2.3's
+    assert parameter_count(build_meta(LTX_2_5, "diffusion_decoder")) == 417_133_616
+    assert type(build_meta(LTX_2_5, "text_encoder")).__name__ == \
+        "Gemma4UnifiedForConditionalGeneration"
+    profile = profile_from_shapes(LTX_2_5)
+    assert (LTX_2_5.version, profile.name, profile.text_encoder, profile.text_features,
+            profile.decoders) == ("2.5", "ltx-2.5", "gemma4_unified", (3840, 49),
+                                  ("convolutional", "diffusion"))
+    cut = real_shapes("ltx-2.5")
+    assert cut.version == "2.5" and cut.components[-2:] == ("diffusion_decoder", "text_encoder")
+    assert cut.configs["diffusion_decoder"]["decoder_stage_depths"] == [1] * 5

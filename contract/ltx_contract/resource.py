@@ -160,6 +160,9 @@ class TrainingStatus(StatusModel):
     progress: Progress | None = Field(None, description="Training progress.")
     billing: Billing | None = Field(None, description="What the training billed.")
     artifacts: Artifacts | None = Field(None, description="Output URLs.")
+    model_version: str | None = Field(
+        None, description="The base model version trained on (ltx-2.3, ltx-2.5), read from "
+        "the model's files: the version the LoRA works with.")
     effective: Effective | None = Field(None, description="Normalised values in effect.")
     jobs: Jobs | None = Field(None, description="Child Job names.")
     retry: Retry | None = Field(None, description="A refused Job creation being retried.")

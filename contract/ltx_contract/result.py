@@ -27,6 +27,8 @@ class JobResult(Document):
     steps_completed: int = 0
     billable_units: int = 0
     artifacts: Artifacts = Field(default_factory=Artifacts)
+    #: the base model version the stage ran on ("ltx-2.5"), read from the model's files
+    model_version: str | None = None
     #: presigned HTTPS links for the artifacts; in the store's copy only
     download_urls: Artifacts = Field(default_factory=Artifacts)
     #: a presigned HTTPS link to the store's copy of this result (which has the links

@@ -165,22 +165,59 @@ MODEL_TEXT_ENCODER = Rule(
     message_cel=repr(TEXT_ENCODER_FORM),
 )
 
+#: the base model releases a spec may name (`model.version`): strings, so that an unquoted
+#: YAML number cannot pass for one
+MODEL_VERSIONS = ("ltx-2.3", "ltx-2.5")
+
 MODEL_TEXT_ENCODER_WITH_CHECKPOINT = Rule(
     field="textEncoder",
-    check=lambda o: (o.get("textEncoder") is not None) == _is_checkpoint(o),
+    check=lambda o: o.get("textEncoder") is None or _is_checkpoint(o),
     message=lambda o: (
-        "textEncoder (the Gemma-3 folder) must be set exactly when the model is a single-file "
-        f"checkpoint (a url or subPath ending in {CHECKPOINT_SUFFIX}): "
-        + ("the checkpoint holds no text encoder" if _is_checkpoint(o)
-           else "a model folder has its own")),
-    cel="has(self.textEncoder) == (has(self.url) ? self.url.endsWith('.safetensors') : "
+        "textEncoder goes with a checkpoint only (a url or subPath ending in "
+        f"{CHECKPOINT_SUFFIX}): a model folder has its own"),
+    cel="!has(self.textEncoder) || (has(self.url) ? self.url.endsWith('.safetensors') : "
     "(has(self.subPath) && self.subPath.endsWith('.safetensors')))",
-    message_cel="'textEncoder (the Gemma-3 folder) must be set exactly when the model is a "
-    "single-file checkpoint (a url or subPath ending in .safetensors): ' + ((has(self.url) ? "
-    "self.url.endsWith('.safetensors') : (has(self.subPath) && "
-    "self.subPath.endsWith('.safetensors'))) ? 'the checkpoint holds no text encoder' : "
-    "'a model folder has its own')",
+    message_cel="'textEncoder goes with a checkpoint only (a url or subPath ending in "
+    ".safetensors): a model folder has its own'",
 )
+
+MODEL_LTX23_TEXT_ENCODER = Rule(
+    field="textEncoder",
+    check=lambda o: not (o.get("version") == "ltx-2.3" and _is_checkpoint(o)
+                         and o.get("textEncoder") is None),
+    message=lambda o: ("textEncoder (the Gemma-3 folder) must be set for an ltx-2.3 "
+                       "single-file checkpoint: the checkpoint holds no text encoder"),
+    cel="!(has(self.version) && self.version == 'ltx-2.3' && (has(self.url) ? "
+    "self.url.endsWith('.safetensors') : (has(self.subPath) && "
+    "self.subPath.endsWith('.safetensors')))) || has(self.textEncoder)",
+    message_cel="'textEncoder (the Gemma-3 folder) must be set for an ltx-2.3 single-file "
+    "checkpoint: the checkpoint holds no text encoder'",
+)
+
+
+def _pack_part(name: str) -> Rule:
+    """videoVae / audioVae: an LTX-2.5 pack's file, named like textEncoder, with a
+    checkpoint only (a model folder and a 2.3 single file hold their own VAEs)."""
+    form = (f"{name} must be an s3:// or file:// URL, or a path relative to the folder of the "
+            "checkpoint (not absolute, without ..), and goes with an ltx-2.5 checkpoint only")
+    return Rule(
+        field=name,
+        check=lambda o: o.get(name) is None or (_is_url_or_relative_path(o.get(name))
+                                                and _is_checkpoint(o)
+                                                and o.get("version") != "ltx-2.3"),
+        message=lambda o: form,
+        cel=f"!has(self.{name}) || (((self.{name}.contains('://') ? "
+        f"self.{name}.matches('^(s3|file)://[^\\\\s]+$') : (self.{name} != '' && "
+        f"!self.{name}.startsWith('/') && !self.{name}.matches('(^|/)[.][.](/|$)'))) && "
+        "(has(self.url) ? self.url.endsWith('.safetensors') : (has(self.subPath) && "
+        "self.subPath.endsWith('.safetensors')))) && (!has(self.version) || "
+        "self.version != 'ltx-2.3'))",
+        message_cel=repr(form),
+    )
+
+
+MODEL_VIDEO_VAE = _pack_part("videoVae")
+MODEL_AUDIO_VAE = _pack_part("audioVae")
 
 TOLERATION_EXISTS_HAS_NO_VALUE = Rule(
     field="value",

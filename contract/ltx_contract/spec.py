@@ -132,35 +132,59 @@ class Toleration(SpecModel):
 
 
 class ModelSource(SpecModel):
-    """Where the LTX-2.3 base model comes from: a diffusers-format model folder, or the
-    official single-file checkpoint (`ltx-2.3-22b-dev.safetensors`) with its Gemma-3
-    folder."""
+    """Where the base model (LTX-2.3 or LTX-2.5) comes from: a diffusers-format model
+    folder; LTX-2.3's official single-file checkpoint (`ltx-2.3-22b-dev.safetensors`) with
+    its Gemma-3 folder; or LTX-2.5's split pack (its transformer file, with the text encoder,
+    video VAE and audio VAE files beside it under their published names, or named)."""
 
     __rules__ = (rules.MODEL_SOURCE_EXACTLY_ONE, rules.MODEL_URL, rules.MODEL_TEXT_ENCODER,
-                 rules.MODEL_TEXT_ENCODER_WITH_CHECKPOINT)
+                 rules.MODEL_TEXT_ENCODER_WITH_CHECKPOINT, rules.MODEL_LTX23_TEXT_ENCODER,
+                 rules.MODEL_VIDEO_VAE, rules.MODEL_AUDIO_VAE)
 
     claim_name: str | None = Field(
         None, max_length=253,
-        description="A PersistentVolumeClaim holding the model folder or checkpoint.",
+        description="A PersistentVolumeClaim holding the model folder or checkpoint(s).",
     )
     sub_path: str | None = Field(
         None, max_length=1024,
         description="The model folder's path inside the claim, or the checkpoint's "
-        "(ending in .safetensors).",
+        "(ending in .safetensors; for LTX-2.5, its transformer file).",
     )
     url: str | None = Field(
         None,
         max_length=MAX_URL_LENGTH,
         description="An s3:// or file:// prefix of the model folder in the artifact store, "
-        "or the URL of a single-file checkpoint (ending in .safetensors).",
+        "or the URL of a checkpoint (ending in .safetensors): LTX-2.3's single file, or "
+        "LTX-2.5's transformer file.",
     )
     text_encoder: str | None = Field(
         None,
         max_length=MAX_URL_LENGTH,
-        description="The Gemma-3 folder (config, weights, tokenizer) of a single-file "
-        "checkpoint, which holds no text encoder: an s3:// or file:// URL, or a path "
-        "relative to the checkpoint's folder (in the same store or claim). Set exactly when "
-        "the model is a single-file checkpoint.",
+        description="The text encoder of a checkpoint, which holds none: LTX-2.3's Gemma-3 "
+        "folder (config, weights, tokenizer; required), or LTX-2.5's text encoder file "
+        "(default: gemma4-12b-with-proj-ltx-2.5-bf16.safetensors beside the transformer). "
+        "An s3:// or file:// URL, or a path relative to the checkpoint's folder (in the same "
+        "store or claim). With a checkpoint only.",
+    )
+    video_vae: str | None = Field(
+        None,
+        max_length=MAX_URL_LENGTH,
+        description="LTX-2.5's video VAE file (default: ltx-2.5-video-vae-bf16.safetensors, "
+        "with the diffusion decoder, and ltx-2.5-video-vae-conv-bf16.safetensors, with the "
+        "convolutional one, beside the transformer). A URL or a relative path, as textEncoder.",
+    )
+    audio_vae: str | None = Field(
+        None,
+        max_length=MAX_URL_LENGTH,
+        description="LTX-2.5's audio VAE file, with the vocoder (default: "
+        "ltx-2.5-audio-vae-bf16.safetensors beside the transformer). A URL or a relative "
+        "path, as textEncoder.",
+    )
+    version: Literal[rules.MODEL_VERSIONS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="The base model version. Unset: read from the model's files; set: the "
+        "files must be of it (a training whose files are another version is refused). A "
+        "LoRA works only with the version it was trained on.",
     )
 
 
@@ -362,8 +386,8 @@ class TrainingSpec(SpecModel):
         ),
     )
     model: ModelSource | None = Field(
-        None, description="The LTX-2.3 base model (a model folder, or a single-file "
-        "checkpoint and its text encoder); unset uses the operator's default."
+        None, description="The base model, LTX-2.3 or LTX-2.5 (a model folder, or its "
+        "checkpoint files); unset uses the operator's default."
     )
     output: OutputLocation | None = Field(
         None, description="Where artifacts are written; unset uses the operator's store."

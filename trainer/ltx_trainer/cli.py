@@ -171,7 +171,8 @@ def cmd_extend(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return ExitCode.INVALID_INPUT
     request = ExtendRequest(
-        model=args.model, text_encoder=args.text_encoder, lora=args.lora, clip=args.clip,
+        model=args.model, text_encoder=args.text_encoder, video_vae=args.video_vae,
+        audio_vae=args.audio_vae, lora=args.lora, clip=args.clip,
         prompt=args.prompt, output=args.output, frames=snap_frames(args.frames), fps=args.fps,
         resolution=args.resolution, aspect=args.aspect, audio=args.audio,
         conditioning_frames=args.conditioning_frames,
@@ -207,10 +208,14 @@ def _with_checkpoint(args: argparse.Namespace, spec: Any) -> Any:
     from ltx_contract.spec import ModelSource
 
     from .model.source import STORE_SCHEMES, is_checkpoint, resolve_model
+    from .model.split_pack import is_split_transformer
 
-    if args.model and args.text_encoder and not is_checkpoint(args.model):
-        raise InvalidInput(f"{args.model} is a model folder, which has its own text encoder: "
-                           "--text-encoder goes with a single-file checkpoint only")
+    parts = {"text_encoder": args.text_encoder, "video_vae": getattr(args, "video_vae", None),
+             "audio_vae": getattr(args, "audio_vae", None)}
+    if args.model and any(parts.values()) and not is_checkpoint(args.model):
+        raise InvalidInput(f"{args.model} is a model folder, which has its own text encoder "
+                           "and VAEs: --text-encoder, --video-vae and --audio-vae go with a "
+                           "checkpoint only")
     if spec is None or not args.model or not is_checkpoint(args.model):
         return spec
 
@@ -218,16 +223,29 @@ def _with_checkpoint(args: argparse.Namespace, spec: Any) -> Any:
         return text if text.startswith(STORE_SCHEMES) else local_path(text).absolute().as_uri()
 
     checkpoint = as_url(args.model)
-    if not args.text_encoder:
+    local = checkpoint.startswith("file://")
+    split = local and local_path(args.model).is_file() and is_split_transformer(
+        local_path(args.model))
+    if not args.text_encoder and local and not split:
         raise InvalidInput(f"{args.model} holds no text encoder: give its Gemma-3 folder "
                            "with --text-encoder DIR")
-    text_encoder = as_url(args.text_encoder)
-    if checkpoint.startswith("file://") and text_encoder.startswith("file://"):
-        # both local: checked here, before any work (a URL is checked by the run, first)
-        resolve_model(checkpoint, args.model_cache, text_encoder)
+    urls = {k: as_url(v) for k, v in parts.items() if v}
+    if local and all(u.startswith("file://") for u in urls.values()):
+        # all local: checked here, before any work (a URL is checked by the run, first)
+        resolve_model(checkpoint, args.model_cache, urls.get("text_encoder"),
+                      video_vae=urls.get("video_vae"), audio_vae=urls.get("audio_vae"))
     args.model = args.text_encoder = None
-    return spec.model_copy(update={"model": ModelSource(url=checkpoint,
-                                                        text_encoder=text_encoder)})
+    return spec.model_copy(update={"model": ModelSource(url=checkpoint, **urls)})
+
+
+def model_part_options(p: argparse.ArgumentParser, path: Any) -> None:
+    """--video-vae and --audio-vae: LTX-2.5's pack parts, where not beside --model."""
+    for flag, what in (("--video-vae", "video VAE file (ltx-2.5-video-vae[-conv]-bf16."
+                        "safetensors)"), ("--audio-vae", "audio VAE file "
+                                          "(ltx-2.5-audio-vae-bf16.safetensors)")):
+        p.add_argument(flag, type=path, metavar="FILE|URL" if path is str else "FILE",
+                       help=f"LTX-2.5: the {what}; default: its published name beside "
+                       "--model")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -237,8 +255,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _setup_logging()
     spec = read_spec_or_report(args.spec)
-    if args.text_encoder and not args.model:
-        print("--text-encoder goes with --model FILE (a single-file checkpoint)",
+    if (args.text_encoder or args.video_vae or args.audio_vae) and not args.model:
+        print("--text-encoder, --video-vae and --audio-vae go with --model FILE (a checkpoint)",
               file=sys.stderr)
         return ExitCode.INVALID_INPUT
     try:
@@ -385,10 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the frames before them are generated. Writes an H.264 (+AAC) file.",
     )
     extend.add_argument("--model", type=local_path,
-                        help="diffusers model folder, or a single-file checkpoint (.safetensors)"
-                        " with --text-encoder (default: the tiny model)")
-    extend.add_argument("--text-encoder", type=local_path, metavar="DIR",
-                        help="the Gemma-3 folder of a single-file checkpoint")
+                        help="diffusers model folder, LTX-2.3's single-file checkpoint "
+                        "(.safetensors, with --text-encoder) or LTX-2.5's transformer file "
+                        "(default: the tiny model)")
+    extend.add_argument("--text-encoder", type=local_path, metavar="DIR|FILE",
+                        help="LTX-2.3: the Gemma-3 folder of the single file; LTX-2.5: the "
+                        "text encoder file (default: its published name beside --model)")
+    model_part_options(extend, local_path)
     extend.add_argument("--lora", type=local_path, help="the trained LoRA (.safetensors)")
     extend.add_argument("--clip", type=local_path, required=True, help="the closing clip")
     extend.add_argument("--prompt", required=True)
@@ -410,13 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     extend.set_defaults(func=cmd_extend)
 
     def training_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", help="diffusers model folder or single-file checkpoint "
-                       "(.safetensors, with --text-encoder), or the s3:// / file:// store URL "
-                       "of either (downloaded into the model cache; a file:// checkpoint is "
-                       "used in place); default: the spec's model")
-        p.add_argument("--text-encoder", metavar="DIR|URL",
-                       help="the Gemma-3 folder (config, weights, tokenizer) of a single-file "
-                       "checkpoint; default: the spec's model.textEncoder")
+        p.add_argument("--model", help="diffusers model folder, LTX-2.3's single-file "
+                       "checkpoint (.safetensors, with --text-encoder) or LTX-2.5's transformer "
+                       "file, or the s3:// / file:// store URL of any (downloaded into the model "
+                       "cache; a file:// checkpoint is used in place); default: the spec's model")
+        p.add_argument("--text-encoder", metavar="DIR|FILE|URL",
+                       help="LTX-2.3: the Gemma-3 folder (config, weights, tokenizer) of the "
+                       "single file; LTX-2.5: the text encoder file (default: beside --model); "
+                       "default: the spec's model.textEncoder")
         p.add_argument("--low-memory", action="store_true", default=None,
                        help="int8 weight-only frozen base weights and an 8-bit optimizer, "
                        "for GPUs of 48 GB (docs/real-model.md)")
@@ -460,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the one the spec gives")
     train.add_argument("--progress-port", type=int, help="serve /progress and /metrics")
     training_options(train)
+    model_part_options(train, str)
     train.set_defaults(func=cmd_train)
 
     job = sub.add_parser(

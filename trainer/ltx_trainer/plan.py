@@ -422,8 +422,12 @@ def model_shapes(model: Any = "ltx-2.3") -> Any:
                 metadata = file.metadata() or {}
         except (SafetensorError, OSError) as exc:
             raise ValueError(f"{path} is not a safetensors checkpoint: {exc}") from None
-        return (ModelShapes.from_json(metadata[SHAPES_METADATA]) if SHAPES_METADATA in metadata
-                else SHAPES["ltx-2.3"])
+        if SHAPES_METADATA in metadata:
+            return ModelShapes.from_json(metadata[SHAPES_METADATA])
+        from .model.split_pack import is_split_transformer
+
+        # a release's own file: an LTX-2.5 transformer file, or LTX-2.3's single file
+        return SHAPES["ltx-2.5" if is_split_transformer(path) else "ltx-2.3"]
     raise ValueError(f"{model} is neither a release ({', '.join(SHAPES)}), a model folder "
                      "nor a checkpoint file")
 
@@ -528,8 +532,9 @@ def add_parser(subparsers: Any, path: Any = Path) -> None:
     parser.add_argument("specs", nargs="+", type=path, metavar="SPEC",
                         help="resource or request files; one column each")
     parser.add_argument("--model", default="ltx-2.3",
-                        help="a release (ltx-2.3, ltx-2.0), a diffusers model folder or a "
-                        "single-file checkpoint (default ltx-2.3)")
+                        help="a release (ltx-2.5, ltx-2.3, ltx-2.0), a diffusers model folder, "
+                        "a single-file checkpoint or an LTX-2.5 transformer file (default "
+                        "ltx-2.3)")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
     parser.add_argument("--gpu-memory", type=float, help="GiB of GPU memory (default: the GPU's)")
     parser.add_argument("--utilisation", type=float, default=0.4,

@@ -79,10 +79,17 @@ def encode_video(vae: Any, video: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_video(vae: Any, tokens: torch.Tensor, frames: int, height: int, width: int
-                 ) -> np.ndarray:
-    """Packed normalized latents (1, tokens, C) → (frames, h, w, 3) uint8 frames."""
+def decode_video(vae: Any, tokens: torch.Tensor, frames: int, height: int, width: int,
+                 decoder: Any | None = None, seed: int = 0) -> np.ndarray:
+    """Packed normalized latents (1, tokens, C) → (frames, h, w, 3) uint8 frames, through
+    the VAE's decoder or, where given, LTX-2.5's diffusion decoder (which samples noise:
+    seeded by `seed`). The VAE's statistics denormalize either way."""
     latents = denormalize_video(vae, unpack_video(tokens, frames, height, width))
+    if decoder is not None:
+        generator = torch.Generator(decoder.device).manual_seed(seed)
+        video = decoder.decode(latents.to(decoder.device, decoder.dtype), generator=generator,
+                               return_dict=False)[0]
+        return to_frames(video)
     timestep = None
     if vae.config.timestep_conditioning:
         timestep = torch.zeros(latents.shape[0], device=vae.device, dtype=vae.dtype)

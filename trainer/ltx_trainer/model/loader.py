@@ -1,7 +1,7 @@
-"""Loading the LTX-2 components of a model: a diffusers-format model folder, or the
-official single-file checkpoint with its Gemma-3 folder (`single_file.py`). Where either
-comes from is `source.py`; `load_component` is the one function training, previews,
-`extend` and the cache encoder load every component through.
+"""Loading the LTX-2 components of a model: a diffusers-format model folder, the official
+single-file checkpoint with its Gemma-3 folder (`single_file.py`), or LTX-2.5's split pack
+(`split_pack.py`). Where each comes from is `source.py`; `load_component` is the one
+function training, previews, `extend` and the cache encoder load every component through.
 
 Each component is loaded with the class its entry in `model_index.json` names, as
 diffusers' own pipeline loader does, so a folder's own vocoder class (the LTX-2.3
@@ -21,12 +21,14 @@ import torch
 
 from .device import compute_dtype, default_device
 from .single_file import SingleFileModel
+from .split_pack import SplitPackModel
 
 __all__ = ["Model", "compute_dtype", "default_device", "load_component"]
 
-#: a model: a diffusers model folder, or a single-file checkpoint checked with its Gemma-3
-#: folder (`single_file.describe_single_file`); `Path(model).name` names either
-Model: TypeAlias = Path | SingleFileModel
+#: a model: a diffusers model folder, a single-file checkpoint checked with its Gemma-3
+#: folder (`single_file.describe_single_file`), or a checked LTX-2.5 split pack
+#: (`split_pack.describe_split_pack`); `Path(model).name` names any
+Model: TypeAlias = Path | SingleFileModel | SplitPackModel
 
 #: libraries whose classes a model_index.json names directly; any other library name is
 #: a diffusers pipeline module (e.g. "ltx2" → diffusers.pipelines.ltx2), as diffusers reads it
@@ -54,7 +56,7 @@ def load_component(model: Model, name: str, device: torch.device,
                    dtype: torch.dtype | None = None) -> Any:
     """One component of `model`, in eval mode and frozen, on `device` (tokenizer and
     scheduler as they are)."""
-    if isinstance(model, SingleFileModel):
+    if isinstance(model, SingleFileModel | SplitPackModel):
         return model.load(name, device, dtype)
     model_dir = Path(model)
     cls = component_class(model_dir, name)

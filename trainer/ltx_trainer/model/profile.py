@@ -4,8 +4,12 @@ LTX-2.0 and LTX-2.3 share the diffusers classes but are called differently. 2.3 
 gated attention, prompt cross-attention modulated by the noise level (`sigma` and
 `audio_sigma`), per-modality connector projections instead of the transformer's caption
 projection, the cross-modality timestep (`use_cross_timestep=True`, as diffusers'
-`LTX2Pipeline` calls it) and the bandwidth-extending vocoder. Training, previews and
-`extend` all take these from one `ModelProfile`; no call site decides them itself.
+`LTX2Pipeline` calls it) and the bandwidth-extending vocoder. LTX-2.5 keeps 2.3's call and
+widths but drops the video feed-forward biases (`ff_bias=False`, the mark it is read by),
+makes the prompt modulation a static table (`use_prompt_adaln_single=False`), reads its
+prompt through a Lightricks-tuned Gemma 4 instead of Gemma 3, and ships a diffusion video
+decoder beside (or instead of) the convolutional one. Training, previews and `extend` all
+take these from one `ModelProfile`; no call site decides them itself.
 """
 
 from __future__ import annotations
@@ -15,11 +19,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Version = Literal["2.0", "2.3"]
+from ltx_contract.rules import TEMPORAL_COMPRESSION
+
+Version = Literal["2.0", "2.3", "2.5"]
+VERSIONS: tuple[Version, ...] = ("2.0", "2.3", "2.5")
 
 #: STG perturbs one self-attention block; the official pipelines name it for the 48-block
-#: model (29 for LTX-2.0, 28 for LTX-2.3) and a shallower model takes the same depth.
-STG_BLOCK_OF_48 = {"2.0": 29, "2.3": 28}
+#: model (29 for LTX-2.0, 28 for LTX-2.3, and 2.5 keeps 2.3's block) and a shallower model
+#: takes the same depth.
+STG_BLOCK_OF_48 = {"2.0": 29, "2.3": 28, "2.5": 28}
+#: the text encoder family each release reads its prompt with (`model_type` prefix)
+TEXT_ENCODERS = {"2.0": "gemma3", "2.3": "gemma3", "2.5": "gemma4"}
+#: video decoders: the VAE's own convolutional one, LTX-2.5's diffusion decoder
+CONVOLUTIONAL, DIFFUSION = "convolutional", "diffusion"
+#: the latent compression (time, height, width) the contract's frame rules are made for
+LATENT_SCALE = (TEMPORAL_COMPRESSION, 32, 32)
+
+
+def version_name(version: str) -> str:
+    """"2.3" → "ltx-2.3": the name `spec.model.version`, LoRA files and the status use."""
+    return f"ltx-{version}"
+
+
+def transformer_version(transformer: dict[str, Any]) -> Version:
+    """The release a transformer config is of: 2.5 has no video feed-forward bias, 2.3 has
+    prompt modulation, 2.0 neither."""
+    if transformer.get("ff_bias", True) is False:
+        return "2.5"
+    return "2.3" if transformer.get("cross_attn_mod") else "2.0"
 
 
 @dataclass(frozen=True)
@@ -61,6 +88,14 @@ class ModelProfile:
     shift: TimestepShift
     guidance: Guidance
     timestep_scale: int = 1000  # the transformer's timestep_scale_multiplier
+    text_encoder: str = "gemma3"  # the text encoder's model_type
+    text_features: tuple[int, int] = (3840, 49)  # the connectors' input: width, hidden states
+    vae_scale_factors: tuple[int, int, int] = (8, 32, 32)  # time, height, width
+    decoders: tuple[str, ...] = (CONVOLUTIONAL,)  # the video decoders the model ships
+
+    @property
+    def name(self) -> str:
+        return version_name(self.version)
 
 
 def stg_blocks(version: Version, num_layers: int) -> tuple[int, ...]:
@@ -68,9 +103,11 @@ def stg_blocks(version: Version, num_layers: int) -> tuple[int, ...]:
 
 
 def profile_from_configs(transformer: dict[str, Any], connectors: dict[str, Any],
-                         scheduler: dict[str, Any], vocoder_class: str = "LTX2Vocoder"
-                         ) -> ModelProfile:
-    """The profile of a model from its components' configs (dicts of their JSON)."""
+                         scheduler: dict[str, Any], vocoder_class: str = "LTX2Vocoder",
+                         text_encoder: dict[str, Any] | None = None,
+                         decoders: tuple[str, ...] = (CONVOLUTIONAL,)) -> ModelProfile:
+    """The profile of a model from its components' configs (dicts of their JSON); a text
+    encoder of another release than the transformer's is refused (ValueError)."""
     per_modality = bool(connectors.get("per_modality_projections", False))
     prompt_embeddings = bool(transformer.get("use_prompt_embeddings", True))
     if per_modality == prompt_embeddings:
@@ -78,11 +115,33 @@ def profile_from_configs(transformer: dict[str, Any], connectors: dict[str, Any]
             "the model's transformer and connectors are of different versions: "
             f"connectors per_modality_projections={per_modality} needs transformer "
             f"use_prompt_embeddings={not per_modality}")
-    version: Version = "2.3" if per_modality else "2.0"
+    version = transformer_version(transformer)
+    if (version == "2.0") == per_modality:
+        raise ValueError(f"the model's transformer is LTX-{version}'s but its connectors are "
+                         f"{'LTX-2.0' if not per_modality else 'LTX-2.3/2.5'}'s")
+    features = (int(connectors.get("caption_channels", 3840)),
+                int(connectors.get("text_proj_in_factor", 49)))
+    encoder = TEXT_ENCODERS[version]
+    if text_encoder is not None:
+        encoder = str(text_encoder.get("model_type", "gemma3"))
+        if not encoder.startswith(TEXT_ENCODERS[version]):
+            raise ValueError(f"the model's text encoder is {encoder!r}, but an LTX-{version} "
+                             f"transformer reads its prompt with {TEXT_ENCODERS[version]}")
+        text = text_encoder.get("text_config") or {}
+        given = (text.get("hidden_size"), int(text.get("num_hidden_layers", -1)) + 1)
+        if given != features:
+            raise ValueError(f"the model's text encoder gives {given[0]}-wide features from "
+                             f"{given[1]} hidden states; its connectors take {features[0]} "
+                             f"from {features[1]}")
+    factors = tuple(int(f) for f in transformer.get("vae_scale_factors", (8, 32, 32)))
+    if factors != LATENT_SCALE:
+        raise ValueError(f"the model's VAE compresses {factors[0]}x in time and "
+                         f"{factors[1]}x{factors[2]} in space; the frame and suffix rules are "
+                         f"made for {LATENT_SCALE[0]}x and {LATENT_SCALE[1]}x{LATENT_SCALE[2]}")
     num_layers = int(transformer.get("num_layers", 48))
     return ModelProfile(
         version=version, num_layers=num_layers,
-        use_cross_timestep=version == "2.3",
+        use_cross_timestep=version != "2.0",
         prompt_modulation=bool(transformer.get("cross_attn_mod")
                                or transformer.get("audio_cross_attn_mod")),
         per_modality_connectors=per_modality, vocoder_class=vocoder_class,
@@ -94,6 +153,8 @@ def profile_from_configs(transformer: dict[str, Any], connectors: dict[str, Any]
             max_shift=float(scheduler.get("max_shift", 2.05))),
         guidance=Guidance(stg_blocks=stg_blocks(version, num_layers)),
         timestep_scale=int(transformer.get("timestep_scale_multiplier", 1000)),
+        text_encoder=encoder, text_features=features,
+        vae_scale_factors=factors, decoders=decoders,
     )
 
 
@@ -104,27 +165,43 @@ def _config(model_dir: Path, name: str, filename: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def profile_from_shapes(shapes: Any) -> ModelProfile:
-    """The profile of a release's shapes (`shapes.ModelShapes`): a single file's, or random
-    weights built from them."""
+def profile_from_shapes(shapes: Any, decoders: tuple[str, ...] | None = None) -> ModelProfile:
+    """The profile of a release's shapes (`shapes.ModelShapes`): a single file's, a split
+    pack's (`decoders`: those its files ship), or random weights built from them."""
     from .shapes import SCHEDULER, component_class
 
     return profile_from_configs(shapes.config("transformer"), shapes.config("connectors"),
                                 dict(shapes.configs.get("scheduler", SCHEDULER)),
-                                vocoder_class=component_class(shapes, "vocoder").__name__)
+                                vocoder_class=component_class(shapes, "vocoder").__name__,
+                                text_encoder=shapes.configs.get("text_encoder"),
+                                decoders=decoders or _decoders(shapes))
+
+
+def _decoders(shapes: Any) -> tuple[str, ...]:
+    from .shapes import DIFFUSION_DECODER
+
+    return (CONVOLUTIONAL, *((DIFFUSION,) if DIFFUSION_DECODER in shapes.configs else ()))
 
 
 def read_profile(model: Any) -> ModelProfile:
     """The profile of a model (`loader.Model`: a diffusers folder, or a checked single-file
     checkpoint, whose configs are its shapes), from its configs alone (no weights read)."""
+    profile = getattr(model, "profile", None)
+    if profile is not None:  # a checked split pack: read when it was checked
+        return profile
     shapes = getattr(model, "shapes", None)
     if shapes is not None:  # a single file: the configs it was checked against
         return profile_from_shapes(shapes)
     model_dir = Path(model)
     index = json.loads((model_dir / "model_index.json").read_text())
     vocoder = index.get("vocoder") or [None, "LTX2Vocoder"]
+    text_config = model_dir / "text_encoder" / "config.json"
+    decoders = (CONVOLUTIONAL, *((DIFFUSION,) if (index.get("diffusion_decoder") or [None])[0]
+                                else ()))
     return profile_from_configs(
         _config(model_dir, "transformer", "config.json"),
         _config(model_dir, "connectors", "config.json"),
         _config(model_dir, "scheduler", "scheduler_config.json"),
-        vocoder_class=vocoder[1] or "LTX2Vocoder")
+        vocoder_class=vocoder[1] or "LTX2Vocoder",
+        text_encoder=json.loads(text_config.read_text()) if text_config.is_file() else None,
+        decoders=decoders)

@@ -1,8 +1,8 @@
 """LTX-2's real shapes as data, and random-weight models built from them.
 
-The release configs of LTX-2.0 and LTX-2.3 for each component, in the form diffusers'
-classes take (the values diffusers' LTX-2 conversion script gives, Gemma-3-12B's for the
-text encoder). From them:
+The release configs of LTX-2.0, LTX-2.3 and LTX-2.5 for each component, in the form
+diffusers' classes take (the values diffusers' LTX-2 conversion script gives, Gemma-3-12B's
+for the 2.0/2.3 text encoder, Gemma-4-12B's for 2.5's). From them:
 
 - `build_meta` builds a component on the meta device: the full 22B model, no memory;
 - `build_component` builds it with seeded random weights straight on any device (meta,
@@ -45,6 +45,10 @@ _TRANSFORMER_COMMON: dict[str, Any] = {
 TRANSFORMER_2_3 = {**_TRANSFORMER_COMMON, "gated_attn": True, "cross_attn_mod": True,
                    "audio_gated_attn": True, "audio_cross_attn_mod": True,
                    "use_prompt_embeddings": False, "perturbed_attn": True}
+#: 2.5: 2.3's widths without the video feed-forward biases, with a static (timestep-free)
+#: prompt modulation table and the learned keyframe position embedding
+TRANSFORMER_2_5 = {**TRANSFORMER_2_3, "ff_bias": False, "use_prompt_adaln_single": False,
+                   "use_keyframes_abs_pos_embedding": True}
 TRANSFORMER_2_0 = {**_TRANSFORMER_COMMON, "gated_attn": False, "cross_attn_mod": False,
                    "audio_gated_attn": False, "audio_cross_attn_mod": False,
                    "use_prompt_embeddings": True, "perturbed_attn": False}
@@ -94,7 +98,21 @@ VAE_2_0 = {**_VAE_COMMON, "block_out_channels": [256, 512, 1024, 2048],
            "upsample_type": ["spatiotemporal"] * 3, "upsample_residual": [True] * 3,
            "upsample_factor": [2, 2, 2], "decoder_spatial_padding_mode": "reflect"}
 
-#: the same audio VAE in both releases
+#: 2.5's diffusion decoder: a small diffusion model over pixels, conditioned on the same
+#: latents the convolutional decoder takes (diffusers' `LTX2VideoDiffusionDecoderModel`)
+DIFFUSION_DECODER_2_5: dict[str, Any] = {
+    "out_channels": 3, "latent_channels": 128, "patch_size": 4, "scaling_factor": 1.0,
+    "decoder_head_dim": 64, "decoder_stage_channels": [2048, 1024, 512, 512, 256],
+    "decoder_stage_depths": [4, 6, 4, 2, 8],
+    "decoder_stage_kernels": [[3, 7, 7], [3, 7, 7], [3, 5, 5], [3, 5, 5]],
+    "decoder_upsample_strides": [[1, 2, 2], [2, 1, 1], [2, 2, 2], [2, 2, 2]],
+    "decoder_upsample_channel_reductions": [2, 2, 1, 2], "decoder_stage5_kernel": [11, 11, 11],
+    "decoder_t_emb_dim": 384, "decoder_timestep_scale_multiplier": 1000.0,
+    "decoder_model_output_type": "x0", "decoder_num_inference_steps": 1,
+    "spatial_compression_ratio": 32, "temporal_compression_ratio": 8,
+}
+
+#: the same audio VAE in every release
 AUDIO_VAE = {"base_channels": 128, "output_channels": 2, "ch_mult": [1, 2, 4],
              "num_res_blocks": 2, "attn_resolutions": None, "in_channels": 2, "resolution": 256,
              "latent_channels": 8, "norm_type": "pixel", "causality_axis": "height",
@@ -139,12 +157,27 @@ GEMMA_3_12B = {
     "image_token_index": 262144,
 }
 
+#: Gemma-4-12B, fine-tuned by Lightricks as LTX-2.5's text encoder (text only: the vision
+#: and audio towers are not part of it). Its text width is 3,840 like Gemma-3-12B's (the
+#: width transformers' Gemma-4 configs give the 12B's multimodal embedder).
+GEMMA_4_12B = {
+    "model_type": "gemma4_unified",
+    "text_config": {"hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
+                    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
+                    "global_head_dim": 512, "sliding_window": 1024, "vocab_size": 262144},
+    "vision_config": None, "audio_config": None,
+}
+#: the metadata a text-encoder file of the LTX-tuned Gemma 4 carries (a stock Gemma 4 has none)
+LTX_GEMMA_4 = "gemma4-12b-ltx-v1"
+
 #: the flow-matching scheduler of the LTX-2 pipelines (resolution-dependent shift)
 SCHEDULER = {"use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05,
              "base_image_seq_len": 1024, "max_image_seq_len": 4096, "shift_terminal": 0.1}
 
 #: the model components, in the order they are built and written
 COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "text_encoder")
+#: a component only some releases have (LTX-2.5's diffusion video decoder)
+DIFFUSION_DECODER = "diffusion_decoder"
 
 
 @dataclass(frozen=True)
@@ -156,8 +189,16 @@ class ModelShapes:
 
     @property
     def version(self) -> str:
-        """"2.3" when the transformer has LTX-2.3's prompt modulation, else "2.0"."""
-        return "2.3" if self.configs["transformer"].get("cross_attn_mod") else "2.0"
+        """The release the transformer's config is of (`profile.transformer_version`)."""
+        from .profile import transformer_version
+
+        return transformer_version(self.configs["transformer"])
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The weighted components, in build order (the diffusion decoder where it ships)."""
+        extra = (DIFFUSION_DECODER,) if DIFFUSION_DECODER in self.configs else ()
+        return (*COMPONENTS[:-1], *extra, COMPONENTS[-1])
 
     def config(self, name: str) -> dict[str, Any]:
         return json.loads(json.dumps(self.configs[name]))  # a deep copy
@@ -171,13 +212,17 @@ class ModelShapes:
         c["transformer"]["num_layers"] = 1
         text = c["text_encoder"]["text_config"]
         text["num_hidden_layers"] = 1
-        c["text_encoder"]["vision_config"]["num_hidden_layers"] = 1
+        if c["text_encoder"].get("vision_config"):
+            c["text_encoder"]["vision_config"]["num_hidden_layers"] = 1
         c["connectors"].update(video_connector_num_layers=1, audio_connector_num_layers=1,
                                text_proj_in_factor=text["num_hidden_layers"] + 1)
         vae = c["vae"]
         vae["layers_per_block"] = [1] * len(vae["layers_per_block"])
         vae["decoder_layers_per_block"] = [1] * len(vae["decoder_layers_per_block"])
         c["audio_vae"]["num_res_blocks"] = 1
+        if DIFFUSION_DECODER in c:
+            stages = c[DIFFUSION_DECODER]["decoder_stage_depths"]
+            c[DIFFUSION_DECODER]["decoder_stage_depths"] = [1] * len(stages)
         for prefix in ("", "bwe_"):
             if f"{prefix}resnet_kernel_sizes" in c["vocoder"]:
                 c["vocoder"][f"{prefix}resnet_kernel_sizes"] = [3]
@@ -188,8 +233,11 @@ class ModelShapes:
         """A small text vocabulary (the image tokens point at `special_token`)."""
         c = {name: self.config(name) for name in self.configs}
         c["text_encoder"]["text_config"]["vocab_size"] = size
-        c["text_encoder"].update(boi_token_index=special_token, eoi_token_index=special_token,
-                                 image_token_index=special_token)
+        tokens = (("boi_token_id", "eoi_token_id", "image_token_id", "video_token_id",
+                   "boa_token_id", "eoa_token_index", "audio_token_id")
+                  if is_gemma_4(c["text_encoder"]) else
+                  ("boi_token_index", "eoi_token_index", "image_token_index"))
+        c["text_encoder"].update(dict.fromkeys(tokens, special_token))
         return ModelShapes(self.name, c)
 
     def to_json(self) -> str:
@@ -204,7 +252,7 @@ class ModelShapes:
     def from_model_dir(cls, model_dir: Path) -> ModelShapes:
         """The shapes of a diffusers model folder, read from its config files."""
         configs: dict[str, Any] = {}
-        for name in (*COMPONENTS, "scheduler"):
+        for name in (*COMPONENTS, DIFFUSION_DECODER, "scheduler"):
             path = model_dir / name / ("scheduler_config.json" if name == "scheduler"
                                        else "config.json")
             if path.is_file():
@@ -224,7 +272,18 @@ LTX_2_0 = ModelShapes("ltx-2.0", {
     "transformer": TRANSFORMER_2_0, "connectors": CONNECTORS_2_0, "vae": VAE_2_0,
     "audio_vae": AUDIO_VAE, "vocoder": VOCODER_2_0, "text_encoder": GEMMA_3_12B,
     "scheduler": SCHEDULER})
-SHAPES = {shapes.name: shapes for shapes in (LTX_2_3, LTX_2_0)}
+#: 2.5: 2.3's VAEs (the same latent space, the convolutional decoder kept beside the new
+#: diffusion decoder), its 48 kHz vocoder and scheduler; Gemma 4 for the text
+LTX_2_5 = ModelShapes("ltx-2.5", {
+    "transformer": TRANSFORMER_2_5, "connectors": CONNECTORS_2_3, "vae": VAE_2_3,
+    "audio_vae": AUDIO_VAE, "vocoder": VOCODER_2_3, "text_encoder": GEMMA_4_12B,
+    DIFFUSION_DECODER: DIFFUSION_DECODER_2_5, "scheduler": SCHEDULER})
+SHAPES = {shapes.name: shapes for shapes in (LTX_2_5, LTX_2_3, LTX_2_0)}
+
+
+def is_gemma_4(text_encoder_config: Mapping[str, Any]) -> bool:
+    """Whether a text encoder config is Gemma 4's (LTX-2.5) rather than Gemma 3's."""
+    return str(text_encoder_config.get("model_type", "")).startswith("gemma4")
 
 
 def shapes_named(name: str) -> ModelShapes:
@@ -239,9 +298,17 @@ def component_class(shapes: ModelShapes, name: str) -> type:
     """The diffusers / transformers class of a component (the vocoder's depends on the
     release: 2.3's carries the bandwidth extension)."""
     if name == "text_encoder":
+        if is_gemma_4(shapes.configs["text_encoder"]):
+            from transformers import Gemma4UnifiedForConditionalGeneration
+
+            return Gemma4UnifiedForConditionalGeneration
         from transformers import Gemma3ForConditionalGeneration
 
         return Gemma3ForConditionalGeneration
+    if name == DIFFUSION_DECODER:
+        from diffusers import LTX2VideoDiffusionDecoderModel
+
+        return LTX2VideoDiffusionDecoderModel
     if name in ("connectors", "vocoder"):
         from diffusers.pipelines import ltx2
 
@@ -261,6 +328,11 @@ def instantiate(shapes: ModelShapes, name: str) -> torch.nn.Module:
     cls = component_class(shapes, name)
     config = shapes.config(name)
     if name == "text_encoder":
+        if is_gemma_4(config):
+            from transformers import Gemma4UnifiedConfig
+
+            config.pop("model_type", None)
+            return cls(Gemma4UnifiedConfig(**config))
         from transformers import Gemma3Config
 
         return cls(Gemma3Config(**config))
@@ -311,7 +383,7 @@ def build_component(shapes: ModelShapes, name: str, device: torch.device | str =
         model.get_submodule(owner)._buffers[leaf] = buffer
     if hasattr(model, "tie_weights"):  # transformers models: Gemma's lm_head is its embedding
         model.tie_weights()
-    randomize(model, seed=seed * 100 + COMPONENTS.index(name))
+    randomize(model, seed=seed * 100 + shapes.components.index(name))
     return model.eval().requires_grad_(False)
 
 

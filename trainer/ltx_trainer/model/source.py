@@ -1,10 +1,13 @@
-"""Where the base model comes from: a diffusers model folder or the official single-file
-checkpoint with its Gemma-3 folder, each local or at a store URL (downloaded once into the
-model cache), or, for local runs only, the tiny random model (written there on first use).
+"""Where the base model comes from: a diffusers model folder, the official LTX-2.3
+single-file checkpoint with its Gemma-3 folder, or LTX-2.5's split pack (a transformer file
+with its text encoder, video VAE and audio VAE files beside it or named), each local or at a
+store URL (downloaded once into the model cache), or, for local runs only, the tiny random
+model (written there on first use).
 
-`resolve_model` turns what a user names into a `loader.Model`, checked: a single file is
-read up to its header and its Gemma folder up to its config, and whatever cannot give an
-LTX-2 model is refused (`InvalidInput`, naming the file) before any weight is read or
+`resolve_model` turns what a user names into a `loader.Model`, checked: a folder up to its
+configs, a single file up to its header and its Gemma folder up to its config, a split
+pack up to each file's header, and whatever cannot give an LTX-2 model, or not the version
+asked for, is refused (`InvalidInput`, naming the file) before any weight is read or
 anything encoded. A `file://` checkpoint is used where it lies (it is tens of GB); an
 `s3://` one is downloaded into the cache like a folder.
 
@@ -146,47 +149,120 @@ def is_checkpoint(location: str | Path) -> bool:
     return str(location).rstrip("/").endswith(CHECKPOINT_SUFFIX)
 
 
-def text_encoder_location(text_encoder: str | None, model: str | Path | None) -> str | None:
-    """Where `spec.model.textEncoder` points: a URL as it is; a relative path beside the
-    checkpoint, in the same store or volume (`model`: where the checkpoint is)."""
-    if text_encoder is None or text_encoder.startswith(STORE_SCHEMES) or model is None:
-        return text_encoder
+def part_location(part: str | None, model: str | Path | None) -> str | None:
+    """Where `spec.model.textEncoder` (or `videoVae`, `audioVae`) points: a URL as it is; a
+    relative path beside the checkpoint, in the same store or volume (`model`: where the
+    checkpoint is)."""
+    if part is None or part.startswith(STORE_SCHEMES) or model is None:
+        return part
     model = str(model).rstrip("/")
     if model.startswith(STORE_SCHEMES):
-        return f"{model.rpartition('/')[0]}/{text_encoder}"
-    return str(Path(model).parent / text_encoder)
+        return f"{model.rpartition('/')[0]}/{part}"
+    return str(Path(model).parent / part)
+
+
+text_encoder_location = part_location
 
 
 def resolve_model(source: Path | str | None, cache: Path | None = None,
-                  text_encoder: Path | str | None = None) -> Model:
+                  text_encoder: Path | str | None = None, *,
+                  video_vae: Path | str | None = None, audio_vae: Path | str | None = None,
+                  version: str | None = None) -> Model:
     """The model to use, checked: a diffusers folder; a single-file checkpoint (`.safetensors`)
-    with its Gemma-3 folder `text_encoder`; either as a local path or a store URL
-    (downloaded into `cache`); or, with None, the tiny model (written into `cache`). Jobs
-    never pass None: they refuse a training without a model before they get here."""
-    from .single_file import CheckpointError, describe_single_file
+    with its Gemma-3 folder `text_encoder`; an LTX-2.5 transformer file whose text encoder,
+    video VAE and audio VAE files lie beside it or are named (`text_encoder`, `video_vae`,
+    `audio_vae`); any of them as a local path or a store URL (downloaded into `cache`); or,
+    with None, the tiny model (written into `cache`). `version` ("ltx-2.5"), where given,
+    must be what the files are. Jobs never pass None: they refuse a training without a
+    model before they get here."""
+    from .profile import read_profile
 
     cache = cache or default_model_cache()
     if source is None:
-        if text_encoder is not None:
-            raise InvalidInput("a text encoder folder was given without a model: it goes with "
-                               "a single-file checkpoint")
+        if text_encoder is not None or video_vae is not None or audio_vae is not None:
+            raise InvalidInput("a text encoder or VAE was given without a model: it goes with "
+                               "a checkpoint")
         return tiny_model(cache)
+    model = _resolve(source, cache, text_encoder, video_vae, audio_vae, version)
+    try:
+        profile = read_profile(model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise InvalidInput(f"{source}: {exc}") from None
+    if version is not None and version != profile.name:
+        raise InvalidInput(f"spec.model.version is {version}, but the model at {source} is "
+                           f"{profile.name} (read from its files)")
+    return model
+
+
+def _resolve(source: Path | str, cache: Path, text_encoder: Path | str | None,
+             video_vae: Path | str | None, audio_vae: Path | str | None,
+             version: str | None) -> Model:
+    from .single_file import CheckpointError, describe_single_file
+    from .split_pack import describe_split_pack, is_split_transformer
+
     url = isinstance(source, str) and source.startswith(STORE_SCHEMES)
     if not is_checkpoint(source):
         folder = download_model(str(source), cache) if url else Path(source)
         if not is_model_folder(folder):
             raise InvalidInput(f"{folder} is not a diffusers model folder (no {MODEL_INDEX}) "
-                               f"and not a single-file checkpoint ({CHECKPOINT_SUFFIX})")
-        if text_encoder is not None:
+                               f"and not a checkpoint ({CHECKPOINT_SUFFIX})")
+        if text_encoder is not None or video_vae is not None or audio_vae is not None:
             raise InvalidInput(
-                f"{source} is a diffusers model folder, which has its own text_encoder/: a "
-                "separate text encoder folder goes with a single-file checkpoint only")
+                f"{source} is a diffusers model folder, which has its own text_encoder/ and "
+                "VAEs: a separate text encoder or VAE goes with a checkpoint only")
         return folder
-    if text_encoder is None:  # refused before a checkpoint of tens of GB is downloaded
-        raise CheckpointError(f"{source} holds no text encoder: give its Gemma-3 folder "
-                              "(config.json, the weights and the tokenizer) as well")
+    no_text_encoder = CheckpointError(f"{source} holds no text encoder: give its Gemma-3 folder "
+                                      "(config.json, the weights and the tokenizer) as well")
+    if url and text_encoder is None and version == "ltx-2.3":  # before tens of GB download
+        raise no_text_encoder
     checkpoint = download_checkpoint(str(source), cache) if url else Path(source)
+    if checkpoint.is_file() and is_split_transformer(checkpoint):
+        named = {"text_encoder": _part_file(text_encoder, cache),
+                 "video_vae": _part_file(video_vae, cache),
+                 "audio_vae": _part_file(audio_vae, cache)}
+        if url:  # the published names beside it in the store, where not named
+            named.update({k: v for k, v in _fetch_published(str(source), cache).items()
+                          if named[k] is None})
+        return describe_split_pack(checkpoint, **named)
+    if video_vae is not None or audio_vae is not None:
+        raise CheckpointError(f"{source} is a single file that holds its own VAEs: a separate "
+                              "video or audio VAE goes with an LTX-2.5 transformer file")
+    if text_encoder is None:
+        raise no_text_encoder
     return describe_single_file(checkpoint, _text_encoder_dir(text_encoder, cache))
+
+
+def _part_file(part: Path | str | None, cache: Path) -> Path | None:
+    """A split pack's part file, where it lies or downloaded."""
+    if part is None:
+        return None
+    text = str(part)
+    return download_checkpoint(text, cache) if text.startswith(STORE_SCHEMES) else Path(part)
+
+
+def _fetch_published(url: str, cache: Path) -> dict[str, Path | None]:
+    """The pack's parts under their published names beside the transformer at `url` (in its
+    store folder, or the published layout's sibling folders), downloaded; None where absent."""
+    from .split_pack import AUDIO_VAE_FILE, PUBLISHED_FOLDERS, TEXT_ENCODER_FILE, VIDEO_VAE_FILES
+
+    folder = url.rstrip("/").rpartition("/")[0]
+    names = {"text_encoder": [TEXT_ENCODER_FILE], "video_vae": list(VIDEO_VAE_FILES.values()),
+             "audio_vae": [AUDIO_VAE_FILE]}
+    found: dict[str, Path | None] = dict.fromkeys(names)
+    for part, candidates in names.items():
+        places = (folder, f"{folder.rpartition('/')[0]}/{PUBLISHED_FOLDERS[part]}")
+        for name in candidates:
+            for place in places:
+                try:
+                    path = download_checkpoint(f"{place}/{name}", cache)
+                except InvalidInput:  # not in the store
+                    continue
+                if path.is_file():  # a file:// one is where it lies, or nowhere
+                    found[part] = path
+                    break
+            if found[part] is not None:
+                break
+    return found
 
 
 def _text_encoder_dir(text_encoder: Path | str, cache: Path) -> Path:

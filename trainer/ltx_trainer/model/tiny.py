@@ -5,9 +5,11 @@ widths and depths but the real compression: 8× in time and 32× in space for vi
 16 kHz audio at 25 latents per second. `version` picks the LTX-2.0 or the LTX-2.3 form:
 2.3 switches on gated attention, prompt modulation by sigma (`cross_attn_mod` and its
 audio twin), per-modality connector projections instead of the transformer's caption
-projection, and the bandwidth-extending vocoder (16 → 48 kHz). The text encoder is a
-tiny Gemma 3 and the tokenizer is built here from a small word list, so nothing is
-fetched from a hub.
+projection, and the bandwidth-extending vocoder (16 → 48 kHz). 2.5 is 2.3 without the video
+feed-forward biases, with the static prompt modulation table, the keyframe embedding, a
+Gemma 4 text encoder and a diffusion video decoder beside the convolutional one. The text
+encoder is a tiny Gemma 3 (Gemma 4 for 2.5) and the tokenizer is built here from a small
+word list, so nothing is fetched from a hub.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ MARKER = "ltx-extend-tiny-model.json"
 #: bumped when the tiny model's form changes (2: the LTX-2 dynamic-shift scheduler and the
 #: version option), so a cached older folder can be told apart and written again
 FORMAT = 2
+DIFFUSION_DECODER = "diffusion_decoder"
 
 
 def _tokenizer(dest: Path) -> None:
@@ -52,7 +55,7 @@ def _tokenizer(dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-VERSIONS = ("2.0", "2.3")
+VERSIONS = ("2.0", "2.3", "2.5")
 
 
 def build_components(seed: int = 0, version: str = "2.0") -> dict[str, object]:
@@ -69,7 +72,8 @@ def build_components(seed: int = 0, version: str = "2.0") -> dict[str, object]:
 
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {', '.join(VERSIONS)}, not {version!r}")
-    v23 = version == "2.3"
+    v23 = version in ("2.3", "2.5")  # 2.5 keeps 2.3's call
+    v25 = version == "2.5"
     hidden = 32
     torch.manual_seed(seed)
     text_config = {
@@ -80,9 +84,12 @@ def build_components(seed: int = 0, version: str = "2.0") -> dict[str, object]:
     }
     vision_config = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                      "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
-    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
-        text_config=text_config, vision_config=vision_config, mm_tokens_per_image=4,
-        boi_token_index=3, eoi_token_index=3, image_token_index=3))
+    if v25:
+        text_encoder = _gemma_4(text_config)
+    else:
+        text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+            text_config=text_config, vision_config=vision_config, mm_tokens_per_image=4,
+            boi_token_index=3, eoi_token_index=3, image_token_index=3))
     torch.manual_seed(seed + 1)
     transformer = LTX2VideoTransformer3DModel(
         in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
@@ -93,6 +100,7 @@ def build_components(seed: int = 0, version: str = "2.0") -> dict[str, object]:
         vae_scale_factors=(8, 32, 32), perturbed_attn=True,  # the STG blocks
         gated_attn=v23, cross_attn_mod=v23, audio_gated_attn=v23, audio_cross_attn_mod=v23,
         use_prompt_embeddings=not v23,
+        ff_bias=not v25, use_prompt_adaln_single=not v25, use_keyframes_abs_pos_embedding=v25,
     )
     torch.manual_seed(seed + 2)
     # 2.0: one projection to the caption width, the transformer projects per modality;
@@ -135,11 +143,45 @@ def build_components(seed: int = 0, version: str = "2.0") -> dict[str, object]:
     scheduler = FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
         max_image_seq_len=4096, shift_terminal=None)
-    return {
+    components = {
         "transformer": transformer, "vae": vae, "audio_vae": audio_vae,
         "connectors": connectors, "text_encoder": text_encoder, "vocoder": vocoder,
         "scheduler": scheduler,
     }
+    if v25:
+        torch.manual_seed(seed + 6)
+        components[DIFFUSION_DECODER] = _diffusion_decoder(vae)
+    return components
+
+
+def _gemma_4(text_config: dict) -> torch.nn.Module:
+    """LTX-2.5's text encoder form: Gemma 4, text only."""
+    from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration
+
+    text = {k: v for k, v in text_config.items() if k != "max_position_embeddings"}
+    return Gemma4UnifiedForConditionalGeneration(Gemma4UnifiedConfig(
+        text_config={**text, "global_head_dim": text["head_dim"]}, vision_config=None,
+        audio_config=None, **dict.fromkeys(GEMMA_4_SPECIAL_TOKENS, 3)))
+
+
+#: Gemma 4's image/video/audio marker tokens (pointed at <unk>: the tiny vocabulary has none)
+GEMMA_4_SPECIAL_TOKENS = ("boi_token_id", "eoi_token_id", "image_token_id", "video_token_id",
+                          "boa_token_id", "eoa_token_index", "audio_token_id")
+
+
+def _diffusion_decoder(vae: torch.nn.Module) -> torch.nn.Module:
+    """LTX-2.5's diffusion decoder at tiny widths, with the real 8× / 32× upsampling and the
+    VAE's latent statistics."""
+    from diffusers import LTX2VideoDiffusionDecoderModel
+
+    decoder = LTX2VideoDiffusionDecoderModel(
+        latent_channels=vae.config.latent_channels, decoder_head_dim=8,
+        decoder_stage_channels=(64, 32, 16, 16, 8), decoder_stage_depths=(1, 1, 1, 1, 1),
+        decoder_stage_kernels=((3, 3, 3),) * 4, decoder_stage5_kernel=(3, 3, 3),
+        decoder_t_emb_dim=16)
+    decoder.latents_mean.copy_(vae.latents_mean)
+    decoder.latents_std.copy_(vae.latents_std)
+    return decoder
 
 
 def _vocoder(in_channels: int) -> torch.nn.Module:
@@ -194,12 +236,18 @@ def write_tiny_model(dest: Path, seed: int = 0, version: str = "2.0") -> Path:
 
     dest.mkdir(parents=True, exist_ok=True)
     components = build_components(seed, version)
+    decoder = components.pop(DIFFUSION_DECODER, None)
     tokenizer_dir = dest / "tokenizer"
     _tokenizer(tokenizer_dir)
     from transformers import AutoTokenizer
 
     pipe = LTX2Pipeline(tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir), **components)
     pipe.save_pretrained(dest, safe_serialization=True)
+    if decoder is not None:  # not an LTX2Pipeline component: listed beside them, as diffusers does
+        decoder.save_pretrained(dest / DIFFUSION_DECODER)
+        index = json.loads((dest / "model_index.json").read_text())
+        index[DIFFUSION_DECODER] = ["diffusers", type(decoder).__name__]
+        (dest / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
     (dest / MARKER).write_text(json.dumps({"seed": seed, "kind": "tiny-random",
                                             "version": version, "format": FORMAT}))
     return dest

@@ -20,14 +20,16 @@ if TYPE_CHECKING:
     import torch
 
 MARKER = "ltx-extend-real-shapes.json"
-LAYOUTS = ("diffusers", "single-file")
+#: diffusers folder; 2.0/2.3's single file + Gemma-3 folder; 2.5's one file per component
+LAYOUTS = ("diffusers", "single-file", "split")
 
 
 def write_real_shape_model(dest: Path, shapes: ModelShapes | str = "ltx-2.3",
                            layout: str = "diffusers", seed: int = 0) -> Path:
     """Write a random-weight model of `shapes` (a release name is cut to one block) and
     return its path: the folder for the diffusers layout, the checkpoint file for the
-    single-file layout (its Gemma-3 folder beside it, `single_file.GEMMA_DIR`)."""
+    single-file layout (its Gemma-3 folder beside it, `single_file.GEMMA_DIR`), the
+    transformer file for the split layout (LTX-2.5's published layout around it)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: choose {' or '.join(LAYOUTS)}")
     return write_layouts({layout: dest}, shapes, seed)[layout]
@@ -44,22 +46,34 @@ def write_layouts(dests: Mapping[str, Path], shapes: ModelShapes | str = "ltx-2.
 
     if isinstance(shapes, str):
         shapes = real_shapes(shapes)
-    folder, single = dests.get("diffusers"), dests.get("single-file")
+    for layout in dests:
+        if layout not in layouts_of(shapes):
+            raise ValueError(f"{shapes.name} is not published in the {layout} layout: choose "
+                             f"{' or '.join(layouts_of(shapes))}")
+    folder, single, split = (dests.get(layout) for layout in LAYOUTS)
     for dest in dests.values():
         dest.mkdir(parents=True, exist_ok=True)
     paths = {}
     with contextlib.ExitStack() as stack:
         staging = folder or Path(stack.enter_context(tempfile.TemporaryDirectory(
-            prefix=".components-", dir=single)))
+            prefix=".components-", dir=single or split)))
         _write_diffusers(staging, shapes, seed)
         if folder is not None:
             paths["diffusers"] = folder
         if single is not None:
             paths["single-file"] = _write_single_file(staging, single, shapes)
+        if split is not None:
+            paths["split"] = _write_split_pack(staging, split, shapes)
     for layout, dest in dests.items():
         (dest / MARKER).write_text(json.dumps({"shapes": shapes.name, "layout": layout,
                                                "seed": seed, "kind": "real-shapes-random"}))
     return paths
+
+
+def layouts_of(shapes: ModelShapes) -> tuple[str, ...]:
+    """The layouts a release is published in: LTX-2.5 as a split pack, the others as one
+    single file; every release as a diffusers folder."""
+    return ("diffusers", "split" if shapes.version == "2.5" else "single-file")
 
 
 def _write_diffusers(folder: Path, shapes: ModelShapes, seed: int) -> None:
@@ -71,7 +85,7 @@ def _write_diffusers(folder: Path, shapes: ModelShapes, seed: int) -> None:
 
     index: dict[str, Any] = {"_class_name": "LTX2Pipeline",
                              "_diffusers_version": diffusers.__version__}
-    for name in COMPONENTS:
+    for name in shapes.components:
         model = build_component(shapes, name, seed=seed)
         model.save_pretrained(folder / name)
         library = {"connectors": "ltx2", "vocoder": "ltx2", "text_encoder": "transformers"}
@@ -111,25 +125,82 @@ def _write_single_file(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
     return path
 
 
+def _read_folder(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    state = {}
+    for part in sorted((folder / name).glob("*.safetensors")):
+        with safe_open(part, framework="pt") as file:
+            state.update({k: file.get_tensor(k) for k in file.keys()})
+    return state
+
+
+def _write_split_pack(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
+    """LTX-2.5's published files, in its published layout (diffusion_models/,
+    text_encoders/, vae/), from a diffusers folder; returns the transformer file."""
+    from safetensors.torch import save_file
+
+    from .shapes import DIFFUSION_DECODER, LTX_GEMMA_4
+    from .single_file import PROJECTION_PREFIX, SHAPES_METADATA
+    from .split_pack import (
+        AUDIO_VAE_FILE,
+        GEMMA_SOURCE_METADATA,
+        TEXT_ENCODER_FILE,
+        TOKENIZER_METADATA,
+        VERSION_METADATA,
+        VIDEO_VAE_FILES,
+        pack_key,
+    )
+    from .split_pack import expected_keys as pack_keys
+
+    def part(*names: str) -> dict[str, torch.Tensor]:
+        return {pack_key(n, k, shapes): v for n in names
+                for k, v in _read_folder(folder, n).items()}
+
+    release = {VERSION_METADATA: "2.5.0", SHAPES_METADATA: shapes.to_json()}
+    weights = part("transformer", "connectors")
+    projection = {k: weights.pop(k) for k in list(weights) if k.startswith(PROJECTION_PREFIX)}
+    files = {f"diffusion_models/{shapes.name}-transformer.safetensors": (weights, {})}
+    text = {k: v for k, v in part("text_encoder").items()
+            if k in pack_keys(shapes, "text_encoder")}  # the tied output head is not stored
+    tokenizer = {p.name: p.read_text() for p in (folder / "tokenizer").iterdir() if p.is_file()}
+    files[f"text_encoders/{TEXT_ENCODER_FILE}"] = ({**text, **projection}, {
+        GEMMA_SOURCE_METADATA: json.dumps({"ltx_version": "2.5.0", "gemma_version": LTX_GEMMA_4}),
+        TOKENIZER_METADATA: json.dumps(tokenizer)})
+    vae = part("vae")
+    encoder = {k: v for k, v in vae.items() if not k.startswith("vae.decoder.")}
+    files[f"vae/{VIDEO_VAE_FILES['convolutional']}"] = (vae, {})
+    if DIFFUSION_DECODER in shapes.configs:
+        files[f"vae/{VIDEO_VAE_FILES['diffusion']}"] = ({**encoder, **part(DIFFUSION_DECODER)}, {})
+    files[f"vae/{AUDIO_VAE_FILE}"] = (part("audio_vae", "vocoder"), {})
+    for name, (tensors, metadata) in files.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, dest / name,
+                  metadata={**release, **metadata})
+    return dest / next(iter(files))
+
+
 # -- command line (`ltx-extend tiny-model`) ---------------------------------------------
 
 def add_parser(subparsers: Any, path: Any = Path) -> None:
-    """`ltx-extend tiny-model DIR [--version 2.0|2.3] [--shapes ltx-2.3 [--layout …]]`;
+    """`ltx-extend tiny-model DIR [--version 2.0|2.3|2.5] [--shapes ltx-2.5 [--layout …]]`;
     `path` parses the folder argument (the CLI's plain-path-or-file:// type)."""
     parser = subparsers.add_parser(
         "tiny-model",
         help="write a random model of the LTX-2 classes: tiny, or at the real shapes",
         description="Write a random-weight model. Without --shapes: tiny widths (tests and "
-        "quick starts). With --shapes ltx-2.3: the real widths, heads and channels with one "
-        "block / layer per stack, in the diffusers folder layout or the official single-file "
-        "layout (a .safetensors checkpoint plus a Gemma-3 folder).")
+        "quick starts). With --shapes ltx-2.3 or ltx-2.5: the real widths, heads and channels "
+        "with one block / layer per stack, in the diffusers folder layout or the release's "
+        "official layout (LTX-2.3: a single .safetensors checkpoint plus a Gemma-3 folder; "
+        "LTX-2.5: one file per component, --layout split).")
     parser.add_argument("dest", type=path, metavar="DIR")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--version", choices=("2.0", "2.3"), default="2.0",
+    parser.add_argument("--version", choices=("2.0", "2.3", "2.5"), default="2.0",
                         help="without --shapes: the tiny model's LTX-2 version (default 2.0)")
     parser.add_argument("--shapes", choices=sorted(SHAPES), help="release whose shapes to use")
     parser.add_argument("--layout", choices=LAYOUTS, default="diffusers",
-                        help="with --shapes: the folder layout (default diffusers)")
+                        help="with --shapes: the layout (default diffusers; single-file for "
+                        "LTX-2.0/2.3, split for LTX-2.5)")
     parser.set_defaults(func=run)
 
 
@@ -146,7 +217,11 @@ def run(args: argparse.Namespace) -> int:
         path = write_tiny_model(args.dest, seed=args.seed, version=args.version)
         print(f"wrote a tiny random LTX-{args.version} model to {path}")
         return ExitCode.SUCCESS
-    path = write_real_shape_model(args.dest, args.shapes, args.layout, seed=args.seed)
+    try:
+        path = write_real_shape_model(args.dest, args.shapes, args.layout, seed=args.seed)
+    except ValueError as exc:  # a layout the release is not published in
+        print(exc, file=__import__("sys").stderr)
+        return ExitCode.INVALID_INPUT
     print(f"wrote a random {args.shapes} model at its real shapes (one block per stack), "
           f"{args.layout} layout: {path}")
     return ExitCode.SUCCESS

@@ -17,7 +17,8 @@ from ltx_contract.suffix import SuffixWindow
 from ..codec.text import DEFAULT_TEXT_TOKENS, encode_texts, text_key
 from ..dataset.media import Undecodable, frames_in, probe
 from ..dataset.prepare import fit_closing_clip
-from ..model.lora import load_lora, read_lora_config
+from ..model.decoders import load_video_decoder
+from ..model.lora import check_lora_version, load_lora, read_lora_config
 from ..model.profile import read_profile
 from .ending import FittedClip, write_extension
 from .sampler import Models, extend_backward
@@ -41,7 +42,9 @@ class ExtendRequest:
     stg_scale: float = 1.0
     seed: int = 0
     max_sequence_length: int | None = None  # default: the LoRA's, else 1024
-    text_encoder: Path | None = None  # the Gemma-3 folder of a single-file checkpoint
+    text_encoder: Path | None = None  # 2.3: the single file's Gemma-3 folder; 2.5: its file
+    video_vae: Path | None = None  # 2.5's pack parts, where not beside the transformer file
+    audio_vae: Path | None = None
     decoded_ending: bool = False  # end with the model's decode of the clip, not the clip
 
 
@@ -72,18 +75,22 @@ def extend_clip(request: ExtendRequest, device: torch.device,
                          frame_size(request.resolution, request.aspect), video_path,
                          wav if request.audio else None, normalize=True, preserve_pitch=True)
         fitted = FittedClip.read(video_path, wav if request.audio else None)
-    request.model = resolve_model(request.model, text_encoder=request.text_encoder)
+    request.model = resolve_model(request.model, text_encoder=request.text_encoder,
+                                  video_vae=request.video_vae, audio_vae=request.audio_vae)
     profile = read_profile(request.model)
+    if request.lora is not None:  # before anything is encoded
+        check_lora_version(request.lora, profile.name)
     texts = encode_texts(request.model, [request.prompt, request.negative_prompt], device, length)
     transformer = load_component(request.model, "transformer", device)
     if request.lora is not None:
-        load_lora(transformer, request.lora)
+        load_lora(transformer, request.lora, model_version=profile.name)
     models = Models(
         transformer=transformer, connectors=load_component(request.model, "connectors", device),
         vae=load_component(request.model, "vae", device),
         audio_vae=load_component(request.model, "audio_vae", device) if request.audio else None,
         vocoder=load_component(request.model, "vocoder", device) if request.audio else None,
         scheduler=load_component(request.model, "scheduler", device),
+        decoder=load_video_decoder(request.model, profile, device),
     )
     result = extend_backward(
         models, profile, fitted.pixels(), fitted.waveform(), texts[text_key(request.prompt)],

@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 def load_preview_models(model_dir: Path, transformer: Any, connectors: Any,
                         device: torch.device, with_audio: bool) -> Models:
+    """The preview's components beside the live transformer and connectors; the video
+    decoder is the one `model.decoders.choose_decoder` picks for `device`."""
+    from ..model.decoders import load_video_decoder
     from ..model.loader import load_component
+    from ..model.profile import read_profile
 
     return Models(
         transformer=transformer, connectors=connectors,
@@ -32,6 +36,7 @@ def load_preview_models(model_dir: Path, transformer: Any, connectors: Any,
         audio_vae=load_component(model_dir, "audio_vae", device) if with_audio else None,
         vocoder=load_component(model_dir, "vocoder", device) if with_audio else None,
         scheduler=load_component(model_dir, "scheduler", device),
+        decoder=load_video_decoder(model_dir, read_profile(model_dir), device),
     )
 
 

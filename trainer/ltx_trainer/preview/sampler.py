@@ -38,6 +38,7 @@ class Models:
     audio_vae: Any | None
     vocoder: Any | None
     scheduler: Any
+    decoder: Any | None = None  # LTX-2.5's diffusion decoder where chosen; else the VAE's
 
 
 @dataclass
@@ -198,7 +199,7 @@ def extend_backward(
                            with_audio=with_audio, stg_scale=stg_scale, guidance=guidance)
 
     decoded = decode_video(models.vae, video.latents, geometry.frames, geometry.height,
-                           geometry.width)
+                           geometry.width, decoder=models.decoder, seed=seed)
     if not with_audio:
         return Extension(decoded, None, None, video.latents.cpu())
     waveform, rate = decode_audio(models.audio_vae, models.vocoder, audio.latents)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from ltx_contract.spec import TrainingSpec
 
 from .. import __version__
-from ..model.lora import CONFIG_METADATA_KEY, LORA_PREFIX
+from ..model.lora import CONFIG_METADATA_KEY, LORA_PREFIX, VERSION_KEY
 
 TRAINING_TYPE = "extend-suffix"
 def adapter_state(transformer: Any) -> dict[str, torch.Tensor]:
@@ -39,7 +39,7 @@ def lora_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
 
 def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
                     max_sequence_length: int, seed: int) -> dict[str, Any]:
-    """What inference needs to match the training."""
+    """What inference needs to match the training (`version`: the profile's, "2.5")."""
     width, height = spec.frame_size
     return {
         "trainingType": TRAINING_TYPE,
@@ -59,7 +59,7 @@ def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
         "learningRate": spec.learning_rate,
         "loraKeyPrefix": LORA_PREFIX,
         "baseModel": model_dir.name,
-        "baseModelVersion": version,
+        VERSION_KEY: version,  # "2.5" (as files have always recorded it); read by lora_version
         "maxSequenceLength": max_sequence_length,
         "seed": seed,
         "trainer": f"ltx-extend {__version__}",
