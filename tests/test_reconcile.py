@@ -135,6 +135,7 @@ def test_success_bills_once_whatever_replays():
     jobs = {"prepare": job("prepare", finished=("Complete", "Completed", "")),
             "train": job("train", finished=("Complete", "Completed", ""))}
     result = {"outcome": "Succeeded", "stepsCompleted": 300, "resultUrl": "https://s/r.json",
+              "modelVersion": "ltx-2.5",
               "artifacts": {"loraFile": "s3://runs/x/lora.safetensors"}}
     before = training(training_status())
     plan = run(before, jobs, [pod("train", "Succeeded", result)])
@@ -142,7 +143,7 @@ def test_success_bills_once_whatever_replays():
     assert status.phase == "Succeeded" and status.billing.units == 300
     assert status.billing.cost == "1.83" and status.progress.summary == "300/300"
     assert status.artifacts.lora_file.endswith("lora.safetensors")
-    assert status.result_url == "https://s/r.json"
+    assert status.result_url == "https://s/r.json" and status.model_version == "ltx-2.5"
     assert [e.reason for e in events(run(before).status, status)] == ["Billed", "Succeeded"]
     # replayed with another result: the finished status and its bill stay as they are
     again = run(training(written(plan)), jobs,

@@ -55,7 +55,7 @@ def test_reference_defaults():
         "validation_aspect_ratio": "1:1",
         "stg_scale": 1.0,
         "debug_dataset": False,
-        "gpus": None,
+        "gpus": None, "nodes": 1,
         "gpu_resource_name": None,
         "node_selector": {},
         "tolerations": [],

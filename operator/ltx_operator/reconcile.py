@@ -282,6 +282,8 @@ def _add_artifacts(status: TrainingStatus, result: JobResult | None) -> None:
     merged = {**(status.artifacts.model_dump(exclude_none=True) if status.artifacts else {}),
               **result.artifacts.model_dump(exclude_none=True)}
     status.artifacts = Artifacts(**merged) if merged else status.artifacts
+    if result.model_version:  # the version the trainer read from the model's files
+        status.model_version = result.model_version
 
 
 def _suspend(observed: Observed, status: TrainingStatus, plan: Plan, stage: str,
