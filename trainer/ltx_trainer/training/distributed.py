@@ -93,7 +93,9 @@ def init(world: World, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT) -> tuple[W
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s),
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group("nccl" if cuda else "gloo", store=_attempt_store(world, timeout),
+                                rank=world.rank, world_size=world.size, timeout=timeout,
                                 device_id=device if cuda else None)
     flags = gather_objects(world, world.is_main)
     if flags.count(True) != 1:
@@ -128,6 +130,19 @@ def raise_failure(failures: Sequence[RankFailure | None]) -> None:
     first = next((f for f in failures if f is not None), None)
     if first is not None:
         raise first
+
+
+def _attempt_store(world: World, timeout: timedelta) -> Any:
+    """The agent's store, under a prefix of its own per attempt: a group started again after
+    a rank died must not read the addresses the dead attempt's ranks left there (on one
+    node the c10d rendezvous keeps one store across attempts)."""
+    import torch.distributed as dist
+
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world.size,
+                          is_master=not agent_hosts and world.rank == 0, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"ltx-extend/attempt-{attempt}", store)
 
 
 def close(world: World) -> None:

@@ -1,0 +1,211 @@
+"""Data-parallel training on CPU ranks (gloo), through torch's elastic launcher.
+
+One two-rank `ltx-extend train --processes 2` run, with a rank killed after the first
+checkpoint, is shared by the assertions on restarts, billing, what each rank trained,
+which process wrote what, and the equivalence with one process accumulating the same two
+samples per step; a two-rank `job train` shows a rank's invalid input ending the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ltx_contract.outcomes import ExitCode
+from ltx_contract.spec import parse_spec
+from ltx_trainer.training.checkpoints import TrainingState
+from ltx_trainer.training.lora import adapter_state
+from ltx_trainer.training.trainer import Trainer, TrainSettings, draw
+
+from media_factory import make_clip
+
+CLI = str(Path(sys.executable).parent / "ltx-extend")
+GUARD = Path(__file__).parent / "write_guard"
+CPU = torch.device("cpu")
+STEPS, EVERY = 100, 20
+RANK_LINE = re.compile(r"rank (\d+) of 2 \(node 0, local rank \d+, pid (\d+)\)")
+
+
+def _request(archive: Path) -> dict:
+    return {"trainingDataUrl": archive.as_uri(), "numberOfSteps": STEPS, "numberOfFrames": 25,
+            "resolution": "low", "aspectRatio": "16:9", "rank": 8, "learningRate": 2e-4}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ranks-data")
+    archive = root / "clips.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(2):
+            z.write(make_clip(root / f"c{i}.mp4", 1.2, fps=24, size=(160, 96),
+                              tone_hz=300.0 * (i + 1)), f"c{i}.mp4")
+    return archive
+
+
+def _workers(launcher: int) -> list[int]:
+    """The launcher's rank processes (interpreters started by `spawn`)."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def _steps_recorded(out: Path) -> int:
+    for result in out.glob("local/door/*/result-train.json"):
+        try:
+            return json.loads(result.read_text())["stepsCompleted"]
+        except (ValueError, KeyError):
+            return 0
+    return 0
+
+
+@pytest.fixture(scope="module")
+def two_ranks(archive, tiny_model, tmp_path_factory):
+    """`ltx-extend train --processes 2`, one rank killed after the first checkpoint."""
+    root = tmp_path_factory.mktemp("two-ranks")
+    spec = root / "door.json"
+    spec.write_text(json.dumps(_request(archive)))
+    guard_log = root / "writes.jsonl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WRITE_GUARD_LOG": str(guard_log),
+           "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")])}
+    command = [CLI, "train", str(spec), "--output", "out", "--model", str(tiny_model),
+               "--max-sequence-length", "32", "--checkpoint-every", str(EVERY),
+               "--processes", "2"]
+    log = root / "run.log"
+    with log.open("w") as sink:
+        launcher = subprocess.Popen(command, cwd=root, env=env, stdout=sink,
+                                    stderr=subprocess.STDOUT)
+    out, deadline = root / "out", time.time() + 600
+    while _steps_recorded(out) < EVERY:
+        assert launcher.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    killed = _workers(launcher.pid)[-1]
+    os.kill(killed, signal.SIGKILL)
+    assert launcher.wait(timeout=600) == ExitCode.SUCCESS, log.read_text()[-3000:]
+    [run] = list((out / "local" / "door").iterdir())
+    return {"root": root, "run": run, "log": log.read_text(), "guard": guard_log,
+            "killed": killed, "spec": parse_spec(_request(archive))}
+
+
+def test_a_killed_rank_restarts_the_group_from_its_checkpoint_billed_once(two_ranks):
+    text, run = two_ranks["log"], two_ranks["run"]
+    assert "resumed from step-0000" in text  # the group the agent started again
+    result = json.loads((run / "result-train.json").read_text())
+    assert (result["outcome"], result["stepsCompleted"], result["billableUnits"]) == (
+        "Succeeded", STEPS, 100)
+    assert "billable units: 100 ($0.61)" in text
+    config = json.loads((run / "outputs" / "config.json").read_text())
+    assert (config["ranks"], config["globalBatch"]) == (2, 2)
+    started = {int(pid): int(rank) for rank, pid in RANK_LINE.findall(text)}
+    assert two_ranks["killed"] in started and len(started) == 4  # two ranks, twice
+
+
+def test_each_rank_trains_its_own_sample_and_both_are_recorded(two_ranks):
+    state = TrainingState.load(two_ranks["run"] / "checkpoints" / f"step-{STEPS:06d}"
+                               / "state.pt")
+    index = json.loads((two_ranks["run"] / "cache" / "index.json").read_text())
+    ids = [s["id"] for s in index["samples"]]
+    assert len(state.batches) == STEPS
+    for step, batch in enumerate(state.batches):
+        assert [rank for rank, _ in batch] == [0, 1]  # each rank recorded its own slot
+        assert [sid for _, sid in batch] == [ids[draw(42, step, slot, 2, len(ids))[0]]
+                                             for slot in range(2)]
+        assert batch[0][1] != batch[1][1]
+
+
+def test_two_ranks_train_the_lora_of_one_process_accumulating_their_two_samples(
+        two_ranks, tiny_model, tmp_path):
+    run = two_ranks["run"]
+    work = tmp_path / "one"
+    for part in ("dataset", "cache"):
+        shutil.copytree(run / part, work / part)
+    settings = TrainSettings(max_sequence_length=32, checkpoint_every=EVERY, accumulate=2)
+    trainer = Trainer(two_ranks["spec"], tiny_model, work, CPU, settings)
+    alone = trainer.train(work / "dataset")
+    ranked = TrainingState.load(run / "checkpoints" / f"step-{STEPS:06d}" / "state.pt")
+    one = adapter_state(trainer.transformer)
+    assert one.keys() == ranked.lora.keys()
+    for key, value in one.items():
+        torch.testing.assert_close(value, ranked.lora[key], rtol=0, atol=1e-5)
+    assert alone.losses == pytest.approx(ranked.losses, abs=1e-5)
+    assert json.loads(alone.config_file.read_text())["globalBatch"] == 2
+
+    # a checkpoint of the two ranks resumes in one process, and ends where they did
+    resumed_work = tmp_path / "resumed"
+    for part in ("dataset", "cache"):
+        shutil.copytree(run / part, resumed_work / part)
+    last = f"step-{STEPS - EVERY:06d}"
+    shutil.copytree(run / "checkpoints" / last, resumed_work / "checkpoints" / last)
+    resumed = Trainer(two_ranks["spec"], tiny_model, resumed_work, CPU, settings)
+    resumed.train(resumed_work / "dataset")
+    final = load_file(run / "outputs" / "lora.safetensors")
+    again = load_file(resumed_work / "outputs" / "lora.safetensors")
+    for key, value in final.items():
+        torch.testing.assert_close(again[key].float(), value.float(), rtol=0, atol=1e-2)
+    torch.testing.assert_close(adapter_state(resumed.transformer), ranked.lora, rtol=0,
+                               atol=1e-5)
+
+
+def test_only_the_main_rank_writes_outputs_and_every_write_stays_in_the_work_folders(
+        two_ranks):
+    root, text = two_ranks["root"], two_ranks["log"]
+    ranks = {int(pid): int(rank) for rank, pid in RANK_LINE.findall(text)}
+    writes = [json.loads(line) for line in two_ranks["guard"].read_text().splitlines()]
+    by_rank: dict[int, set[str]] = {0: set(), 1: set()}
+    for write in writes:
+        if write["pid"] in ranks:
+            by_rank[ranks[write["pid"]]].add(write["path"])
+    assert by_rank[0] and by_rank[1]  # both ranks ran under the guard
+    store = str(root / "out" / "local")
+    assert any(p.startswith(store) for p in by_rank[0])
+    for path in by_rank[1]:
+        assert not path.startswith(store), path  # nothing in the store
+        assert "/outputs" not in path and "/checkpoints" not in path, path
+    for write in writes:
+        assert write["path"].startswith(str(root)) or write["path"].startswith("/dev/"), write
+
+
+def test_a_rank_with_invalid_input_fails_the_whole_run_at_once_with_its_message(
+        archive, tiny_model, tmp_path):
+    from ltx_trainer.dataset import FetchPolicy
+    from ltx_trainer.runner import JobContext, run_stage
+    from ltx_trainer.store import open_store
+
+    spec = parse_spec(_request(archive))
+    store, run = tmp_path / "store", "team/door/uid-1"
+    ctx = JobContext(spec=spec, store=open_store(str(store)), run=run,
+                     work_dir=tmp_path / "prepare", fetch=FetchPolicy(allow_file_urls=True))
+    assert run_stage("prepare", ctx).succeeded
+    manifest = json.loads((store / run / "dataset" / "manifest.json").read_text())
+    broken = manifest["samples"][1]  # encoded by rank 1: samples go to ranks in turn
+    (store / run / "dataset" / broken["video"]).write_bytes(b"not a video")
+    termination = tmp_path / "termination-log"
+    env = {**os.environ, "PET_NPROC_PER_NODE": "2", "PET_NNODES": "1", "PET_MAX_RESTARTS": "3",
+           "PET_RDZV_ID": "uid-1"}
+    began = time.monotonic()
+    job = subprocess.run(
+        [CLI, "job", "train", "--spec-json", spec.to_json(), "--store", str(store), "--run", run,
+         "--work", str(tmp_path / "work"), "--model", str(tiny_model), "--termination-log",
+         str(termination), "--progress-port", "0", "--max-sequence-length", "32"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == ExitCode.INVALID_INPUT, job.stderr[-3000:]
+    assert len(RANK_LINE.findall(job.stderr)) == 2  # started once: no restart spent on it
+    message = json.loads(termination.read_text())
+    assert message["reason"] == "InvalidInput" and message["billableUnits"] == 0
+    assert f"the prepared sample {broken['id']}" in message["message"]
+    assert "cannot be decoded" in message["message"]
+    stored = json.loads((store / run / "result-train.json").read_text())
+    assert (stored["reason"], stored["exitCode"]) == ("InvalidInput", 3)
+    assert not list((store / run).glob("checkpoints/*")) and not (store / run / "outputs").exists()
+    assert time.monotonic() - began < 120
