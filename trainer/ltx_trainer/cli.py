@@ -501,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one stage as the operator's Jobs do (prepare or train)",
         description="Run one stage with the spec as JSON. Exit codes: 0 success, 1 internal "
         "error, 2 usage, 3 invalid input, 4 download failure. The result goes to the store "
-        "and the termination log. Every file it writes is under --work or --model-cache.",
+        "and the termination log. Every file it writes is under --work or --model-cache. "
+        "With torchrun's PET_NPROC_PER_NODE × PET_NNODES above 1, `job train` starts the "
+        "ranks through torch's elastic launcher.",
     )
     job.add_argument("stage", choices=["prepare", "train"])
     job.add_argument("--spec-json", help="the spec as JSON, or @FILE (env LTX_EXTEND_SPEC)")

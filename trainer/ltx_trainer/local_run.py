@@ -3,7 +3,8 @@
 The run's folder in the output is derived from what it trains (spec, model, seed), so
 running the same command again after a crash continues it from its last checkpoint,
 and a run that finished is not trained again: its outputs are printed. `--resume RUN`
-names the folder outright.
+names the folder outright. `--processes N` trains with N ranks through the launcher a pod
+uses (`training/launch.py`); the prepare stage runs in this process first.
 """
 
 from __future__ import annotations
