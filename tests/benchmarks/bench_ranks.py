@@ -41,7 +41,7 @@ def bench_rank(spec, model: Path, work: Path, warmup: int) -> dict | None:
     world, device = distributed.init(distributed.World.from_env())
     times: list[float] = []
     settings = TrainSettings(max_sequence_length=32, checkpoint_every=10**6)
-    mine = work / f"rank-{world.rank}"
+    mine = work / f"{world.size}-ranks" / f"rank-{world.rank}"  # its own checkpoints
     for part in ("dataset", "cache"):
         shutil.copytree(work / part, mine / part, dirs_exist_ok=True)
     trainer = Trainer(spec, model, mine, device, settings, world=world,

@@ -286,7 +286,8 @@ def cmd_job(args: argparse.Namespace) -> int:
     _setup_logging()
     try:  # a malformed run is refused before anything is read or written
         run = check_run(args.run or os.environ.get("LTX_EXTEND_RUN", ""))
-        store = open_store(args.store or os.environ.get("LTX_EXTEND_STORE", ""))
+        location = args.store or os.environ.get("LTX_EXTEND_STORE", "")
+        store = open_store(location)
         ranks = Ranks.from_env()  # torchrun's PET_* settings: more than one rank launches
     except ValueError as exc:
         print(f"ltx-extend job: error: {exc}", file=sys.stderr)
@@ -316,7 +317,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         fetch=FetchPolicy(allow_file_urls=args.allow_file_urls,
                           allow_private_networks=args.allow_private_networks),
         termination_log=termination, progress=state, train_settings=settings,
-        ranks=ranks if args.stage == "train" else None, progress_port=args.progress_port)
+        ranks=ranks if args.stage == "train" else None, progress_port=args.progress_port,
+        store_location=location)
     if ctx.in_ranks:  # the main rank serves /progress
         result = run_stage(args.stage, ctx)
     else:

@@ -150,7 +150,8 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
                                        allow_private_networks=args.allow_private_networks),
                      train_settings=settings,
                      ranks=Ranks.local(processes) if processes > 1 else None,
-                     progress_port=args.progress_port, progress_host="127.0.0.1")
+                     progress_port=args.progress_port, progress_host="127.0.0.1",
+                     store_location=args.output or DEFAULT_OUTPUT)
     try:
         if args.progress_port is not None and ctx.in_ranks:  # served by the main rank
             print(f"progress: http://127.0.0.1:{args.progress_port}/progress (while training)",

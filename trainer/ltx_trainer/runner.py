@@ -86,7 +86,7 @@ class JobContext:
     #: where the main rank serves `/progress` when the stage runs in ranks
     progress_port: int | None = None
     progress_host: str = "0.0.0.0"
-    store_location: str | None = None  # the store's URL, where it is opened again (a rank)
+    store_location: str | None = None  # what the store was opened from (a rank opens it again)
 
     @property
     def in_ranks(self) -> bool:
@@ -374,9 +374,10 @@ def _launch_ranks(ctx: JobContext, model: Any) -> JobResult:
 
     from .training.launch import launch
 
-    # a store is opened again in each rank from its URL (its client does not pickle)
-    job = RankJob(_replace(ctx, termination_log=None, progress=None, store=None,
-                           store_location=ctx.store.url("")), model)
+    # a store given by its location is opened again in each rank (an S3 client does not
+    # pickle); a store object alone (a folder) travels as it is
+    store = None if ctx.store_location else ctx.store
+    job = RankJob(_replace(ctx, termination_log=None, progress=None, store=store), model)
     job.outcome_file.unlink(missing_ok=True)  # a new attempt of the stage
     try:
         returned = launch(ctx.ranks, job.outcome_file.parent / "logs", train_rank, job)
@@ -400,7 +401,8 @@ def train_rank(job: RankJob) -> dict[str, Any]:
         return json.loads(job.outcome_file.read_text())
     from .store import open_store
 
-    ctx = _replace(job.ctx, progress=ProgressState(), store=open_store(job.ctx.store_location))
+    ctx = _replace(job.ctx, progress=ProgressState(),
+                   store=job.ctx.store or open_store(job.ctx.store_location))
     world, device = distributed.init(distributed.World.from_env(),
                                      ctx.train_settings.collective_timeout)
     serve = world.is_main and ctx.progress_port is not None
