@@ -1,10 +1,10 @@
 """The launcher: a training's ranks started by torch's elastic agent, as `torchrun` does.
 
 The settings are torchrun's own environment variables (`PET_NPROC_PER_NODE`,
-`PET_NNODES`, `PET_NODE_RANK`, `PET_RDZV_ENDPOINT`, `PET_RDZV_ID`, `PET_MAX_RESTARTS`;
-Kubeflow Trainer and the operator set them), or `ltx-extend train --processes N` on this
-machine. The agent (`torch.distributed.launcher.api.elastic_launch`) rendezvous over
-c10d, starts the ranks with the `spawn` start method (a fresh interpreter each: no CUDA
+`PET_NNODES`, `PET_NODE_RANK`, `PET_RDZV_BACKEND`, `PET_RDZV_ENDPOINT`, `PET_RDZV_ID`,
+`PET_MAX_RESTARTS`; Kubeflow Trainer and the operator set them), or `ltx-extend train
+--processes N` on this machine. The agent (`torch.distributed.launcher.api.elastic_launch`)
+rendezvous (c10d unless told otherwise), starts the ranks with the `spawn` start method (a fresh interpreter each: no CUDA
 state or threads inherited from the launcher, and the same environment, so the write
 guard and the work-folder confinement hold in every rank), and when a rank dies it stops
 the others and starts the group again, up to `max_restarts` times; the ranks then resume
@@ -36,6 +36,7 @@ class Ranks:
     endpoint: str | None = None  # host:port of the rendezvous; None: this host, a free port
     run_id: str = ""
     max_restarts: int = DEFAULT_RESTARTS
+    backend: str = "c10d"  # the rendezvous's
 
     @property
     def total(self) -> int:
@@ -57,7 +58,8 @@ class Ranks:
                     node_rank=number("PET_NODE_RANK", number("JOB_COMPLETION_INDEX", 0)),
                     endpoint=env.get("PET_RDZV_ENDPOINT") or None,
                     run_id=env.get("PET_RDZV_ID", ""),
-                    max_restarts=number("PET_MAX_RESTARTS", DEFAULT_RESTARTS))
+                    max_restarts=number("PET_MAX_RESTARTS", DEFAULT_RESTARTS),
+                    backend=env.get("PET_RDZV_BACKEND") or "c10d")
         if ranks.per_node < 1 or ranks.nodes < 1 or not 0 <= ranks.node_rank < ranks.nodes:
             raise ValueError(f"PET_NPROC_PER_NODE ({ranks.per_node}) and PET_NNODES "
                              f"({ranks.nodes}) must be 1 or more and PET_NODE_RANK "
@@ -96,7 +98,8 @@ def launch(ranks: Ranks, logs: Path, entry: Callable[..., Any], *args: Any) -> d
     logs.mkdir(parents=True, exist_ok=True)
     config = LaunchConfig(
         min_nodes=ranks.nodes, max_nodes=ranks.nodes, nproc_per_node=ranks.per_node,
-        run_id=ranks.run_id or uuid.uuid4().hex, rdzv_backend="c10d", rdzv_endpoint=endpoint,
+        run_id=ranks.run_id or uuid.uuid4().hex, rdzv_backend=ranks.backend,
+        rdzv_endpoint=endpoint,
         rdzv_configs=configs, max_restarts=ranks.max_restarts, monitor_interval=0.2,
         start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=str(logs)))
     log.info("starting %d rank(s) on node %d of %d (rendezvous %s, up to %d restarts)",
