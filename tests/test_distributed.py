@@ -246,3 +246,39 @@ def test_a_rank_with_invalid_input_fails_the_whole_run_at_once_with_its_message(
     assert (stored["reason"], stored["exitCode"]) == ("InvalidInput", 3)
     assert not store.keys(f"{run}/checkpoints/") and not store.keys(f"{run}/outputs/")
     assert time.monotonic() - began < 120
+
+
+def test_the_launcher_reads_torchruns_settings_and_refuses_bad_ones():
+    from ltx_trainer.training.distributed import World
+    from ltx_trainer.training.launch import Ranks
+
+    assert Ranks.from_env({}).total == 1  # no settings: one rank, in this process
+    two_nodes = Ranks.from_env({
+        "PET_NPROC_PER_NODE": "4", "PET_NNODES": "2", "JOB_COMPLETION_INDEX": "1",
+        "PET_RDZV_ENDPOINT": "train-0.train:29400", "PET_RDZV_ID": "uid-1",
+        "PET_MAX_RESTARTS": "5"})
+    assert (two_nodes.total, two_nodes.node_rank, two_nodes.endpoint, two_nodes.run_id,
+            two_nodes.max_restarts, two_nodes.backend) == (
+        8, 1, "train-0.train:29400", "uid-1", 5, "c10d")
+    with pytest.raises(ValueError, match="PET_RDZV_ENDPOINT"):
+        Ranks.from_env({"PET_NNODES": "2", "PET_NODE_RANK": "0"})
+    with pytest.raises(ValueError, match=r"PET_NODE_RANK \(2\) below PET_NNODES"):
+        Ranks.from_env({"PET_NNODES": "2", "PET_NODE_RANK": "2", "PET_RDZV_ENDPOINT": "h:1"})
+    with pytest.raises(ValueError, match="PET_NPROC_PER_NODE must be a whole number"):
+        Ranks.from_env({"PET_NPROC_PER_NODE": "four"})
+
+    # the writer is local rank 0 of node 0, whatever global rank the rendezvous gave it
+    agent = {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    assert World.from_env({**agent, "PET_NODE_RANK": "0"}).is_main
+    assert not World.from_env({**agent, "PET_NODE_RANK": "1"}).is_main
+    assert World.from_env({**agent, "PET_NODE_RANK": "1"}).is_local_main
+    assert World.from_env({}) == World() and World().is_main and not World().distributed
+
+
+def test_processes_must_be_a_positive_count(capsys):
+    from ltx_trainer.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "spec.yaml", "--processes", "0"])
+    assert refused.value.code == ExitCode.USAGE
+    assert "--processes must be a whole number of 1 or more, not '0'" in capsys.readouterr().err
