@@ -42,6 +42,17 @@ def _run_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _processes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--processes must be a whole number of 1 or more, "
+                                         f"not {text!r}")
+    return value
+
+
 def _describe_valid(label: str, spec: Any) -> list[str]:
     from ltx_contract.billing import billable_units, cost
 
@@ -188,14 +199,18 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 
 def _train_settings(args: argparse.Namespace) -> Any:
+    import os
 
     from .training.trainer import TrainSettings
 
     values = {k: getattr(args, k) for k in ("checkpoint_every", "preview_every",
                                            "preview_steps", "max_sequence_length", "seed",
                                            "low_memory", "checkpointed_blocks",
-                                           "attention_backend", "compile_backend")
+                                           "attention_backend", "compile_backend",
+                                           "accumulate", "shard_base", "collective_timeout")
               if getattr(args, k, None) is not None}
+    if os.environ.get("LTX_EXTEND_SHARD_BASE") == "1":  # the platform's setting (operator)
+        values["shard_base"] = True
     return TrainSettings(**values)
 
 
@@ -283,12 +298,15 @@ def cmd_job(args: argparse.Namespace) -> int:
     from .runner import JobContext, run_stage, write_result
     from .spec_file import read_spec, spec_from_text
     from .store import check_run, open_store
+    from .training.launch import Ranks
     from .workspace import make_folders
 
     _setup_logging()
     try:  # a malformed run is refused before anything is read or written
         run = check_run(args.run or os.environ.get("LTX_EXTEND_RUN", ""))
-        store = open_store(args.store or os.environ.get("LTX_EXTEND_STORE", ""))
+        location = args.store or os.environ.get("LTX_EXTEND_STORE", "")
+        store = open_store(location)
+        ranks = Ranks.from_env()  # torchrun's PET_* settings: more than one rank launches
     except ValueError as exc:
         print(f"ltx-extend job: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -316,9 +334,14 @@ def cmd_job(args: argparse.Namespace) -> int:
         text_encoder=args.text_encoder, model_cache=args.model_cache,
         fetch=FetchPolicy(allow_file_urls=args.allow_file_urls,
                           allow_private_networks=args.allow_private_networks),
-        termination_log=termination, progress=state, train_settings=settings)
-    with ProgressServer(state, args.progress_port):
+        termination_log=termination, progress=state, train_settings=settings,
+        ranks=ranks if args.stage == "train" else None, progress_port=args.progress_port,
+        store_location=location)
+    if ctx.in_ranks:  # the main rank serves /progress
         result = run_stage(args.stage, ctx)
+    else:
+        with ProgressServer(state, args.progress_port):
+            result = run_stage(args.stage, ctx)
     print(result.termination_message())
     return result.exit_code
 
@@ -462,6 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "e.g. inductor (default: not compiled)")
         p.add_argument("--allow-private-networks", action="store_true",
                        help="allow http(s) URLs on loopback or private addresses")
+        p.add_argument("--accumulate", type=int, metavar="K",
+                       help="samples each rank trains per step, their gradients averaged "
+                       "(the global batch is ranks × K; default 1)")
+        p.add_argument("--shard-base", action="store_true", default=None,
+                       help="shard the frozen base over the node's GPUs with FSDP2 (env "
+                       "LTX_EXTEND_SHARD_BASE=1)")
+        p.add_argument("--collective-timeout", type=float, metavar="SECONDS",
+                       help="how long a rank waits for its peers before the step fails "
+                       "(default 600)")
 
     train = sub.add_parser(
         "train",
@@ -481,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue this run folder (local/NAME/ID, as printed) instead of "
                        "the one the spec gives")
     train.add_argument("--progress-port", type=int, help="serve /progress and /metrics")
+    train.add_argument("--processes", type=_processes, default=1, metavar="N",
+                       help="train with N data-parallel ranks on this machine, through "
+                       "torch's elastic launcher (gloo on CPU, NCCL on GPUs; the global "
+                       "batch is N)")
     training_options(train)
     model_part_options(train, str)
     train.set_defaults(func=cmd_train)
@@ -490,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one stage as the operator's Jobs do (prepare or train)",
         description="Run one stage with the spec as JSON. Exit codes: 0 success, 1 internal "
         "error, 2 usage, 3 invalid input, 4 download failure. The result goes to the store "
-        "and the termination log. Every file it writes is under --work or --model-cache.",
+        "and the termination log. Every file it writes is under --work or --model-cache. "
+        "With torchrun's PET_NPROC_PER_NODE × PET_NNODES above 1, `job train` starts the "
+        "ranks through torch's elastic launcher.",
     )
     job.add_argument("stage", choices=["prepare", "train"])
     job.add_argument("--spec-json", help="the spec as JSON, or @FILE (env LTX_EXTEND_SPEC)")

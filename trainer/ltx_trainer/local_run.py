@@ -3,7 +3,8 @@
 The run's folder in the output is derived from what it trains (spec, model, seed), so
 running the same command again after a crash continues it from its last checkpoint,
 and a run that finished is not trained again: its outputs are printed. `--resume RUN`
-names the folder outright.
+names the folder outright. `--processes N` trains with N ranks through the launcher a pod
+uses (`training/launch.py`); the prepare stage runs in this process first.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
     from .progress import ProgressServer, ProgressState
     from .runner import JobContext, local_run_id, read_result, run_local
     from .spec_file import resource_name
+    from .training.launch import Ranks
     from .workspace import make_folders
 
     if spec is None:
@@ -141,13 +143,21 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
 
     scratch = args.work / "runs" / run.replace("/", "-")
     state = ProgressState()
+    processes = getattr(args, "processes", 1)
     ctx = JobContext(spec=spec, store=store, run=run, work_dir=scratch, model_dir=model,
                      model_cache=args.model_cache, local_run=True, progress=state,
                      fetch=FetchPolicy(allow_file_urls=True,
                                        allow_private_networks=args.allow_private_networks),
-                     train_settings=settings)
+                     train_settings=settings,
+                     ranks=Ranks.local(processes) if processes > 1 else None,
+                     progress_port=args.progress_port, progress_host="127.0.0.1",
+                     store_location=args.output or DEFAULT_OUTPUT)
     try:
-        if args.progress_port is not None:
+        if args.progress_port is not None and ctx.in_ranks:  # served by the main rank
+            print(f"progress: http://127.0.0.1:{args.progress_port}/progress (while training)",
+                  file=sys.stderr)
+            results = run_local(ctx)
+        elif args.progress_port is not None:
             with ProgressServer(state, args.progress_port, host="127.0.0.1") as server:
                 print(f"progress: http://127.0.0.1:{server.port}/progress", file=sys.stderr)
                 results = run_local(ctx)

@@ -9,6 +9,15 @@ A local run's folder is derived from what it trains (`local_run_id`), so the sam
 command run again continues it: stages that succeeded are not run again and training
 resumes from its last checkpoint. Before a local stage starts, its result already says
 `Interrupted`; an attempt that is killed leaves exactly that behind.
+
+With several ranks (`JobContext.ranks`), the launcher process of each node downloads the
+stage's inputs once, then starts the ranks (`training/launch.py`); each runs
+`train_rank`. The main rank (local rank 0 of node 0) alone writes checkpoints, outputs,
+the result and the log book, serves `/progress` and renders previews; the launcher of
+node 0 writes the termination message with the result, the others a short one. An
+outcome a rank meets (invalid input, a download failure) is recorded in the node's work
+folder and ends every rank: ranks started again after it see it and stop at once, so the
+run fails with that rank's code and message without spending the restarts.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import logging
 import re
 import shutil
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +41,7 @@ from ltx_contract.result import JobResult
 from ltx_contract.spec import TrainingSpec
 
 from .dataset import FetchPolicy, PrepareSettings, prepare_dataset
-from .progress import ProgressState
+from .progress import ProgressServer, ProgressState
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,21 @@ class JobContext:
     progress: ProgressState = field(default_factory=ProgressState)
     train_settings: Any = None
     device: Any = None
+    #: `training.launch.Ranks`: more than one starts the train stage's ranks
+    ranks: Any = None
+    #: where the main rank serves `/progress` when the stage runs in ranks
+    progress_port: int | None = None
+    progress_host: str = "0.0.0.0"
+    store_location: str | None = None  # what the store was opened from (a rank opens it again)
+
+    @property
+    def in_ranks(self) -> bool:
+        return self.ranks is not None and self.ranks.total > 1
+
+    @property
+    def main_node(self) -> bool:
+        """This pod writes the run's result (node 0, or the only one)."""
+        return self.ranks is None or self.ranks.node_rank == 0
 
 
 def run_stage(stage: str, ctx: JobContext) -> JobResult:
@@ -134,6 +159,11 @@ def interrupted(stage: str, step: int = 0) -> JobResult:
 
 
 def write_result(ctx: JobContext, result: JobResult) -> None:
+    if not ctx.main_node:  # another node's pod: its own termination message only
+        _write_termination(ctx, result.termination_message() if not result.succeeded else
+                           json.dumps({"stage": result.stage, "worker": True,
+                                       "node": ctx.ranks.node_rank}))
+        return
     key = f"{ctx.run}/result-{result.stage}.json"
     try:
         # the one link the termination message carries: to this copy, which has the rest
@@ -142,9 +172,13 @@ def write_result(ctx: JobContext, result: JobResult) -> None:
     except Exception as exc:  # the termination message below still carries the result
         result.result_url = None
         log.error("could not write the result manifest: %s", exc)
+    _write_termination(ctx, result.termination_message())
+
+
+def _write_termination(ctx: JobContext, message: str) -> None:
     if ctx.termination_log is not None:
         try:
-            ctx.termination_log.write_text(result.termination_message())
+            ctx.termination_log.write_text(message)
         except OSError as exc:
             log.error("could not write %s: %s", ctx.termination_log, exc)
 
@@ -220,11 +254,18 @@ def _resolve_model(ctx: JobContext) -> Any:
 
 
 def _train(ctx: JobContext) -> JobResult:
-    import torch
-
     from .model.loader import default_device
-    from .training.trainer import Trainer, TrainerHooks, TrainSettings
+    from .training.distributed import SINGLE
 
+    model = _fetch_train_inputs(ctx)
+    if ctx.in_ranks:
+        return _launch_ranks(ctx, model)
+    return _train_here(ctx, model, SINGLE, ctx.device or default_device())
+
+
+def _fetch_train_inputs(ctx: JobContext) -> Any:
+    """The model, and into the work folder the prepared dataset, the latent cache and the
+    latest checkpoint from the store: once per node."""
     ctx.progress.stage("downloading")
     model = _resolve_model(ctx)  # a model that cannot be used is refused before any work
     work = ctx.work_dir / "train"
@@ -236,12 +277,22 @@ def _train(ctx: JobContext) -> JobResult:
     if latest is not None:
         ctx.store.get_tree(f"{ctx.run}/checkpoints/{latest}", work / "checkpoints" / latest)
         log.info("checkpoint %s downloaded", latest)
+    return model
+
+
+def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResult:
+    """The train stage in this process: the one rank, or one of several (`world`)."""
+    import torch
+
+    from .training.trainer import Trainer, TrainerHooks, TrainSettings
+
+    work = ctx.work_dir / "train"
 
     def upload_cache(cache: Path) -> None:
         if not ctx.store.keys(f"{ctx.run}/cache/index.json"):
             ctx.store.put_tree(cache, f"{ctx.run}/cache")
 
-    logbook = _open_logbook(ctx, work / "outputs")
+    logbook = _open_logbook(ctx, work / "outputs") if world.is_main else None
 
     def upload_checkpoint(path: Path) -> None:
         ctx.store.put_tree(path, f"{ctx.run}/checkpoints/{path.name}")
@@ -254,13 +305,20 @@ def _train(ctx: JobContext) -> JobResult:
                           progress.steps_per_second, progress.eta_seconds, progress.losses)
         logbook.record(progress)
 
-    ctx.progress.stage("training")
+    if world.is_main:
+        ctx.progress.stage("training")
     from .preview.run import load_preview_models, render_reel
 
-    device = ctx.device or default_device()
     settings = ctx.train_settings or TrainSettings()
-    trainer = Trainer(ctx.spec, model, work, device, settings, progress=report,
-                      hooks=TrainerHooks(upload_cache, upload_checkpoint))
+    hooks = TrainerHooks(upload_cache, upload_checkpoint) if world.is_main else TrainerHooks()
+    trainer = Trainer(ctx.spec, model, work, device, settings,
+                      progress=report if world.is_main else None, hooks=hooks, world=world)
+    if not world.is_main:
+        trained = trainer.train(work / "dataset")
+        trainer.release()
+        return JobResult(stage="train", outcome="Succeeded", reason="Succeeded",
+                         message=f"rank {world.rank} trained its share of {trained.steps} steps",
+                         exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps)
 
     def previews(dest: Path) -> Path | None:
         """The validation reel with the trainer's LoRA as it is now (None without
@@ -297,6 +355,78 @@ def _train(ctx: JobContext) -> JobResult:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+@dataclass
+class RankJob:
+    """What a rank needs to run the train stage (picklable: it crosses `spawn`)."""
+
+    ctx: JobContext  # with no termination log: the launcher writes it
+    model: Any
+
+    @property
+    def outcome_file(self) -> Path:
+        return self.ctx.work_dir / "train" / "ranks" / "outcome.json"
+
+
+def _launch_ranks(ctx: JobContext, model: Any) -> JobResult:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from .training.launch import launch
+
+    # a store given by its location is opened again in each rank (an S3 client does not
+    # pickle); a store object alone (a folder) travels as it is
+    store = None if ctx.store_location else ctx.store
+    job = RankJob(_replace(ctx, termination_log=None, progress=None, store=store), model)
+    job.outcome_file.unlink(missing_ok=True)  # a new attempt of the stage
+    try:
+        returned = launch(ctx.ranks, job.outcome_file.parent / "logs", train_rank, job)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        raise RuntimeError(f"rank {rank} failed and the ranks were started again "
+                           f"{ctx.ranks.max_restarts} times: {failure.message}") from None
+    results = [JobResult.model_validate(returned[r]) for r in sorted(returned)]
+    return next((r for r in results if not r.succeeded), results[0])
+
+
+def train_rank(job: RankJob) -> dict[str, Any]:
+    """One rank of the train stage (the launcher's entry point); its result as a dict."""
+    from ltx_contract.outcomes import Outcome
+
+    from .training import distributed
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    if job.outcome_file.is_file():  # met by a rank of an earlier attempt: the run's end
+        return json.loads(job.outcome_file.read_text())
+    from .store import open_store
+
+    ctx = _replace(job.ctx, progress=ProgressState(),
+                   store=job.ctx.store or open_store(job.ctx.store_location))
+    world, device = distributed.init(distributed.World.from_env(),
+                                     ctx.train_settings.collective_timeout)
+    serve = world.is_main and ctx.progress_port is not None
+    try:
+        with ProgressServer(ctx.progress, ctx.progress_port, ctx.progress_host) if serve \
+                else nullcontext():
+            result = _train_here(ctx, job.model, world, device)
+    except Outcome as exc:
+        result = _failed("train", exc)
+        partial = job.outcome_file.with_name(f".outcome-{world.rank}")
+        partial.write_text(result.to_json())
+        partial.replace(job.outcome_file)
+    finally:
+        distributed.close(world)
+    if world.is_main:
+        ctx.progress.stage("succeeded" if result.succeeded else "failed")
+        write_result(ctx, result)
+    return result.to_dict()
+
+
+def _replace(ctx: JobContext, **changes: Any) -> JobContext:
+    from dataclasses import replace
+
+    return replace(ctx, **changes)
 
 
 def run_local(ctx: JobContext) -> list[JobResult]:

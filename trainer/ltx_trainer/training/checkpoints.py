@@ -3,7 +3,8 @@
 A checkpoint folder is `step-000250/{lora.safetensors,state.pt}`: the LoRA file (usable
 on its own) and everything a resumed run needs to take exactly the steps an
 uninterrupted run would — the adapter, optimizer and LR-scheduler state, the RNG
-states and the losses so far.
+states and the losses so far — none of it tied to a rank, so a checkpoint resumes at any
+number of ranks. It also records which rank trained which sample at each step.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class TrainingState:
     scheduler: dict[str, Any]
     losses: list[float] = field(default_factory=list)
     rng: dict[str, Any] = field(default_factory=rng_state)
+    #: per step, (rank, sample id) for each slot of its global batch: what each rank trained
+    batches: list[list[tuple[int, str]]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         torch.save(asdict(self), path)

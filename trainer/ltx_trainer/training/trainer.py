@@ -1,8 +1,12 @@
 """The training loop: LoRA on the LTX-2 transformer with the extend-suffix strategy.
 
-Deterministic: every step draws its sample, sigmas and noise from a generator seeded
-with (seed, step), so a run resumed from a checkpoint takes exactly the steps an
-uninterrupted run would and ends with the same LoRA. A non-finite loss or gradient
+Deterministic: every step's global batch is one sample per slot, each slot drawing its
+sample, sigmas and noise from (seed, step, slot) (`draw`), so a run resumed from a
+checkpoint takes exactly the steps an uninterrupted run would and ends with the same LoRA.
+The slots are the ranks of a data-parallel run (`distributed.py`) times `accumulate`, the
+samples each process takes per step; the gradients are summed over every slot and divided
+by their number, so two ranks train the same LoRA as one process accumulating two, and a
+checkpoint resumes at any world size. Only the main rank writes. A non-finite loss or gradient
 stops the run at once (`Diverged`) before the optimizer takes the step, so no
 checkpoint is ever written from a bad state and the last good one stays.
 
@@ -39,8 +43,11 @@ from ..model.forward import (
     connect_text,
     predict,
 )
+from ..model.lora import LORA_PREFIX
 from ..model.low_memory import quantize_frozen
+from . import distributed
 from .checkpoints import Checkpoints, TrainingState, restore_rng_state
+from .distributed import SINGLE, World
 from .lora import adapter_state, lora_state_dict, training_config, write_lora_file
 from .parts import ModelParts
 from .preprocess import encode_dataset, load_sample
@@ -69,6 +76,13 @@ class TrainSettings:
     compile_backend: str | None = None  # torch.compile the blocks with it ("inductor")
     #: int8 frozen block weights and the 8-bit AdamW (on CUDA): the 22B on a 48 GB card
     low_memory: bool = False
+    #: samples each process trains per step (its gradients summed, then averaged with the
+    #: other ranks'): the global batch is ranks × accumulate
+    accumulate: int = 1
+    #: shard the frozen base over the node's ranks with FSDP2 (`sharding.py`)
+    shard_base: bool = False
+    #: seconds a collective waits for a peer before the step fails
+    collective_timeout: float = distributed.DEFAULT_COLLECTIVE_TIMEOUT
 
 
 @dataclass
@@ -88,8 +102,8 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    lora_file: Path
-    config_file: Path
+    lora_file: Path | None  # None on a rank that does not write
+    config_file: Path | None
     steps: int
     losses: list[float] = field(default_factory=list)
 
@@ -111,8 +125,19 @@ class Interrupted(Exception):
     """Raised when a run is told to stop after a number of steps (tests, preemption drills)."""
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, slot: int = 0) -> torch.Generator:
+    """The noise of one slot of a step's global batch (slot 0: a one-rank run's)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step + slot * 1_000_000_007_001)
+                                         % 2**63)
+
+
+def draw(seed: int, step: int, slot: int, batch: int, count: int
+         ) -> tuple[int, torch.Generator]:
+    """Slot `slot` of the global batch of `batch` samples at `step`: the index of its
+    sample among the `count` cached ones (every sample once per epoch, in an order drawn
+    from the seed) and the generator of its sigmas and noise."""
+    epoch, position = divmod(step * batch + slot, count)
+    return _sample_order(seed, epoch, count)[position], step_generator(seed, step, slot)
 
 
 def _sample_order(seed: int, epoch: int, count: int) -> list[int]:
@@ -123,12 +148,14 @@ class Trainer:
     def __init__(self, spec: TrainingSpec, model_dir: Path | None, work_dir: Path,
                  device: torch.device, settings: TrainSettings | None = None,
                  progress: ProgressCallback | None = None, hooks: TrainerHooks | None = None,
-                 parts: ModelParts | None = None):
+                 parts: ModelParts | None = None, world: World = SINGLE):
         """`parts` gives the transformer and connectors another way than the folder
         `model_dir` (a checkpoint, or random weights of a release's shapes); the folder is
-        still where the cache is encoded from."""
+        still where the cache is encoded from. `world`: this rank's place among the ranks
+        (`distributed.init`); all of them construct a Trainer and call `train`."""
         self.spec, self.model_dir, self.work_dir = spec, model_dir, work_dir
         self.device, self.settings = device, settings or TrainSettings()
+        self.world = world
         self.progress = progress
         self.hooks = hooks or TrainerHooks()
         self.checkpoints = Checkpoints(work_dir / "checkpoints", self.settings.keep_checkpoints)
@@ -139,8 +166,19 @@ class Trainer:
                 f"the model {self.parts.name} cannot be trained: its scheduler does not "
                 "use dynamic shifting, the mark of a distilled checkpoint (a fixed few-step "
                 "schedule); train on the dev (non-distilled) model")
-        _check_settings(self.settings, self.profile.num_layers)
+        _check_settings(self.settings, self.profile.num_layers, world)
         self._captions: dict[str, TextContext] = {}
+        #: (rank, sample id) per slot of each step since the run began, in slot order
+        self.batches: list[list[tuple[int, str]]] = []
+
+    @property
+    def global_batch(self) -> int:
+        return self.world.size * self.settings.accumulate
+
+    def slots(self) -> range:
+        """The slots of each step's global batch this process trains."""
+        first = self.world.rank * self.settings.accumulate
+        return range(first, first + self.settings.accumulate)
 
     # -- model ---------------------------------------------------------------------------
     def _load(self) -> None:
@@ -157,6 +195,10 @@ class Trainer:
         cast_training_params(self.transformer, dtype=torch.float32)  # LoRA in fp32 on a bf16 base
         if settings.low_memory:
             quantize_frozen(self.transformer)
+        if settings.shard_base:
+            from .sharding import shard_frozen_base  # FSDP2: averages the LoRA gradients
+
+            shard_frozen_base(self.transformer, self.device)
         blocks = settings.checkpointed_blocks
         if blocks is None:
             blocks = planned_checkpointing(self.parts.shapes, self.spec,
@@ -206,14 +248,36 @@ class Trainer:
 
     def backward(self, inputs: StepInputs, text: torch.Tensor | TextContext
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Losses and the clipped gradients' total norm, on the device (no host sync)."""
-        losses = self.loss(inputs, text)
+        """One sample's losses and the clipped gradients' total norm (`backward_batch`)."""
+        return self.backward_batch([(inputs, text)])
+
+    def backward_batch(self, batch: list[tuple[StepInputs, torch.Tensor | TextContext]]
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """This process's samples of the step: the losses (the mean over the global batch)
+        and the total norm of the gradients averaged over the global batch, then clipped;
+        on the device (no host sync)."""
         self.optimizer.zero_grad(set_to_none=True)
-        # the checkpointed blocks' forwards run again in here, on the same kernels
-        with attention_kernels(self.settings.attention_backend, self.device):
-            losses["total"].backward()
+        sums: dict[str, torch.Tensor] = {}
+        for inputs, text in batch:
+            losses = self.loss(inputs, text)
+            # the checkpointed blocks' forwards run again in here, on the same kernels
+            with attention_kernels(self.settings.attention_backend, self.device):
+                losses["total"].backward()  # gradients summed over the samples
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+        if self.settings.shard_base:  # FSDP averaged the sums over the node's ranks
+            scale = 1 / len(batch)
+        else:
+            distributed.sum_gradients(self.world, self.params)
+            scale = 1 / self.global_batch
+        if scale != 1:
+            for param in self.params:
+                param.grad.mul_(scale)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
-        return losses, norm
+        names = sorted(sums)
+        means = distributed.mean_over_ranks(
+            self.world, torch.stack([sums[n] for n in names]) / len(batch))
+        return dict(zip(names, means.unbind(), strict=True)), norm
 
     def optimizer_step(self) -> None:
         self.optimizer.step()
@@ -224,7 +288,8 @@ class Trainer:
         return encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir, self.device,
                               with_audio=self.spec.with_audio,
                               max_sequence_length=self.settings.max_sequence_length,
-                              negative_prompt=self.spec.validation_negative_prompt)
+                              negative_prompt=self.spec.validation_negative_prompt,
+                              world=self.world)
 
     def _suffix(self, meta: dict[str, Any]) -> SuffixWindow:
         return SuffixWindow(meta["frames"], meta["frameRate"], self.spec.conditioning_frames)
@@ -248,24 +313,49 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def _resume(self) -> tuple[int, list[float]]:
-        latest = self.checkpoints.latest()
-        if latest is None:
+        """Continue from the main rank's latest checkpoint, whatever world size wrote it:
+        the state is the LoRA, the optimizer's and the scheduler's, which no rank owns."""
+        latest = self.checkpoints.latest() if self.world.is_main else None
+        state = TrainingState.load(latest / "state.pt") if latest is not None else None
+        state = distributed.broadcast_object(self.world, state)  # no shared disk needed
+        if state is None:
             return 0, []
         from peft import set_peft_model_state_dict
 
-        state = TrainingState.load(latest / "state.pt")
-        set_peft_model_state_dict(self.transformer, state.lora)
+        if self.settings.shard_base:
+            from .sharding import load_lora_state
+
+            load_lora_state(self.transformer, state.lora)
+        else:
+            set_peft_model_state_dict(self.transformer, state.lora)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         restore_rng_state(state.rng)
-        log.info("resumed from %s (step %d)", latest.name, state.step)
+        kept = [[tuple(slot) for slot in batch] for batch in state.batches[:state.step]]
+        self.batches = kept + [[] for _ in range(state.step - len(kept))]
+        if latest is not None:
+            log.info("resumed from %s (step %d)", latest.name, state.step)
         return state.step, state.losses
 
+    def _lora(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The LoRA (peft's names, then the file's); on every rank (a collective when the
+        base is sharded)."""
+        if self.settings.shard_base:
+            from .sharding import full_lora_state
+
+            state = full_lora_state(self.transformer)
+            return state, {f"{LORA_PREFIX}{k}": v.to(torch.bfloat16).contiguous()
+                           for k, v in state.items()}
+        return adapter_state(self.transformer), lora_state_dict(self.transformer)
+
     def _checkpoint(self, step: int, losses: list[float]) -> None:
-        state = TrainingState(step=step, lora=adapter_state(self.transformer),
-                              optimizer=self.optimizer.state_dict(),
-                              scheduler=self.scheduler.state_dict(), losses=losses)
-        path = self.checkpoints.save(state, lora_state_dict(self.transformer))
+        lora, lora_file = self._lora()
+        if not self.world.is_main:
+            return
+        state = TrainingState(step=step, lora=lora, optimizer=self.optimizer.state_dict(),
+                              scheduler=self.scheduler.state_dict(), losses=losses,
+                              batches=self.batches)
+        path = self.checkpoints.save(state, lora_file)
         log.info("checkpoint %s", path.name)
         if self.hooks.checkpoint_saved is not None:
             self.hooks.checkpoint_saved(path)
@@ -283,13 +373,16 @@ class Trainer:
         bar = _progress_bar(total, start)
         began, done_here = time.perf_counter(), 0
         for step in range(start, total):
-            generator = step_generator(settings.seed, step)
-            epoch, position = divmod(step, len(samples))
-            meta = samples[_sample_order(settings.seed, epoch, len(samples))[position]]
-            cached = load_sample(self.work_dir / "cache", meta)
-            inputs = self.prepare(cached, self._suffix(meta), generator)
-            text = self.caption_context(meta["caption"], cached["text"])
-            step_losses, norm = self.backward(inputs, text)
+            batch, drawn = [], []
+            for slot in self.slots():
+                which, generator = draw(settings.seed, step, slot, self.global_batch,
+                                        len(samples))
+                meta = samples[which]
+                cached = load_sample(self.work_dir / "cache", meta)
+                inputs = self.prepare(cached, self._suffix(meta), generator)
+                batch.append((inputs, self.caption_context(meta["caption"], cached["text"])))
+                drawn.append((self.world.rank, meta["id"]))
+            step_losses, norm = self.backward_batch(batch)
             names = sorted(step_losses)
             *values, grad_norm = torch.stack([step_losses[n].detach().float() for n in names]
                                              + [norm.detach().float()]).tolist()  # one sync
@@ -303,6 +396,7 @@ class Trainer:
                     "too high for this data: lower learningRate and train again")
             learning_rate = self.scheduler.get_last_lr()[0]
             self.optimizer_step()
+            self.batches.append(drawn)
             losses.append(round(loss, 6))
             done_here += 1
             rate = done_here / max(time.perf_counter() - began, 1e-9)
@@ -311,15 +405,30 @@ class Trainer:
                 losses=reported, learning_rate=learning_rate, grad_norm=grad_norm,
                 sigmas={m: inputs.streams[m].state.sigma for m in self.strategy.modalities}))
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total:
+                self._gather_batches(start)
                 self._checkpoint(step + 1, losses)
             if settings.preview_every and (step + 1) % settings.preview_every == 0 \
-                    and step + 1 < total and self.hooks.preview is not None:
+                    and step + 1 < total and self.hooks.preview is not None \
+                    and self.world.is_main:
                 self.hooks.preview(step + 1)
             if stop_after is not None and step + 1 >= stop_after and step + 1 < total:
                 bar.close()
                 raise Interrupted(f"stopped after step {step + 1}")
         bar.close()
         return self._write_outputs(total, losses)
+
+    def _gather_batches(self, start: int) -> None:
+        """Merge the slots every rank trained since the last gather into `batches` (each
+        rank records its own; the main rank's copy is the one checkpointed)."""
+        done = len(self.batches)
+        first = next((i for i in range(start, done) if len(self.batches[i]) < self.global_batch),
+                     done)
+        mine = self.batches[first:]
+        if not self.world.distributed or not mine:
+            return
+        every = distributed.gather_objects(self.world, mine)
+        self.batches[first:] = [[slot for rank in every for slot in rank[i]]
+                                for i in range(len(mine))]
 
     def release(self) -> None:
         """Drop the model and optimizer, so their memory can be freed."""
@@ -328,6 +437,8 @@ class Trainer:
         self._captions.clear()
 
     def _report(self, bar: Any, progress: Progress) -> None:
+        if not self.world.is_main:
+            return
         bar.update(1)
         bar.set_postfix(loss=f"{progress.loss:.4f}")
         if bar.disable and (progress.step % self.settings.log_every == 0
@@ -338,18 +449,47 @@ class Trainer:
             self.progress(progress)
 
     def _write_outputs(self, steps: int, losses: list[float]) -> TrainResult:
+        sharded = self._lora()[1] if self.settings.shard_base else None  # a collective
+        if not self.world.is_main:
+            return TrainResult(None, None, steps, losses)
         out = self.work_dir / "outputs"
         out.mkdir(parents=True, exist_ok=True)
         config = training_config(self.spec, self.model_dir, version=self.profile.version,
                                  max_sequence_length=self.settings.max_sequence_length,
                                  seed=self.settings.seed)
-        lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors")
+        # each step averages the gradients of `globalBatch` samples: one per rank (times
+        # the samples a rank accumulates)
+        config.update(ranks=self.world.size, globalBatch=self.global_batch)
+        if sharded is None:
+            lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors")
+        else:
+            lora_file = _write_sharded_lora(sharded, config, out / "lora.safetensors")
         config_file = out / "config.json"
         config_file.write_text(json.dumps(config, indent=2))
         return TrainResult(lora_file, config_file, steps, losses)
 
 
-def _check_settings(settings: TrainSettings, depth: int) -> None:
+def _write_sharded_lora(weights: dict[str, torch.Tensor], config: dict[str, Any], dest: Path
+                        ) -> Path:
+    """`write_lora_file`'s file from the full weights of a sharded transformer."""
+    from safetensors.torch import save_file
+
+    from ..model.lora import CONFIG_METADATA_KEY
+
+    metadata = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
+    metadata[CONFIG_METADATA_KEY] = json.dumps(config)
+    save_file(weights, dest, metadata=metadata)
+    return dest
+
+
+def _check_settings(settings: TrainSettings, depth: int, world: World) -> None:
+    if settings.accumulate < 1:
+        raise InvalidInput(f"accumulate must be 1 or more samples per step, not "
+                           f"{settings.accumulate}")
+    if settings.shard_base and world.size != world.local_size:
+        raise InvalidInput(f"sharding the frozen base spans the ranks of one node; this run "
+                           f"has {world.size // world.local_size} nodes: train on one node, "
+                           "or without sharding")
     blocks = settings.checkpointed_blocks
     if blocks is not None and not 0 <= blocks <= depth:
         raise InvalidInput(f"checkpointed blocks must be between 0 and the model's {depth} "
