@@ -18,7 +18,7 @@ from ltx_trainer.model.loader import load_component
 from ltx_trainer.model.profile import read_profile
 from ltx_trainer.model.shapes import ModelShapes
 from ltx_trainer.model.single_file import GEMMA_DIR, CheckpointError, SingleFileModel
-from ltx_trainer.model.source import resolve_model, text_encoder_location
+from ltx_trainer.model.source import part_location, resolve_model
 from ltx_trainer.model.writer import write_layouts
 
 CPU = torch.device("cpu")
@@ -86,10 +86,10 @@ def test_spec_model_text_encoder_goes_with_a_checkpoint_only() -> None:
     spec = parse_spec({"trainingDataUrl": DATA, "model": {
         "url": "s3://models/ltx/ltx-2.3-22b-dev.safetensors", "textEncoder": "gemma-3"}})
     assert spec.model.text_encoder == "gemma-3"
-    assert text_encoder_location(spec.model.text_encoder, spec.model.url) == \
+    assert part_location(spec.model.text_encoder, spec.model.url) == \
         "s3://models/ltx/gemma-3"
-    assert text_encoder_location("gemma", "/models/ltx.safetensors") == "/models/gemma"
-    assert text_encoder_location("s3://b/g", "s3://a/x.safetensors") == "s3://b/g"
+    assert part_location("gemma", "/models/ltx.safetensors") == "/models/gemma"
+    assert part_location("s3://b/g", "s3://a/x.safetensors") == "s3://b/g"
     # a checkpoint without one may be LTX-2.5's (its text encoder file beside it); one
     # stated to be LTX-2.3's is refused at once, and the files decide otherwise
     assert parse_spec({"trainingDataUrl": DATA, "model": {

@@ -242,15 +242,19 @@ def _latest_checkpoint(ctx: JobContext) -> str | None:
 def _resolve_model(ctx: JobContext) -> Any:
     """The stage's model (`loader.Model`), checked: `--model` / `--text-encoder`, else the
     spec's `model.url` / `model.textEncoder`."""
-    from .model.source import resolve_model, text_encoder_location
+    from .model.source import part_location, resolve_model
 
     given = ctx.spec.model
     source = ctx.model_dir or (given.url if given else None)
     if source is None and not ctx.local_run:
         raise NoBaseModel(NO_BASE_MODEL)  # a Job never trains the tiny random model
-    text_encoder = ctx.text_encoder or text_encoder_location(
-        given.text_encoder if given else None, source)
-    return resolve_model(source, ctx.model_cache or ctx.work_dir / "model-cache", text_encoder)
+    def part(name: str) -> str | None:  # a pack part named in the spec, beside the model
+        return part_location(getattr(given, name) if given else None, source)
+
+    text_encoder = ctx.text_encoder or part("text_encoder")
+    return resolve_model(source, ctx.model_cache or ctx.work_dir / "model-cache", text_encoder,
+                         video_vae=part("video_vae"), audio_vae=part("audio_vae"),
+                         version=given.version if given else None)
 
 
 def _train(ctx: JobContext) -> JobResult:
@@ -342,7 +346,8 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
     result = JobResult(
         stage="train", outcome="Succeeded", reason="Succeeded",
         message=f"trained {trained.steps} steps; final loss {trained.losses[-1]:.4f}",
-        exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps, billable_units=units)
+        exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps, billable_units=units,
+        model_version=trainer.profile.name)
     _publish(ctx, result, "lora_file", trained.lora_file, "lora.safetensors")
     _publish(ctx, result, "config_file", trained.config_file, "config.json")
     if reel is not None:

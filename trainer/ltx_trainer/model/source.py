@@ -161,8 +161,6 @@ def part_location(part: str | None, model: str | Path | None) -> str | None:
     return str(Path(model).parent / part)
 
 
-text_encoder_location = part_location
-
 
 def resolve_model(source: Path | str | None, cache: Path | None = None,
                   text_encoder: Path | str | None = None, *,

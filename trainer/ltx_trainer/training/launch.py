@@ -4,9 +4,10 @@ The settings are torchrun's own environment variables (`PET_NPROC_PER_NODE`,
 `PET_NNODES`, `PET_NODE_RANK`, `PET_RDZV_BACKEND`, `PET_RDZV_ENDPOINT`, `PET_RDZV_ID`,
 `PET_MAX_RESTARTS`; Kubeflow Trainer and the operator set them), or `ltx-extend train
 --processes N` on this machine. The agent (`torch.distributed.launcher.api.elastic_launch`)
-rendezvous (c10d unless told otherwise), starts the ranks with the `spawn` start method (a fresh interpreter each: no CUDA
-state or threads inherited from the launcher, and the same environment, so the write
-guard and the work-folder confinement hold in every rank), and when a rank dies it stops
+meets the other nodes at the rendezvous (c10d unless told otherwise), starts the ranks with
+the `spawn` start method (a fresh interpreter each: no CUDA state or threads inherited from
+the launcher, and the same environment, so the write guard and the work-folder confinement
+hold in every rank), and when a rank dies it stops
 the others and starts the group again, up to `max_restarts` times; the ranks then resume
 from the last checkpoint.
 """
