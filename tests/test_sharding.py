@@ -60,7 +60,8 @@ class Run:
         return self.strategy.loss({"video": video, "audio": audio}, inputs)["total"]
 
 
-def _run(model: Path, *, shard: bool, checkpointed: int = 0, lora_seed: int = SEED) -> Run:
+def _run(model: Path, *, shard: bool, checkpointed: int = 0, lora_seed: int = SEED,
+         dtype: torch.dtype | None = None) -> Run:
     """The trainer's order: LoRA, fp32 LoRA weights, checkpointing, sharding, optimizer."""
     from diffusers.training_utils import cast_training_params
 
@@ -70,7 +71,7 @@ def _run(model: Path, *, shard: bool, checkpointed: int = 0, lora_seed: int = SE
     from ltx_trainer.training.speed import checkpoint_blocks
     from ltx_trainer.training.strategy import SuffixStrategy
 
-    parts = ModelParts.from_model(model)
+    parts = ModelParts.from_model(model, dtype)
     transformer = parts.load("transformer", CPU)
     spec = _spec()
     strategy = SuffixStrategy.for_training(spec, parts.profile,
@@ -165,10 +166,30 @@ def _rank(rank: int, model: str, real_widths: str, out: str) -> None:
     _train(run, samples, [rank])
     results["hsdp"] = full_lora_state(run.transformer)
     os.environ["LOCAL_WORLD_SIZE"] = str(WORLD)
+    # a bf16 base: its blocks compute in bf16, on the caller's fp32 timesteps and positions
+    run = _run(Path(model), shard=True, dtype=torch.bfloat16)
+    results["bf16_loss"] = _bf16_loss(run)
     del run
     results.update(_real_widths_step(rank, real_widths))
     torch.save(results, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _bf16_loss(run: Run) -> float:
+    """A trained LoRA's loss on a sample, the base in bf16 (under autocast, as on a GPU)."""
+    from ltx_trainer.training.sharding import load_lora_state
+
+    state = {k: torch.randn(v, generator=torch.Generator().manual_seed(i)) * 0.1
+             for i, (k, v) in enumerate(_lora_shapes(run).items())}
+    load_lora_state(run.transformer, state)
+    with torch.no_grad():
+        return run.loss(_samples(run, 1)[0], 0).item()
+
+
+def _lora_shapes(run: Run) -> dict[str, torch.Size]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.shape for k, v in get_peft_model_state_dict(run.transformer).items()}
 
 
 def _real_widths_step(rank: int, model: str) -> dict[str, Any]:
@@ -319,6 +340,15 @@ def test_two_nodes_replicate_the_node_shards(ranks: list[dict], reference: dict)
         local, total = rank["hsdp_frozen_block_numel"]
         assert local == total  # one rank per node: each node holds the whole base
         _assert_same(rank["hsdp"], reference)
+
+
+def test_a_bf16_base_computes_as_unsharded(ranks: list[dict], tiny_model_v23: Path) -> None:
+    """Each block computes in the base's bf16 as autocast does unsharded; the inputs keep
+    their dtype (cast to bf16 with the weights, the timesteps and positions would move
+    the loss by ~1e-3 of itself)."""
+    expected = _bf16_loss(_run(tiny_model_v23, shard=False, dtype=torch.bfloat16))
+    for rank in ranks:
+        assert rank["bf16_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_real_widths_shard_and_train_a_step(ranks: list[dict]) -> None:

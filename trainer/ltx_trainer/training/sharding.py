@@ -78,8 +78,10 @@ def shard_frozen_base(transformer: torch.nn.Module, device: torch.device) -> Non
                            "quantized (the low-memory mode's int8); train without "
                            "--low-memory to shard it")
     mesh = node_mesh(device)
+    # inputs are left as the caller gives them: cast to bf16, the timesteps (~1000 × sigma)
+    # and the RoPE coordinates would lose their precision
     policy = MixedPrecisionPolicy(param_dtype=_base_dtype(transformer),
-                                  reduce_dtype=torch.float32)
+                                  reduce_dtype=torch.float32, cast_forward_inputs=False)
     blocks = transformer.transformer_blocks
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
