@@ -27,6 +27,7 @@ TEXT_TOKENS = 16
 #: against one accumulated backward), ~1e-7 relative. A gradient that is not averaged
 #: over the ranks (or a rank left out) moves the LoRA by ~1e-3
 ATOL, RTOL = 2e-6, 1e-5
+KEY = "transformer_blocks.0.attn1.to_q.lora_B.weight"  # a weight every step moves
 
 
 def _spec() -> Any:
@@ -108,15 +109,16 @@ def _samples(run: Run, count: int) -> list[dict[str, torch.Tensor]]:
     return samples
 
 
-def _train(run: Run, samples: list[dict], ranks: list[int]) -> None:
-    """STEPS optimizer steps; step s trains samples (WORLD·s + r for r in `ranks`), their
-    mean loss's gradient clipped as the trainer clips it."""
+def _train(run: Run, samples: list[dict], ranks: list[int], steps: Any = range(STEPS)
+           ) -> None:
+    """Optimizer steps; step s trains samples (WORLD·s + r for r in `ranks`, modulo the
+    samples), their mean loss's gradient clipped as the trainer clips it."""
     from ltx_trainer.training.sharding import clip_gradients
 
-    for step in range(STEPS):
+    for step in steps:
         run.optimizer.zero_grad(set_to_none=True)
         for rank in ranks:
-            index = WORLD * step + rank
+            index = (WORLD * step + rank) % len(samples)
             (run.loss(samples[index], index) / len(ranks)).backward()
         clip_gradients(run.params, 1.0)
         run.optimizer.step()
@@ -134,7 +136,12 @@ def _rank(rank: int, model: str, real_widths: str, out: str) -> None:
     """One rank: every case in turn, its results saved for the test process."""
     import torch.distributed as dist
 
-    from ltx_trainer.training.sharding import full_lora_state, load_lora_state
+    from ltx_trainer.training.sharding import (
+        full_lora_state,
+        full_optimizer_state,
+        load_lora_state,
+        load_optimizer_state,
+    )
 
     os.environ["LOCAL_WORLD_SIZE"] = str(WORLD)
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
@@ -145,14 +152,21 @@ def _rank(rank: int, model: str, real_widths: str, out: str) -> None:
     results["frozen_block_numel"] = _frozen_block_numel(run)
     _train(run, samples, [rank])
     results["sharded"] = trained = full_lora_state(run.transformer)
+    results["optimizer"] = moments = full_optimizer_state(run.transformer, run.optimizer)
     with torch.no_grad():
         results["loss_trained"] = run.loss(samples[0], 99).item()
-    # a whole state into another sharded model (whose own LoRA started elsewhere)
+    # whole states into another sharded model (whose own LoRA started elsewhere)
     fresh = _run(Path(model), shard=True, lora_seed=SEED + 1)
     load_lora_state(fresh.transformer, trained)
+    load_optimizer_state(fresh.transformer, fresh.optimizer, moments)
     results["reloaded"] = full_lora_state(fresh.transformer)
     with torch.no_grad():
         results["loss_reloaded"] = fresh.loss(samples[0], 99).item()
+    # and both take a third step: resumed, the run goes on as it would have
+    for each in (run, fresh):
+        _train(each, samples, [rank], steps=[STEPS])
+    results["third_step"] = full_lora_state(run.transformer)
+    results["third_step_resumed"] = full_lora_state(fresh.transformer)
     del run, fresh
     # the checkpointed blocks' forwards run again in the backward, under FSDP
     run = _run(Path(model), shard=True, checkpointed=2)
@@ -329,6 +343,23 @@ def test_whole_lora_states_round_trip(ranks: list[dict], reference: dict,
         load_lora_state(single.transformer, dict(list(reference.items())[1:]))
 
 
+def test_a_sharded_run_resumes_sharded_and_on_one_process(ranks: list[dict],
+                                                           tiny_model_v23: Path) -> None:
+    """The LoRA and the optimizer's moments, whole, resume a run at 2 ranks and at 1: the
+    third step is the one the run took without stopping."""
+    from ltx_trainer.training.lora import adapter_state
+    from ltx_trainer.training.sharding import load_lora_state, load_optimizer_state
+
+    for rank in ranks:
+        _assert_same(rank["third_step_resumed"], rank["third_step"])
+        assert not torch.equal(rank["third_step"][KEY], rank["sharded"][KEY])
+    single = _run(tiny_model_v23, shard=False, lora_seed=SEED + 1)
+    load_lora_state(single.transformer, ranks[0]["sharded"])
+    load_optimizer_state(single.transformer, single.optimizer, ranks[0]["optimizer"])
+    _train(single, _samples(single, WORLD * STEPS), list(range(WORLD)), steps=[STEPS])
+    _assert_same(adapter_state(single.transformer), ranks[0]["third_step"])
+
+
 def test_checkpointed_blocks_compose_with_sharding(ranks: list[dict], reference: dict) -> None:
     for rank in ranks:
         _assert_same(rank["checkpointed"], reference)
@@ -373,3 +404,17 @@ def test_the_low_memory_mode_is_refused(tiny_model_v23: Path) -> None:
     quantize_frozen(run.transformer)
     with pytest.raises(InvalidInput, match="some of its weights are quantized"):
         shard_frozen_base(run.transformer, CPU)
+
+
+def test_the_trainer_checkpoints_the_sharded_plans_blocks() -> None:
+    """With the base sharded, a GPU checkpoints the fewest blocks the sharded plan fits."""
+    from ltx_trainer.model.shapes import LTX_2_3
+    from ltx_trainer.plan import plan, shard_plan
+    from ltx_trainer.training.sharding import planned_checkpointing
+
+    spec = parse_spec({"trainingDataUrl": "https://example.com/c.zip"})
+    expected = shard_plan(plan(spec, LTX_2_3, 48), LTX_2_3, 2).fewest_checkpointed()
+    assert expected is not None and 0 < expected < 48
+    assert planned_checkpointing(LTX_2_3, spec, 1024, 48, gpus=2) == expected
+    assert planned_checkpointing(LTX_2_3, spec, 1024, 80, gpus=2) < expected
+    assert planned_checkpointing(LTX_2_3, spec, 1024, None, gpus=2) == 0  # off a GPU

@@ -108,6 +108,30 @@ def _describe(mesh: Any) -> str:
     return f"{shape[SHARD]} ranks"
 
 
+def node_ranks() -> int:
+    """The ranks of this node (torchrun's LOCAL_WORLD_SIZE; 1 outside a launched run)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def planned_checkpointing(shapes: Any, spec: Any, text_tokens: int, memory_gib: float | None,
+                          gpus: int) -> int:
+    """Blocks to checkpoint with the base sharded over `gpus` GPUs of `memory_gib` GiB
+    each: the plan's fewest whose sharded peak fits (all when none does); none off a GPU
+    (`memory_gib` None), as unsharded."""
+    from ..plan import shard_plan
+    from .speed import spec_step, step_plan
+
+    if memory_gib is None:
+        return 0
+    plan = shard_plan(step_plan(shapes, spec_step(shapes, spec, text_tokens), memory_gib),
+                      shapes, gpus)
+    blocks = plan.blocks_to_checkpoint()
+    log.info("checkpointing %d of %d blocks: planned peak %.1f GiB per GPU of %.1f GiB, the "
+             "base sharded over %d", blocks, plan.plan.depth, plan.peak(blocks) / 2**30,
+             memory_gib, gpus)
+    return blocks
+
+
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -147,6 +171,38 @@ def load_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor]
                 value = distribute_tensor(value, target.device_mesh, target.placements,
                                           src_data_rank=None)
             target.copy_(value)
+
+
+def full_optimizer_state(transformer: torch.nn.Module, optimizer: torch.optim.Optimizer
+                         ) -> dict[str, Any]:
+    """The optimizer's state as whole tensors on the CPU, keyed by the parameters' names
+    (torch's distributed `get_optimizer_state_dict`), the same at any number of ranks,
+    sharded or not. Collective, as `full_lora_state`."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+    from torch.utils._pytree import tree_map
+
+    state = get_optimizer_state_dict(transformer, optimizer,
+                                     options=StateDictOptions(full_state_dict=True))
+    return tree_map(lambda v: v.cpu().clone() if isinstance(v, torch.Tensor) else v, state)
+
+
+def load_optimizer_state(transformer: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict[str, Any]) -> None:
+    """Load a state `full_optimizer_state` gave (at any number of ranks) into the
+    optimizer of this rank's parameters. The optimizer keeps copies: torch would keep
+    views of `state`'s tensors as its moments and update them in place."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+    from torch.utils._pytree import tree_map
+
+    state = tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, state)
+    set_optimizer_state_dict(transformer, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True))
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
