@@ -212,6 +212,7 @@ def _real_widths_step(rank: int, model: str) -> dict[str, Any]:
 
     from ltx_trainer.model.adapter import add_lora
     from ltx_trainer.model.forward import TextContext, predict
+    from ltx_trainer.model.profile import profile_from_shapes
     from ltx_trainer.model.shapes import ModelShapes, build_component
     from ltx_trainer.training.sharding import clip_gradients, local_numel, shard_frozen_base
     from ltx_trainer.training.strategy import SuffixStrategy
@@ -242,8 +243,6 @@ def _real_widths_step(rank: int, model: str) -> dict[str, Any]:
                     dtype=torch.bfloat16),
         torch.ones(1, TEXT_TOKENS, dtype=torch.long))
     inputs = strategy.prepare(sample, SUFFIX, step_generator(SEED, rank))
-    from ltx_trainer.model.profile import profile_from_shapes
-
     video, audio = predict(transformer, profile_from_shapes(shapes), inputs.video.state,
                            inputs.audio.state, context, inputs.geometry, isolate=False)
     loss = strategy.loss({"video": video, "audio": audio}, inputs)["total"]
