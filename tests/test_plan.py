@@ -193,3 +193,68 @@ def test_a_release_file_plans_with_its_release(tmp_path: Path) -> None:
                "vae.encoder.conv_in.weight": torch.zeros(1)}, single)
     assert model_shapes(transformer).name == model_shapes("ltx-2.5").name == "ltx-2.5"
     assert model_shapes(single).name == "ltx-2.3"
+
+
+# -- the frozen base sharded over a node's GPUs -----------------------------------------
+
+def test_two_48_gb_cards_sharded_train_the_defaults() -> None:
+    """What one 80 GB card holds whole, two L40S hold sharded: half the transformer and of
+    the LoRA's state each, plus what is gathered while the step runs."""
+    from ltx_trainer.plan import GATHERED_BLOCKS, shard_plan
+
+    card = plan(parse_spec(SPEC), gpu="l40s")
+    assert card.checkpointed_blocks is None  # one card with a bf16 base: it does not fit
+    two = shard_plan(card, gpus=2)
+    # the transformer's parameters are its 48 blocks and what is outside them
+    assert two.root_params + 48 * two.block_params == card.transformer_params
+    assert 0 < two.root_params < 0.05 * card.transformer_params
+    parts = two.frozen_parts()
+    assert parts["shard"] == card.transformer_params  # bf16 bytes / 2 GPUs
+    assert parts["connectors"] == card.connector_params * 2  # kept whole
+    lora_block = card.cost.lora_per_block
+    assert parts["gathered"] == (two.root_params + GATHERED_BLOCKS * (
+        two.block_params + lora_block)) * 2 + lora_block * 4
+    assert two.frozen() < 0.65 * card.frozen_bytes
+    assert two.lora_state() == card.lora_bytes // 2
+    assert two.peak(48) - two.frozen() - two.lora_state() == card.activations(48)
+    blocks = two.fewest_checkpointed()
+    budget = (48 - RESERVE_GIB) * GIB
+    assert blocks is not None and two.peak(blocks) <= budget < two.peak(blocks - 1)
+    # more GPUs, less on each; every GPU receives the other shards in both passes
+    assert shard_plan(card, gpus=4).frozen() < two.frozen()
+    transformer_bytes = card.transformer_params * 2
+    assert 0.5 * transformer_bytes < two.gathered_per_step < transformer_bytes
+    summary = two.summary()
+    assert summary["fits"] and summary["checkpointedBlocks"] == blocks
+    assert summary["plannedPeakGiB"] == two.peak(blocks) / GIB
+    rows = table([card], sharded=[two]).splitlines()
+    below = rows[next(i for i, r in enumerate(rows) if r.startswith("sharded base")):]
+    assert below[0].split()[-1] == "2"
+    fewest = next(r for r in below if r.startswith("  fewest checkpointed blocks for 48 GiB"))
+    assert fewest.endswith(f"{blocks} of 48")
+    with pytest.raises(ValueError, match="2 to 8 GPUs of a node, not 1"):
+        shard_plan(card, gpus=1)
+
+
+def test_command_plans_the_sharded_base(spec_file: Path, tiny_model: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    from ltx_trainer.plan import shard_plan
+
+    assert _run(str(spec_file), "--model", str(tiny_model), "--shard-base", "2",
+                "--markdown") == 0
+    markdown = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("| sharded base (--shard-base): GPUs of the node | 2 |")
+               for line in markdown)
+    # without a count: the spec's gpus
+    with_gpus = tmp_path / "four.yaml"
+    with_gpus.write_text(yaml.safe_dump({**SPEC, "resolution": "low", "gpus": 4}))
+    assert _run(str(with_gpus), "--model", str(tiny_model), "--shard-base", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    expected = shard_plan(plan(parse_spec({**SPEC, "resolution": "low", "gpus": 4}),
+                               tiny_model), tiny_model, 4)
+    assert summary["shardedBase"] == expected.summary() and summary["shardedBase"]["gpus"] == 4
+    # a spec without gpus needs the count
+    assert _run(str(spec_file), "--model", str(tiny_model), "--shard-base") == 3
+    assert "give the count (--shard-base 2)" in capsys.readouterr().err
+    assert _run(str(spec_file), "--model", str(tiny_model), "--shard-base", "9") == 3
+    assert "--shard-base: the base is sharded over the 2 to 8 GPUs" in capsys.readouterr().err

@@ -451,14 +451,125 @@ def plan(spec: Any, model: Any = "ltx-2.3", gpu_memory_gb: float | None = None,
                 card, gpu_memory_gb or card.memory_gib, utilisation, int8_saving=bf16 - int8)
 
 
+# -- the frozen base sharded over a node's GPUs (FSDP2, `--shard-base`) -----------------
+
+#: blocks whose weights are gathered at once: the one running and the next, whose
+#: all-gather FSDP2 issues early to overlap it with compute (in both passes)
+GATHERED_BLOCKS = 2
+
+
+@dataclass(frozen=True)
+class ShardedPlan:
+    """The step with the transformer sharded over `gpus` GPUs of a node
+    (`training/sharding.py`), per GPU: 1/gpus of the transformer's weights and of the
+    LoRA's state; what is gathered whole while the step runs (the weights outside the
+    blocks for the whole step, two blocks' at a time); the text connectors whole (not
+    sharded); and one rank's activations (each rank trains a sample of its own)."""
+
+    plan: Plan
+    gpus: int
+    block_params: int  # one transformer block
+    root_params: int  # the transformer's parameters outside its blocks
+
+    def frozen_parts(self) -> dict[str, int]:
+        p = self.plan
+        lora_block = p.cost.lora_per_block
+        return {
+            "shard": p.transformer_params * BF16 // self.gpus,
+            # the LoRA's layers are gathered with their block, in bf16; one block's LoRA
+            # gradients are reduced in fp32
+            "gathered": (self.root_params + GATHERED_BLOCKS * (self.block_params + lora_block))
+            * BF16 + lora_block * 4,
+            "connectors": p.connector_params * BF16,
+        }
+
+    def frozen(self) -> int:
+        return sum(self.frozen_parts().values())
+
+    def lora_state(self) -> int:
+        return self.plan.lora_bytes // self.gpus
+
+    def peak(self, checkpointed: int) -> int:
+        return self.frozen() + self.lora_state() + self.plan.activations(checkpointed)
+
+    def fewest_checkpointed(self) -> int | None:
+        budget = (self.plan.gpu_memory_gib - RESERVE_GIB) * GIB
+        return next((k for k in range(self.plan.depth + 1) if self.peak(k) <= budget), None)
+
+    def blocks_to_checkpoint(self) -> int:
+        k = self.fewest_checkpointed()
+        return self.plan.depth if k is None else k
+
+    @property
+    def gathered_per_step(self) -> int:
+        """Bytes each GPU receives by all-gathers in a step: the blocks' weights in the
+        forward and again in the backward (freed between), the root's once; the
+        checkpointed blocks' second forwards run while their backward holds them."""
+        blocks = self.plan.transformer_params - self.root_params
+        return (2 * blocks + self.root_params) * BF16 * (self.gpus - 1) // self.gpus
+
+    def summary(self) -> dict[str, Any]:
+        k, depth = self.fewest_checkpointed(), self.plan.depth
+        planned = self.blocks_to_checkpoint()
+        return {"gpus": self.gpus, "frozenGiB": self.frozen() / GIB,
+                **{f"{name}GiB": n / GIB for name, n in self.frozen_parts().items()},
+                "loraStateGiB": self.lora_state() / GIB,
+                "peakGiB": self.peak(0) / GIB, "peakCheckpointedGiB": self.peak(depth) / GIB,
+                "fits": k is not None, "checkpointedBlocks": planned,
+                "plannedPeakGiB": self.peak(planned) / GIB,
+                "secondsPlanned": self.plan.seconds(planned),
+                "gatheredPerStepGiB": self.gathered_per_step / GIB}
+
+
+def shard_plan(base: Plan, model: Any = "ltx-2.3", gpus: int = 2) -> ShardedPlan:
+    """`base` (a plan of `model`) with the frozen base sharded over `gpus` GPUs."""
+    from .model.shapes import build_meta, parameter_count
+
+    if not 2 <= gpus <= 8:
+        raise ValueError(f"the base is sharded over the 2 to 8 GPUs of a node, not {gpus}")
+    transformer = build_meta(model_shapes(model), "transformer")
+    blocks = transformer.transformer_blocks
+    return ShardedPlan(base, gpus, parameter_count(blocks[0]),
+                       parameter_count(transformer) - parameter_count(blocks))
+
+
+def _sharded_rows(sharded: list[ShardedPlan]) -> list[list[str]]:
+    first = sharded[0].plan
+
+    def row(label: str, cell: Any) -> list[str]:
+        return [label, *(cell(s) for s in sharded)]
+
+    def fewest(s: ShardedPlan) -> str:
+        k = s.fewest_checkpointed()
+        return "does not fit" if k is None else "none" if k == 0 else f"{k} of {s.plan.depth}"
+
+    def parts(s: ShardedPlan) -> str:
+        return " / ".join(_gib(n) for n in s.frozen_parts().values())
+
+    return [
+        row("sharded base (--shard-base): GPUs of the node", lambda s: str(s.gpus)),
+        row("  frozen weights per GPU", lambda s: _gib(s.frozen())),
+        row("    shard / gathered (root + 2 blocks) / connectors", parts),
+        row("  LoRA + grads + AdamW per GPU", lambda s: _gib(s.lora_state())),
+        row("  peak, every block checkpointed", lambda s: _gib(s.peak(s.plan.depth))),
+        row(f"  fewest checkpointed blocks for {first.gpu_memory_gib:g} GiB", fewest),
+        row("  its peak", lambda s: _gib(s.peak(s.blocks_to_checkpoint()))),
+        row(f"  seconds per step at {first.utilisation:.0%}, compute only",
+            lambda s: f"{s.plan.seconds(s.blocks_to_checkpoint()):.2f}"),
+        row("  all-gathered per step per GPU", lambda s: _gib(s.gathered_per_step)),
+    ]
+
+
 # -- the table --------------------------------------------------------------------------
 
 def _gib(n: float) -> str:
     return f"{n / GIB:,.1f} GiB"
 
 
-def table(plans: list[Plan], markdown: bool = False) -> str:
-    """The plans side by side, one column each (aligned text, or a Markdown table)."""
+def table(plans: list[Plan], markdown: bool = False,
+          sharded: list[ShardedPlan] | None = None) -> str:
+    """The plans side by side, one column each (aligned text, or a Markdown table), with
+    the rows of the base sharded when `sharded` gives each column's."""
     first = plans[0]
 
     def row(label: str, cell: Any) -> list[str]:
@@ -502,6 +613,8 @@ def table(plans: list[Plan], markdown: bool = False) -> str:
             lambda p: fewest(p, True)),
         row("  its peak", low_peak),
     ]
+    if sharded:
+        rows += _sharded_rows(sharded)
     if markdown:
         cells = [[c.replace("|", "\\|") for c in r] for r in rows]
         cells[0][0] = "per training step"
@@ -542,6 +655,10 @@ def add_parser(subparsers: Any, path: Any = Path) -> None:
     parser.add_argument("--with-variants", action="store_true",
                         help="also plan the first spec with audio, and at high resolution "
                         "with 121 frames")
+    parser.add_argument("--shard-base", type=int, nargs="?", const=0, metavar="G",
+                        help="also plan each step with the frozen base sharded over G GPUs "
+                        "of a node (FSDP2, the trainer's --shard-base); without G, over "
+                        "each spec's gpus")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="one JSON object per spec")
     output.add_argument("--markdown", action="store_true", help="the table in Markdown")
@@ -577,10 +694,27 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"--model {args.model}: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
+    sharded = None
+    if args.shard_base is not None:
+        try:
+            sharded = [shard_plan(p, shapes, args.shard_base or _spec_gpus(spec))
+                       for p, spec in zip(plans, specs, strict=True)]
+        except ValueError as exc:
+            print(f"--shard-base: {exc}", file=sys.stderr)
+            return ExitCode.INVALID_INPUT
     if args.json:
-        for p in plans:
-            print(json.dumps({**p.summary(), "cost": asdict(p.cost)}))
+        for i, p in enumerate(plans):
+            extra = {"shardedBase": sharded[i].summary()} if sharded else {}
+            print(json.dumps({**p.summary(), "cost": asdict(p.cost), **extra}))
     else:
-        print(table(plans, markdown=args.markdown))
+        print(table(plans, markdown=args.markdown, sharded=sharded))
     return ExitCode.SUCCESS
+
+
+def _spec_gpus(spec: Any) -> int:
+    if not spec.gpus or spec.gpus < 2:
+        raise ValueError(f"without a count the base is sharded over the spec's gpus, and it "
+                         f"asks for {spec.gpus or 'the default'}: give the count "
+                         "(--shard-base 2) or set gpus")
+    return spec.gpus
 
