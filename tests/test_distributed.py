@@ -194,6 +194,40 @@ def test_two_ranks_train_the_lora_of_one_process_accumulating_their_two_samples(
     assert final.keys() == again.keys()
 
 
+def test_two_ranks_with_the_base_sharded_train_the_same_lora_and_resume_unsharded(
+        two_ranks, archive, tiny_model, tmp_path):
+    """`--shard-base`: FSDP2 shards the frozen base over the two ranks; the LoRA is the one
+    process's accumulating the same samples, and its checkpoint (the optimizer's state
+    keyed by name) resumes in one unsharded process to the same end."""
+    from ltx_trainer.runner import local_run_id
+
+    request = tmp_path / "door.json"
+    request.write_text(json.dumps(_request(archive)))
+    job = subprocess.run(
+        [CLI, "train", str(request), "--output", "out", "--model", str(tiny_model),
+         "--max-sequence-length", "32", "--checkpoint-every", "50", "--processes", "2",
+         "--shard-base", "--progress-port", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert job.returncode == ExitCode.SUCCESS, job.stderr[-3000:]
+    assert "frozen base sharded over 2 ranks" in job.stderr
+    spec = two_ranks["spec"]
+    run = tmp_path / "out" / local_run_id(spec, "door", str(tiny_model.absolute()), 42, 32)
+    sharded = TrainingState.load(run / "checkpoints" / f"step-{STEPS:06d}" / "state.pt")
+    for key, value in two_ranks["reference_lora"].items():
+        torch.testing.assert_close(value, sharded.lora[key], rtol=0, atol=1e-5)
+    assert (run / "outputs" / "lora.safetensors").is_file()
+
+    work = tmp_path / "unsharded"
+    for part in ("dataset", "cache"):
+        shutil.copytree(run / part, work / part)
+    half = f"step-{STEPS // 2:06d}"
+    shutil.copytree(run / "checkpoints" / half, work / "checkpoints" / half)
+    resumed = Trainer(spec, tiny_model, work, CPU, two_ranks["settings"])
+    resumed.train(work / "dataset")
+    torch.testing.assert_close(adapter_state(resumed.transformer), sharded.lora, rtol=0,
+                               atol=1e-5)
+
+
 def test_only_the_main_rank_writes_outputs_and_every_write_stays_in_the_work_folders(
         two_ranks):
     root, text = two_ranks["root"], two_ranks["log"]

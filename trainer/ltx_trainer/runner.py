@@ -329,6 +329,11 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
         validation): previews run beside training, on its live transformer."""
         if not ctx.spec.validation:
             return None
+        if settings.shard_base:  # a forward of a sharded base needs every rank in step
+            log.warning("validation previews are not rendered with the frozen base sharded "
+                        "over the ranks (--shard-base): render them with `ltx-extend "
+                        "extend` and the trained LoRA")
+            return None
         models = load_preview_models(model, trainer.transformer, trainer.connectors,
                                      device, ctx.spec.with_audio)
         return render_reel(ctx.spec, work / "dataset", work / "cache", models, trainer.profile,

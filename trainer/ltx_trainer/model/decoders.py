@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .device import device_memory_gib
 from .profile import CONVOLUTIONAL, DIFFUSION, ModelProfile
 
 log = logging.getLogger(__name__)
@@ -23,13 +24,6 @@ DIFFUSION_DECODER_MIN_GIB = 64
 DIFFUSION_DECODER = "diffusion_decoder"
 
 
-def device_memory_gib(device: torch.device) -> float:
-    """Total memory of a CUDA device (0 for any other device)."""
-    if device.type != "cuda":
-        return 0.0
-    return torch.cuda.get_device_properties(device).total_memory / 2**30
-
-
 def choose_decoder(profile: ModelProfile, device: torch.device) -> str:
     """`CONVOLUTIONAL` or `DIFFUSION`, as the module docstring says, and logged."""
     if DIFFUSION not in profile.decoders:
@@ -37,7 +31,7 @@ def choose_decoder(profile: ModelProfile, device: torch.device) -> str:
     elif CONVOLUTIONAL not in profile.decoders:
         choice, why = DIFFUSION, "the only video decoder the model ships"
     else:
-        memory = device_memory_gib(device)
+        memory = device_memory_gib(device) or 0.0
         big = memory >= DIFFUSION_DECODER_MIN_GIB
         choice = DIFFUSION if big else CONVOLUTIONAL
         why = (f"both ship and the {device.type} has {memory:.0f} GiB "

@@ -12,3 +12,10 @@ def default_device() -> torch.device:
 
 def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def device_memory_gib(device: torch.device) -> float | None:
+    """The GPU's memory in GiB (None off a GPU)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / 2**30

@@ -81,3 +81,19 @@ class Checkpoints:
         for old in sorted(p for p in self.root.glob("step-*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def optimizer_state_keyed(state: dict[str, Any], names: list[str], by_name: bool
+                          ) -> dict[str, Any]:
+    """An optimizer state with its parameters keyed by name (as a sharded run saves it,
+    torch's `get_optimizer_state_dict`) or by position (`Optimizer.state_dict`), whichever
+    way it was saved: so either kind of run resumes the other's checkpoint. `names`: the
+    trained parameters' names in the optimizer's order."""
+    groups = state.get("param_groups") or [{"params": []}]
+    first = next((p for g in groups for p in g["params"]), None)
+    if first is None or isinstance(first, str) == by_name:
+        return state
+    key = ({i: n for i, n in enumerate(names)} if by_name
+           else {n: i for i, n in enumerate(names)})
+    return {"state": {key[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [key[p] for p in g["params"]]} for g in groups]}

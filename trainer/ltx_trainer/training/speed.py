@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..model.device import device_memory_gib
+
 log = logging.getLogger(__name__)
 GIB = 2**30
 
@@ -60,13 +62,6 @@ def checkpoint_blocks(transformer: Any, count: int) -> list[int]:
 
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=run)
     return list(range(count))
-
-
-def device_memory_gib(device: torch.device) -> float | None:
-    """The GPU's memory in GiB (None off a GPU)."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_device_properties(device).total_memory / GIB
 
 
 @functools.lru_cache(maxsize=16)

@@ -46,12 +46,23 @@ from ..model.forward import (
 from ..model.lora import LORA_PREFIX
 from ..model.low_memory import quantize_frozen
 from . import distributed
-from .checkpoints import Checkpoints, TrainingState, restore_rng_state
+from .checkpoints import (
+    Checkpoints,
+    TrainingState,
+    optimizer_state_keyed,
+    restore_rng_state,
+)
 from .distributed import SINGLE, World
 from .lora import adapter_state, lora_state_dict, training_config, write_lora_file
 from .parts import ModelParts
 from .preprocess import encode_dataset, load_sample
-from .speed import checkpoint_blocks, compile_blocks, make_optimizer, planned_checkpointing
+from .speed import (
+    checkpoint_blocks,
+    compile_blocks,
+    device_memory_gib,
+    make_optimizer,
+    planned_checkpointing,
+)
 from .strategy import StepInputs, SuffixStrategy
 
 log = logging.getLogger(__name__)
@@ -195,16 +206,22 @@ class Trainer:
         cast_training_params(self.transformer, dtype=torch.float32)  # LoRA in fp32 on a bf16 base
         if settings.low_memory:
             quantize_frozen(self.transformer)
-        if settings.shard_base:
-            from .sharding import shard_frozen_base  # FSDP2: averages the LoRA gradients
-
-            shard_frozen_base(self.transformer, self.device)
         blocks = settings.checkpointed_blocks
-        if blocks is None:
+        if blocks is None and settings.shard_base:
+            from .sharding import node_ranks
+            from .sharding import planned_checkpointing as planned_sharded
+
+            blocks = planned_sharded(self.parts.shapes, self.spec, settings.max_sequence_length,
+                                     device_memory_gib(self.device), node_ranks())
+        elif blocks is None:
             blocks = planned_checkpointing(self.parts.shapes, self.spec,
                                            settings.max_sequence_length, self.device,
                                            settings.low_memory)
         self.checkpointed = checkpoint_blocks(self.transformer, blocks)
+        if settings.shard_base:  # after checkpointing wraps the blocks, before the optimizer
+            from .sharding import shard_frozen_base  # FSDP2: averages the LoRA gradients
+
+            shard_frozen_base(self.transformer, self.device)
         if settings.compile_backend:
             compile_blocks(self.transformer, settings.compile_backend)
         self.transformer.train()
@@ -273,7 +290,12 @@ class Trainer:
         if scale != 1:
             for param in self.params:
                 param.grad.mul_(scale)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        if self.settings.shard_base:  # the norm of DTensor gradients, as a plain tensor
+            from .sharding import clip_gradients
+
+            norm = clip_gradients(self.params, self.settings.max_grad_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
         names = sorted(sums)
         means = distributed.mean_over_ranks(
             self.world, torch.stack([sums[n] for n in names]) / len(batch))
@@ -322,13 +344,16 @@ class Trainer:
             return 0, []
         from peft import set_peft_model_state_dict
 
-        if self.settings.shard_base:
-            from .sharding import load_lora_state
+        sharded = self.settings.shard_base
+        optimizer = optimizer_state_keyed(state.optimizer, self._trained_names(), sharded)
+        if sharded:
+            from .sharding import load_lora_state, load_optimizer_state
 
             load_lora_state(self.transformer, state.lora)
+            load_optimizer_state(self.transformer, self.optimizer, optimizer)
         else:
             set_peft_model_state_dict(self.transformer, state.lora)
-        self.optimizer.load_state_dict(state.optimizer)
+            self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         restore_rng_state(state.rng)
         kept = [[tuple(slot) for slot in batch] for batch in state.batches[:state.step]]
@@ -336,6 +361,12 @@ class Trainer:
         if latest is not None:
             log.info("resumed from %s (step %d)", latest.name, state.step)
         return state.step, state.losses
+
+    def _trained_names(self) -> list[str]:
+        """The trained parameters' names, in the optimizer's order (as torch's distributed
+        state dicts name them: without the compiled blocks' wrapper)."""
+        return [name.replace("_orig_mod.", "") for name, p in self.transformer.named_parameters()
+                if p.requires_grad]
 
     def _lora(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The LoRA (peft's names, then the file's); on every rank (a collective when the
@@ -350,9 +381,14 @@ class Trainer:
 
     def _checkpoint(self, step: int, losses: list[float]) -> None:
         lora, lora_file = self._lora()
+        optimizer = self.optimizer.state_dict()
+        if self.settings.shard_base:  # whole tensors by name: resumable at any world size
+            from .sharding import full_optimizer_state  # a collective, as `_lora`
+
+            optimizer = full_optimizer_state(self.transformer, self.optimizer)
         if not self.world.is_main:
             return
-        state = TrainingState(step=step, lora=lora, optimizer=self.optimizer.state_dict(),
+        state = TrainingState(step=step, lora=lora, optimizer=optimizer,
                               scheduler=self.scheduler.state_dict(), losses=losses,
                               batches=self.batches)
         path = self.checkpoints.save(state, lora_file)
@@ -486,10 +522,10 @@ def _check_settings(settings: TrainSettings, depth: int, world: World) -> None:
     if settings.accumulate < 1:
         raise InvalidInput(f"accumulate must be 1 or more samples per step, not "
                            f"{settings.accumulate}")
-    if settings.shard_base and world.size != world.local_size:
-        raise InvalidInput(f"sharding the frozen base spans the ranks of one node; this run "
-                           f"has {world.size // world.local_size} nodes: train on one node, "
-                           "or without sharding")
+    if settings.shard_base:  # several nodes: sharded within each, replicated across
+        from .sharding import check_combination
+
+        check_combination(settings.shard_base, settings.low_memory)
     blocks = settings.checkpointed_blocks
     if blocks is not None and not 0 <= blocks <= depth:
         raise InvalidInput(f"checkpointed blocks must be between 0 and the model's {depth} "
