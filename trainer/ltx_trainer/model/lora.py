@@ -38,7 +38,7 @@ def lora_version(path: Path) -> str:
     metadata entry, else its config's, else LTX-2.3 (files from before it was recorded)."""
     from safetensors import safe_open
 
-    from .profile import version_name
+    from .release import version_name
 
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}

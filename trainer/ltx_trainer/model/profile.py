@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ltx_contract.rules import TEMPORAL_COMPRESSION
 
-Version = Literal["2.0", "2.3", "2.5"]
-VERSIONS: tuple[Version, ...] = ("2.0", "2.3", "2.5")
+from .release import Version, transformer_version, version_name
 
 #: STG perturbs one self-attention block; the official pipelines name it for the 48-block
 #: model (29 for LTX-2.0, 28 for LTX-2.3, and 2.5 keeps 2.3's block) and a shallower model
@@ -34,19 +33,6 @@ TEXT_ENCODERS = {"2.0": "gemma3", "2.3": "gemma3", "2.5": "gemma4"}
 CONVOLUTIONAL, DIFFUSION = "convolutional", "diffusion"
 #: the latent compression (time, height, width) the contract's frame rules are made for
 LATENT_SCALE = (TEMPORAL_COMPRESSION, 32, 32)
-
-
-def version_name(version: str) -> str:
-    """"2.3" → "ltx-2.3": the name `spec.model.version`, LoRA files and the status use."""
-    return f"ltx-{version}"
-
-
-def transformer_version(transformer: dict[str, Any]) -> Version:
-    """The release a transformer config is of: 2.5 has no video feed-forward bias, 2.3 has
-    prompt modulation, 2.0 neither."""
-    if transformer.get("ff_bias", True) is False:
-        return "2.5"
-    return "2.3" if transformer.get("cross_attn_mod") else "2.0"
 
 
 @dataclass(frozen=True)

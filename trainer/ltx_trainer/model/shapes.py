@@ -189,8 +189,8 @@ class ModelShapes:
 
     @property
     def version(self) -> str:
-        """The release the transformer's config is of (`profile.transformer_version`)."""
-        from .profile import transformer_version
+        """The release the transformer's config is of (`release.transformer_version`)."""
+        from .release import transformer_version
 
         return transformer_version(self.configs["transformer"])
 
