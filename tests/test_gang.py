@@ -232,7 +232,9 @@ def operator_settings() -> OperatorSettings:
                             model_claim_name="models", trainer_image=IMAGE,
                             progress_port=_free_port(), rendezvous_port=_free_port(),
                             metrics_port=0, trainer_args=TRAINER_ARGS, prepare_cpu="1",
-                            train_cpu="1")
+                            train_cpu="1",
+                            # both "nodes" share this machine's cores: one thread each
+                            trainer_env=[{"name": "OMP_NUM_THREADS", "value": "1"}])
 
 
 @pytest.mark.e2e

@@ -144,6 +144,7 @@ def _rank(rank: int, model: str, real_widths: str, out: str) -> None:
     )
 
     os.environ["LOCAL_WORLD_SIZE"] = str(WORLD)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORLD))  # the ranks share the cores
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
                             world_size=WORLD)
     results: dict[str, Any] = {}
