@@ -66,10 +66,13 @@ def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
     }
 
 
-def write_lora_file(transformer: Any, config: dict[str, Any], dest: Path) -> Path:
+def write_lora_file(transformer: Any, config: dict[str, Any], dest: Path,
+                    weights: dict[str, Any] | None = None) -> Path:
     """`lora.safetensors` with flat metadata entries (for tools that list them) and the
-    whole config as one JSON entry."""
+    whole config as one JSON entry; `weights`: the file's tensors where the transformer
+    cannot give them itself (its base sharded), else its LoRA."""
     metadata = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
     metadata[CONFIG_METADATA_KEY] = json.dumps(config)
-    save_file(lora_state_dict(transformer), dest, metadata=metadata)
+    save_file(lora_state_dict(transformer) if weights is None else weights, dest,
+              metadata=metadata)
     return dest

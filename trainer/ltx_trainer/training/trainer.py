@@ -496,26 +496,10 @@ class Trainer:
         # each step averages the gradients of `globalBatch` samples: one per rank (times
         # the samples a rank accumulates)
         config.update(ranks=self.world.size, globalBatch=self.global_batch)
-        if sharded is None:
-            lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors")
-        else:
-            lora_file = _write_sharded_lora(sharded, config, out / "lora.safetensors")
+        lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors", sharded)
         config_file = out / "config.json"
         config_file.write_text(json.dumps(config, indent=2))
         return TrainResult(lora_file, config_file, steps, losses)
-
-
-def _write_sharded_lora(weights: dict[str, torch.Tensor], config: dict[str, Any], dest: Path
-                        ) -> Path:
-    """`write_lora_file`'s file from the full weights of a sharded transformer."""
-    from safetensors.torch import save_file
-
-    from ..model.lora import CONFIG_METADATA_KEY
-
-    metadata = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
-    metadata[CONFIG_METADATA_KEY] = json.dumps(config)
-    save_file(weights, dest, metadata=metadata)
-    return dest
 
 
 def _check_settings(settings: TrainSettings, depth: int, world: World) -> None:
