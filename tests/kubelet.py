@@ -153,6 +153,10 @@ class JobState:
         pods = [p for p in self.pods if p.index == index]
         return pods[-1] if pods and pods[-1].process.returncode is None else None
 
+    def holds(self, index: int | None) -> bool:
+        """Whether a pod of the index runs or ended without being reported yet."""
+        return any(p.index == index and not p.reported for p in self.pods)
+
     @property
     def running(self) -> list[Pod]:
         return [p for p in self.pods if p.process.returncode is None]
@@ -265,7 +269,8 @@ class Kubelet:
                              "Job was active longer than specified")
             return
         for index in _indexes(spec):
-            if index in state.succeeded or state.at(index) is not None:
+            # a pod that ended since the loop above still holds its index until it is counted
+            if index in state.succeeded or state.holds(index):
                 continue
             if self.max_pods is None or self.running() < self.max_pods:
                 await self._start_pod(key, job, state, index)
