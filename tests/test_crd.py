@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ltx_contract import rules
 from ltx_contract.crd import MUTABLE_SPEC_FIELDS, build_crd, render_crd
-from ltx_contract.resource import NAME_LENGTH, parse_resource
+from ltx_contract.resource import NAME_RULES, name_problems, parse_resource
 from ltx_contract.spec import SpecError, SpecModel, TrainingSpec, parse_spec
 
 from crd_admission import Admission
@@ -112,7 +112,7 @@ def test_python_and_cel_forms_of_each_rule_agree(admission, rule, cf, frames, ur
 def test_every_rule_of_every_part_is_in_the_crd(crd):
     in_crd = {v["rule"] for _, node in _walk(crd["spec"]["versions"][0]["schema"][
         "openAPIV3Schema"]) for v in node.get("x-kubernetes-validations", ())}
-    declared = {NAME_LENGTH.cel}
+    declared = {rule.cel for rule in NAME_RULES}
     stack = [SpecModel]
     while stack:
         model = stack.pop()
@@ -161,6 +161,22 @@ def test_name_length_rule(admission):
     assert admission.admit(resource({"trainingDataUrl": URL}, "n" * 55)) == []
     [error] = admission.admit(resource({"trainingDataUrl": URL}, "n" * 56))
     assert "must be at most 55 characters" in error
+
+
+@pytest.mark.parametrize("nodes", [None, 1, 2, 16])
+@pytest.mark.parametrize("name", ["door", "n" * 54, "n" * 55, "2door", "door.v2", "door-"])
+def test_a_name_on_many_nodes_is_a_service_name_the_api_server_and_the_model_agree(
+        admission, name, nodes):
+    obj = resource({"trainingDataUrl": URL} | ({} if nodes is None else {"nodes": nodes}),
+                   name)
+    errors = admission.admit(obj)
+    valid = (nodes or 1) == 1 or (len(name) <= 54 and name[0].isalpha()
+                                  and name.replace("-", "").isalnum() and name[-1] != "-")
+    assert (errors == []) is valid, errors
+    assert [e.split(": ", 1)[1] for e in errors] == name_problems(obj)
+    if not valid:
+        assert errors[0].startswith(f".metadata.name: metadata.name ({name!r}) must be at "
+                                    "most 54 characters of lowercase letters")
 
 
 class TestImmutability:

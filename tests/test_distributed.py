@@ -198,20 +198,32 @@ def test_two_ranks_with_the_base_sharded_train_the_same_lora_and_resume_unsharde
         two_ranks, archive, tiny_model, tmp_path):
     """`--shard-base`: FSDP2 shards the frozen base over the two ranks; the LoRA is the one
     process's accumulating the same samples, and its checkpoint (the optimizer's state
-    keyed by name) resumes in one unsharded process to the same end."""
+    keyed by name) resumes in one unsharded process to the same end. Both ranks sample
+    the previews in step (each forward gathers the base); the main rank writes them."""
+    import av
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from ltx_trainer.runner import local_run_id
 
     request = tmp_path / "door.json"
-    request.write_text(json.dumps(_request(archive)))
+    closing = archive.parent / "c0.mp4"
+    request.write_text(json.dumps({**_request(archive), "validation": [
+        {"prompt": "a tone, then a door", "videoUrl": closing.as_uri()}]}))
     job = subprocess.run(
         [CLI, "train", str(request), "--output", "out", "--model", str(tiny_model),
          "--max-sequence-length", "32", "--checkpoint-every", "50", "--processes", "2",
-         "--shard-base", "--progress-port", "0"],
+         "--shard-base", "--progress-port", "0", "--preview-every", "50",
+         "--preview-steps", "2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert job.returncode == ExitCode.SUCCESS, job.stderr[-3000:]
     assert "frozen base sharded over 2 ranks" in job.stderr
-    spec = two_ranks["spec"]
+    spec = parse_spec(json.loads(request.read_text()))
     run = tmp_path / "out" / local_run_id(spec, "door", str(tiny_model.absolute()), 42, 32)
+    with av.open(str(run / "outputs" / "validation_reel.mp4")) as reel:
+        assert sum(1 for _ in reel.decode(video=0)) >= 25
+    logs = EventAccumulator(str(run / "outputs" / "logs"), size_guidance={"images": 0})
+    logs.Reload()
+    assert [i.step for i in logs.Images("previews/reel")] == [50, STEPS]  # mid-run, the end
     sharded = TrainingState.load(run / "checkpoints" / f"step-{STEPS:06d}" / "state.pt")
     for key, value in two_ranks["reference_lora"].items():
         torch.testing.assert_close(value, sharded.lora[key], rtol=0, atol=1e-5)

@@ -90,6 +90,20 @@ def test_ltx23_audio_comes_out_of_the_bwe_vocoder_at_its_own_rate(setup_v23):
     assert np.abs(result.audio).max() > 0
 
 
+def test_components_in_bf16_as_on_a_gpu_sample_the_same_clip(tiny_model_v23, setup_v23):
+    """Every pass of the sampler with bf16 components (what a GPU loads), with audio: the
+    fp32 tensors it is given meet them in their dtype, its Euler state stays fp32."""
+    _, texts, video, audio, _, profile = setup_v23
+    bf16 = Models(*(load_component(tiny_model_v23, n, CPU, torch.bfloat16)
+                    for n in COMPONENTS[:-1]), load_component(tiny_model_v23, "scheduler", CPU))
+    result = run((bf16, texts, video, audio, None, profile), steps=2)
+    reference = run(setup_v23, steps=2)
+    assert result.frames.shape == reference.frames.shape and result.audio is not None
+    assert result.latents.dtype == torch.float32  # the Euler state stays fp32
+    assert np.isfinite(result.audio).all()
+    assert psnr(result.frames[-8:], reference.frames[-8:]) > 20  # the kept suffix, decoded
+
+
 def test_guidance_passes_and_their_effect(setup):
     models, profile = setup[0], setup[5]
     calls = []

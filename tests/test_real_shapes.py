@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from ltx_contract.spec import parse_spec
 from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.codec.text import encode_texts, text_key
+from ltx_trainer.model.device import compute_dtype
 from ltx_trainer.model.loader import load_component
 from ltx_trainer.model.source import resolve_model
 from ltx_trainer.preview.sampler import Models, extend_backward
@@ -107,7 +108,7 @@ def _sample_with_the_reloaded_lora(model: object, lora_file: Path, texts: dict,
     from ltx_trainer.model.profile import read_profile
 
     profile = read_profile(model)
-    dtype = torch.bfloat16  # the sampler's components in bf16, as on a GPU
+    dtype = compute_dtype(CPU)  # fp32: bf16 matmuls on a CPU without bf16 units crawl
     transformer = load_component(model, "transformer", CPU, dtype)
     models = Models(transformer=transformer,
                     connectors=load_component(model, "connectors", CPU, dtype),

@@ -83,6 +83,16 @@ def test_an_invalid_spec_or_no_model_fails_at_once_without_a_job_or_a_bill():
     assert conditions(plan)["Validated"][0] == "False"
     assert plan.status.billing.units == 0
 
+    # a name no Service may take (a CRD older than the rule let it in): no Job, no bill
+    dotted = training(spec={**SPEC, "nodes": 2})
+    dotted["metadata"]["name"] = "door.v2"
+    plan = run(dotted)
+    assert not plan.create and plan.status.phase == "Failed"
+    assert conditions(plan)["Validated"] == ("False", "InvalidSpec")
+    assert plan.status.conditions[0].message.startswith(
+        "metadata.name ('door.v2') must be at most 54 characters")
+    assert plan.status.billing.units == 0
+
     no_model = SETTINGS.model_copy(update={"model_claim_name": None})
     plan = run(training(), settings=no_model)
     assert not plan.create and plan.status.phase == "Failed"

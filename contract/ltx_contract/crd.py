@@ -187,8 +187,7 @@ def build_crd() -> dict[str, Any]:
             "spec": spec_schema(),
             "status": status_schema(),
         },
-        "x-kubernetes-validations": [resource.NAME_LENGTH.crd_validation() | {
-            "fieldPath": ".metadata.name"}],
+        "x-kubernetes-validations": [rule.crd_validation() for rule in resource.NAME_RULES],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +41,46 @@ NAME_LENGTH = Rule(
         f"{MAX_NAME_LENGTH} characters so that its Job names fit in 63'"
     ),
 )
+
+#: With nodes > 1 the train pods are `<name>-train-<index>` behind a Service `<name>-train`:
+#: a Service name is a DNS-1035 label and a pod's hostname at most 63 characters (index ≤ 15).
+MAX_GANG_NAME_LENGTH = 63 - len("-train-15")
+DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _nodes(obj: Mapping[str, Any]) -> int:
+    spec = obj.get("spec")
+    nodes = spec.get("nodes", 1) if isinstance(spec, Mapping) else 1
+    return nodes if isinstance(nodes, int) else 1  # a wrong type is the spec's own error
+
+
+NAME_ON_NODES = Rule(
+    field="metadata.name",
+    check=lambda o: _nodes(o) <= 1 or (
+        len(o["metadata"]["name"]) <= MAX_GANG_NAME_LENGTH
+        and re.fullmatch(DNS_LABEL, o["metadata"]["name"]) is not None),
+    message=lambda o: (
+        f"metadata.name ({o['metadata']['name']!r}) must be at most {MAX_GANG_NAME_LENGTH} "
+        "characters of lowercase letters, digits and '-', starting with a letter, when nodes "
+        "is more than 1: its train pods are addressed through a Service of that name"
+    ),
+    cel=(f"!has(self.spec.nodes) || self.spec.nodes <= 1 || (size(self.metadata.name) <= "
+         f"{MAX_GANG_NAME_LENGTH} && self.metadata.name.matches('{DNS_LABEL}'))"),
+    message_cel=(
+        "'metadata.name (\\'' + self.metadata.name + '\\') must be at most "
+        f"{MAX_GANG_NAME_LENGTH} characters of lowercase letters, digits and \\'-\\', "
+        "starting with a letter, when nodes is more than 1: its train pods are addressed "
+        "through a Service of that name'"
+    ),
+)
+
+#: The rules on the resource's name, in the order they are reported.
+NAME_RULES = (NAME_LENGTH, NAME_ON_NODES)
+
+
+def name_problems(obj: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the name of a stored resource (one with a name)."""
+    return [m for rule in NAME_RULES if (m := rule.violation(obj))]
 
 
 class StatusModel(BaseModel):
@@ -187,8 +229,8 @@ def parse_resource(obj: Any) -> tuple[str, TrainingSpec]:
     name = (obj.get("metadata") or {}).get("name")
     if not isinstance(name, str) or not name:
         problems.append("metadata.name is required")
-    elif message := NAME_LENGTH.violation(obj):
-        problems.append(message)
+    else:
+        problems += name_problems(obj)
     if not isinstance(obj.get("spec"), dict):
         problems.append("spec is required and must be a mapping of fields")
     else:

@@ -26,6 +26,7 @@ from ltx_contract.resource import (
     Retry,
     TrainingStatus,
     human_duration,
+    name_problems,
 )
 from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
@@ -139,10 +140,14 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
         return plan  # the outcome and the bill are final
     meta = observed.training["metadata"]
     generation, now = meta.get("generation"), observed.now
+    # the CRD refuses these names at admission; a cluster with an older CRD fails them here
+    problems = name_problems(observed.training)
     try:
         spec = parse_spec(dict(observed.training.get("spec") or {}))
     except SpecError as exc:
-        message = "; ".join(exc.problems)
+        problems += exc.problems
+    if problems:
+        message = "; ".join(problems)
         set_condition(status, "Validated", False, "InvalidSpec", message, generation, now)
         _fail(status, "InvalidSpec", message, generation, now)
         return plan

@@ -13,7 +13,8 @@ resumes from its last checkpoint. Before a local stage starts, its result alread
 With several ranks (`JobContext.ranks`), the launcher process of each node downloads the
 stage's inputs once, then starts the ranks (`training/launch.py`); each runs
 `train_rank`. The main rank (local rank 0 of node 0) alone writes checkpoints, outputs,
-the result and the log book, serves `/progress` and renders previews; the launcher of
+the result and the log book, serves `/progress` and writes previews (with the base
+sharded every rank samples them in step, each forward gathering it); the launcher of
 node 0 writes the termination message with the result, the others a short one. An
 outcome a rank meets (invalid input, a download failure) is recorded in the node's work
 folder and ends every rank: ranks started again after it see it and stop at once, so the
@@ -317,28 +318,30 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
     hooks = TrainerHooks(upload_cache, upload_checkpoint) if world.is_main else TrainerHooks()
     trainer = Trainer(ctx.spec, model, work, device, settings,
                       progress=report if world.is_main else None, hooks=hooks, world=world)
-    if not world.is_main:
-        trained = trainer.train(work / "dataset")
-        trainer.release()
-        return JobResult(stage="train", outcome="Succeeded", reason="Succeeded",
-                         message=f"rank {world.rank} trained its share of {trained.steps} steps",
-                         exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps)
 
-    def previews(dest: Path) -> Path | None:
+    def previews(dest: Path | None) -> Path | None:
         """The validation reel with the trainer's LoRA as it is now (None without
-        validation): previews run beside training, on its live transformer."""
+        validation): previews run beside training, on its live transformer. With the base
+        sharded every rank samples in step (each forward gathers the base from all of
+        them); `dest` None: this rank only takes part, the main rank writes."""
         if not ctx.spec.validation:
-            return None
-        if settings.shard_base:  # a forward of a sharded base needs every rank in step
-            log.warning("validation previews are not rendered with the frozen base sharded "
-                        "over the ranks (--shard-base): render them with `ltx-extend "
-                        "extend` and the trained LoRA")
             return None
         models = load_preview_models(model, trainer.transformer, trainer.connectors,
                                      device, ctx.spec.with_audio)
         return render_reel(ctx.spec, work / "dataset", work / "cache", models, trainer.profile,
                            dest, steps=settings.preview_steps, seed=settings.seed,
                            max_sequence_length=settings.max_sequence_length)
+
+    if not world.is_main:
+        if settings.shard_base:
+            trainer.hooks.preview = lambda step: previews(None)
+        trained = trainer.train(work / "dataset")
+        if settings.shard_base:
+            previews(None)
+        trainer.release()
+        return JobResult(stage="train", outcome="Succeeded", reason="Succeeded",
+                         message=f"rank {world.rank} trained its share of {trained.steps} steps",
+                         exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps)
 
     trainer.hooks.preview = lambda step: logbook.preview(
         step, previews(work / "previews" / f"step-{step:06d}.mp4"))

@@ -54,10 +54,11 @@ def reel_part(spliced: Spliced, prompt: str) -> ReelPart:
 
 
 def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: Models,
-                profile: ModelProfile, dest: Path, *, steps: int, seed: int,
+                profile: ModelProfile, dest: Path | None, *, steps: int, seed: int,
                 max_sequence_length: int) -> Path | None:
     """Extend every validation clip backward and write the combined reel to `dest`
-    (None when the training has no validation clips)."""
+    (None when the training has no validation clips). `dest` None samples the same and
+    writes nothing: a rank of a sharded base, whose forwards the main rank's need."""
     manifest = Manifest.read(dataset_dir)
     if not manifest.validation:
         return None
@@ -74,11 +75,13 @@ def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: 
             load_text(cache_dir, entry.prompt), negative, suffix=suffix,
             with_audio=spec.with_audio, steps=steps, stg_scale=spec.stg_scale,
             seed=seed + entry.index, max_sequence_length=max_sequence_length)
-        part = reel_part(splice(result, fitted, suffix), entry.prompt)
-        parts.append(part)
-        log.info("preview %d rendered", entry.index)
+        if dest is not None:
+            parts.append(reel_part(splice(result, fitted, suffix), entry.prompt))
+            log.info("preview %d rendered", entry.index)
     models.transformer.train(was_training)
     gc.collect()
+    if dest is None:
+        return None
     dest.parent.mkdir(parents=True, exist_ok=True)
     path = write_reel(parts, dest, manifest.validation[0].frame_rate)
     log.info("validation reel %s", path)

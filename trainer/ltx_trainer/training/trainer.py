@@ -444,8 +444,7 @@ class Trainer:
                 self._gather_batches(start)
                 self._checkpoint(step + 1, losses)
             if settings.preview_every and (step + 1) % settings.preview_every == 0 \
-                    and step + 1 < total and self.hooks.preview is not None \
-                    and self.world.is_main:
+                    and step + 1 < total and self.hooks.preview is not None:
                 self.hooks.preview(step + 1)
             if stop_after is not None and step + 1 >= stop_after and step + 1 < total:
                 bar.close()
