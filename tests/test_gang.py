@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from test_e2e import (  # noqa: F401  (fixtures)
-    DEADLINE,
     IMAGE,
     STORE_SECRET,
     TRAINER_ARGS,
@@ -266,31 +265,3 @@ async def test_a_training_on_two_nodes_succeeds_and_bills_once(
 
     await cluster.until(cleaned)
 
-
-@pytest.mark.e2e
-async def test_a_lost_node_is_replaced_and_the_group_resumes_from_its_checkpoint(
-        cluster, kubelet, s3_server, tiny_model, tmp_path):  # noqa: F811 (the fixture)
-    """Node 1's pod dies after the first checkpoint (no condition: a crash, a lost node):
-    the Job replaces it at its index and address, node 0's launcher starts its ranks again,
-    both meet at the same rendezvous and go on from the checkpoint; billed once."""
-    await cluster.apply("lost", spec("clips.zip", closing=1, with_audio=False, nodes=2))
-    client = s3_server.client()
-
-    async def checkpointed() -> bool:
-        uid = (await cluster.training("lost"))["metadata"]["uid"]
-        prefix = f"trainings/{NAMESPACE}/lost/{uid}/checkpoints/step-000040/"
-        return any(o.object_name.endswith("state.pt")
-                   for o in client.list_objects("runs", prefix=prefix, recursive=True))
-
-    await cluster.until(checkpointed, timeout=DEADLINE)
-    lost = await kubelet.kill("lost-train", index=1)
-    training = await finished(cluster, "lost", kubelet)
-    await assert_succeeded(cluster, "lost", training, s3_server, tiny_model, tmp_path,
-                           audio=False, reel_clips=1)
-    pods = kubelet.pods("lost-train")
-    (leader,) = [p for p in pods if p.index == 0]  # node 0's pod lived through it
-    assert [p.index for p in pods].count(1) == 2 and pods[-1].ip == lost.ip
-    assert leader.process.returncode == 0 and pods[-1].process.returncode == 0
-    assert "resumed from step-000040" in leader.log(), leader.log()[-3000:]
-    job = (await cluster.jobs())["lost-train"]
-    assert job["status"]["failed"] == 1 and job["status"]["completedIndexes"] == "0-1"

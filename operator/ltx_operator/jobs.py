@@ -182,7 +182,8 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     if stage == "train" and spec.nodes > 1:
         # One pod per node, its completion index the node rank. A failed pod is replaced
         # at the same index (counted against backoffLimit, preemption not) and re-joins
-        # the rendezvous; Kueue admits the Job's `nodes` pods as one gang.
+        # the rendezvous (docs/operator.md: what a lost pod costs); Kueue admits the
+        # Job's `nodes` pods as one gang.
         job_spec.update(completionMode="Indexed", completions=spec.nodes,
                         parallelism=spec.nodes)
     return {"apiVersion": "batch/v1", "kind": "Job",
