@@ -107,6 +107,11 @@ if _log:
 """
 
 
+#: Pod addresses, shared by every harness of the session: a process left behind by one
+#: test never holds the address (and a port) of another test's pod.
+_ADDRESSES = itertools.count(1)
+
+
 @dataclass
 class Pod:
     name: str
@@ -176,7 +181,7 @@ class Kubelet:
         self.settled: set[tuple[str, str]] = set()
         self.errors: list[str] = []
         self.disk_limits: dict[str, int] = {}
-        self._addresses = itertools.count(1)
+        self._addresses = _ADDRESSES
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> Kubelet:
