@@ -190,8 +190,9 @@ RANKS = textwrap.dedent("""
     dist.init_process_group("gloo")
     total = torch.tensor([float(dist.get_rank())])
     dist.all_reduce(total)
-    print(f"rank {dist.get_rank()} of {dist.get_world_size()} on {socket.gethostname()}: "
-          f"sum {int(total.item())}", flush=True)
+    # one write per line: the ranks of a pod share its log, a print may be two writes
+    os.write(1, (f"rank {dist.get_rank()} of {dist.get_world_size()} on "
+                 f"{socket.gethostname()}: sum {int(total.item())}\\n").encode())
     dist.destroy_process_group()
 """)
 
