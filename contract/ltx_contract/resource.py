@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from .rules import Rule
-from .spec import SpecError, TrainingSpec, parse_spec
+from .spec import MAX_NODES, SpecError, TrainingSpec, parse_spec
 
 GROUP = "ltx-training.io"
 VERSION = "v1alpha1"
@@ -43,8 +43,8 @@ NAME_LENGTH = Rule(
 )
 
 #: With nodes > 1 the train pods are `<name>-train-<index>` behind a Service `<name>-train`:
-#: a Service name is a DNS-1035 label and a pod's hostname at most 63 characters (index ≤ 15).
-MAX_GANG_NAME_LENGTH = 63 - len("-train-15")
+#: a Service name is a DNS-1035 label and a pod's hostname at most 63 characters.
+MAX_GANG_NAME_LENGTH = 63 - len(f"-train-{MAX_NODES - 1}")
 DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 

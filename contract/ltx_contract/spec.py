@@ -51,6 +51,7 @@ MAX_TEXT_LENGTH = 4000
 MAX_VALIDATION_SAMPLES = 2
 #: 50× the default: LoRA learning rates above this diverge rather than learn faster.
 MAX_LEARNING_RATE = 0.01
+MAX_NODES = 16
 #: The frame-count fields that the model snaps down to 8k+1.
 SNAPPED_FRAME_FIELDS = ("numberOfFrames", "validationNumberOfFrames")
 
@@ -343,10 +344,10 @@ class TrainingSpec(SpecModel):
     gpus: int | None = Field(None, ge=1, le=8, description="GPUs requested by the train Job "
                              "(1–8); unset uses the operator's default (1 unless configured).")
     nodes: int = Field(
-        1, ge=1, le=16,
-        description="Nodes the train Job runs on (1–16), each with `gpus` GPUs: the training "
-        "has nodes × gpus ranks (data parallel, one sample per rank and step). More than one "
-        "node is an Indexed Job plus a headless Service, admitted as one gang.",
+        1, ge=1, le=MAX_NODES,
+        description=f"Nodes the train Job runs on (1–{MAX_NODES}), each with `gpus` GPUs: the "
+        "training has nodes × gpus ranks (data parallel, one sample per rank and step). More "
+        "than one node is an Indexed Job plus a headless Service, admitted as one gang.",
     )
     gpu_resource_name: str | None = Field(
         None,
