@@ -115,8 +115,9 @@ ERRORS = {500: "InternalError", 503: "ServiceUnavailable", 429: "TooManyRequests
 
 @dataclass
 class ApiFaults:
-    """The faults the API server injects into one account's requests, drawn from a seeded
-    random generator; `counts` tells how many of each kind it injected."""
+    """The faults the API server injects into one account's requests: which requests,
+    drawn from a seeded random generator (500, 503 and 429 take turns); `counts` tells
+    how many of each kind it injected."""
 
     token: str
     seed: int = 0
@@ -134,6 +135,8 @@ class ApiFaults:
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
+        # the kinds take turns: a short run with a few errors still sees each of them
+        self.kinds = itertools.cycle(sorted(ERRORS))
 
     def applies(self, request: Any) -> bool:
         return self.active and request.resource is not None and bearer(request) == self.token
@@ -144,7 +147,7 @@ class ApiFaults:
         if str(request.method.value) in WRITES and self.random.random() < self.conflict_rate:
             code = 409
         elif self.random.random() < self.error_rate:
-            code = self.random.choice(sorted(ERRORS))
+            code = next(self.kinds)
         if code is None:
             return None
         self.counts[f"api_{code}"] += 1

@@ -19,7 +19,10 @@ controller makes them: the index in the pod's annotation and label
 `batch.kubernetes.io/job-completion-index` and its env `JOB_COMPLETION_INDEX`, hostname
 `<job>-<index>`; the Job is Complete when every index has succeeded, a failed index's pod
 is replaced (pod failure policy and backoff limit as for one pod), and a failed Job's
-other pods are stopped. Downward-API `fieldRef` env is resolved from the pod as stored.
+other pods are stopped. A deleted Job's pods are stopped and removed from the API (the
+garbage collector's work; the tests' API server removes the Job at once, as a foreground
+deletion does once the pods are gone), also when a new Job of the same name has
+replaced it. Downward-API `fieldRef` env is resolved from the pod as stored.
 Name resolution is the kubelet's and the cluster DNS's: a pod whose template sets a
 `subdomain` runs in its own UTS and mount namespaces with its hostname set and its own
 `/etc/hosts` bind-mounted, which maps `<job>-<i>.<subdomain>` (and the namespace-qualified
@@ -121,6 +124,7 @@ class Pod:
     process: asyncio.subprocess.Process
     ip: str = "127.0.0.1"
     index: int | None = None  # an Indexed Job's completion index
+    job_uid: str = ""
     disrupted: bool = False
     reported: bool = False  # its end was written to the API and counted
 
@@ -145,7 +149,9 @@ class Pod:
 class JobState:
     """What the Job controller tracks beside the Job's status."""
 
+    uid: str = ""  # the Job's: a new Job of the same name is another Job
     failed: int = 0
+    settled: bool = False  # finished: its rules applied for the last time
     started: float | None = None
     pods: list[Pod] = field(default_factory=list)
     #: the indexes that succeeded (None: the one pod of a Job that is not Indexed)
@@ -178,7 +184,8 @@ class Kubelet:
         self.cluster, self.images, self.claims = cluster, images, claims
         self.root, self.interval, self.max_pods = root, interval, max_pods
         self.jobs: dict[tuple[str, str], JobState] = {}
-        self.settled: set[tuple[str, str]] = set()
+        #: the pods of Jobs deleted (or replaced by a Job of the same name)
+        self.removed: list[Pod] = []
         self.errors: list[str] = []
         self.disk_limits: dict[str, int] = {}
         self._addresses = _ADDRESSES
@@ -197,7 +204,10 @@ class Kubelet:
                 await _stop(pod, grace=0)
 
     def pods(self, job: str, namespace: str = "team") -> list[Pod]:
-        return list(self.jobs.get((namespace, job), JobState()).pods)
+        """Every pod the Jobs of that name ran, in the order they started (a deleted Job's
+        too: `Pod.job_uid` tells the Jobs apart)."""
+        return [*(p for p in self.removed if (p.namespace, p.job) == (namespace, job)),
+                *self.jobs.get((namespace, job), JobState()).pods]
 
     def _running(self, job: str, namespace: str, index: int | None) -> Pod:
         state = self.jobs[namespace, job]
@@ -245,15 +255,26 @@ class Kubelet:
             key = (job["metadata"]["namespace"], job["metadata"]["name"])
             present.add(key)
             await self._reconcile(key, job)
-        for key, state in self.jobs.items():
-            if key not in present:  # the Job was deleted: so are its pods
-                for pod in state.running:
-                    await self._delete_pod(pod)
+        for key in [k for k in self.jobs if k not in present]:
+            await self._collect(self.jobs.pop(key))  # the Job was deleted: so are its pods
+
+    async def _collect(self, state: JobState) -> None:
+        """A deleted Job's pods: stopped, then removed from the API."""
+        for pod in state.pods:
+            if pod.process.returncode is None:
+                await _stop(pod, grace=2)
+            pod.reported = True
+            await self.cluster.request("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/"
+                                       f"{pod.name}")
+        self.removed += state.pods
 
     async def _reconcile(self, key: tuple[str, str], job: dict[str, Any]) -> None:
-        if key in self.settled:
+        uid = job["metadata"].get("uid") or ""
+        if key in self.jobs and self.jobs[key].uid != uid:  # deleted, and made again
+            await self._collect(self.jobs.pop(key))
+        state = self.jobs.setdefault(key, JobState(uid=uid))
+        if state.settled:
             return
-        state = self.jobs.setdefault(key, JobState())
         spec = job["spec"]
         for pod in list(state.pods):
             if pod.process.returncode is not None and not pod.reported:
@@ -349,7 +370,8 @@ class Kubelet:
             process = await asyncio.create_subprocess_exec(
                 *command, *args, env=env, cwd=root, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        started = Pod(name, namespace, job_name, root, process, ip=ip, index=index)
+        started = Pod(name, namespace, job_name, root, process, ip=ip, index=index,
+                      job_uid=state.uid)
         started.allowed = (*mounts.values(), root / "termination-log")
         state.pods.append(started)
         state.started = state.started or time.monotonic()
@@ -433,7 +455,7 @@ class Kubelet:
             if not set(indexes) <= state.succeeded:
                 await self._job_status(key, done)
                 return False
-            self.settled.add(key)
+            state.settled = True
             await self._job_status(key, {**done, "completionTime": _now(), "conditions": [
                 _condition("Complete", "Completed", "Job completed")]})
             return True
@@ -454,7 +476,7 @@ class Kubelet:
     async def _fail(self, key: tuple[str, str], state: JobState, reason: str,
                     message: str) -> None:
         """The Job failed: its other running pods are stopped."""
-        self.settled.add(key)
+        state.settled = True
         for pod in state.running:
             await self._delete_pod(pod)
         await self._job_status(key, {"active": 0, "conditions": [

@@ -115,7 +115,8 @@ async def finished(cluster: Cluster, name: str, kubelet: Kubelet) -> dict[str, A
     try:
         return await cluster.until(done, timeout=DEADLINE)
     except AssertionError:
-        logs = {p.name: p.log()[-3000:] for s in kubelet.jobs.values() for p in s.pods}
+        pods = [*kubelet.removed, *(p for s in kubelet.jobs.values() for p in s.pods)]
+        logs = {p.name: p.log()[-3000:] for p in pods}
         raise AssertionError(f"{name} did not finish; pod logs: {json.dumps(logs, indent=1)}"
                              ) from None
 

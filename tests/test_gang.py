@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from test_e2e import (  # noqa: F401  (fixtures)
+    DEADLINE,
     IMAGE,
     STORE_SECRET,
     TRAINER_ARGS,
@@ -266,3 +267,60 @@ async def test_a_training_on_two_nodes_succeeds_and_bills_once(
 
     await cluster.until(cleaned)
 
+
+
+@pytest.mark.e2e
+async def test_a_lost_node_restarts_the_gang_from_its_checkpoint_and_preemption_is_free(
+        cluster, kubelet, s3_server, tiny_model, tmp_path):  # noqa: F811 (the fixture)
+    """Node 1's pod dies after the first checkpoint (no condition: a crash, a lost node):
+    its Job fails at once, the operator deletes it with its pods and starts the gang again
+    as a new Job, whose pods meet at a fresh rendezvous and go on from the checkpoint
+    (one restart counted). Then the new leader is preempted: the gang starts again, not
+    counted. Succeeded, billed once."""
+    await cluster.apply("lost", spec("clips.zip", closing=1, with_audio=False, nodes=2))
+    client = s3_server.client()
+
+    async def checkpointed() -> bool:
+        uid = (await cluster.training("lost"))["metadata"]["uid"]
+        prefix = f"trainings/{NAMESPACE}/lost/{uid}/checkpoints/step-000040/"
+        return any(o.object_name.endswith("state.pt")
+                   for o in client.list_objects("runs", prefix=prefix, recursive=True))
+
+    await cluster.until(checkpointed, timeout=DEADLINE)
+    first = (await cluster.jobs())["lost-train"]["metadata"]["uid"]
+    lost = await kubelet.kill("lost-train", index=1)
+
+    async def resumed() -> str | None:
+        job = (await cluster.jobs()).get("lost-train")
+        if job is None or job["metadata"]["uid"] == first:
+            return None
+        leaders = [p for p in kubelet.pods("lost-train")
+                   if p.job_uid == job["metadata"]["uid"] and p.index == 0]
+        return job["metadata"]["uid"] if leaders and "resumed from step-000040" in \
+            leaders[-1].log() else None
+
+    second = await cluster.until(resumed, timeout=DEADLINE)
+    restarts = (await cluster.training("lost"))["status"]["restarts"]
+    assert (restarts["failures"], restarts["disruptions"]) == (1, 0), restarts
+    assert restarts["lastReason"].startswith(f"pod {lost.name} failed (exit code 137); the 2 "
+                                             "pods start again"), restarts
+    await kubelet.preempt("lost-train", index=0)
+    training = await finished(cluster, "lost", kubelet)
+    await assert_succeeded(cluster, "lost", training, s3_server, tiny_model, tmp_path,
+                           audio=False, reel_clips=1)
+    restarts = training["status"]["restarts"]
+    assert (restarts["failures"], restarts["disruptions"]) == (1, 1), restarts
+    assert restarts["lastReason"].endswith("(not counted)") and "replacing" not in restarts
+    by_job: dict[str, list[int]] = {}
+    for pod in kubelet.pods("lost-train"):
+        by_job.setdefault(pod.job_uid, []).append(pod.index)
+    assert list(by_job.values()) == [[0, 1]] * 3, by_job  # three gangs of two, none patched
+    (third,) = set(by_job) - {first, second}
+    final = [p for p in kubelet.pods("lost-train") if p.job_uid == third]
+    assert [p.process.returncode for p in final] == [0, 0]
+    assert all(p.process.returncode is not None for p in kubelet.pods("lost-train"))
+    assert "resumed from step-0000" in final[0].log(), final[0].log()[-3000:]
+    job = (await cluster.jobs())["lost-train"]
+    assert job["metadata"]["uid"] == third and job["status"]["completedIndexes"] == "0-1"
+    reasons = [e["reason"] for e in await cluster.events("lost")]
+    assert reasons.count("GangRestarted") == 2, reasons

@@ -212,8 +212,10 @@ def test_two_nodes_are_an_indexed_job_behind_a_headless_service():
     spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2, "nodes": 2,
                        "backoffLimit": 4})
     job = build_job("train", BODY, spec, settings)
+    # one pod's failure fails the gang's Job at once: the operator restarts the whole gang
+    # (backoffLimit 4 counts those restarts), never one pod into a broken rendezvous
     assert (job["spec"]["completionMode"], job["spec"]["completions"],
-            job["spec"]["parallelism"], job["spec"]["backoffLimit"]) == ("Indexed", 2, 2, 4)
+            job["spec"]["parallelism"], job["spec"]["backoffLimit"]) == ("Indexed", 2, 2, 0)
     pod = job["spec"]["template"]["spec"]
     assert pod["subdomain"] == "door-train" and pod["restartPolicy"] == "Never"
     env = env_of(job)
@@ -221,15 +223,22 @@ def test_two_nodes_are_an_indexed_job_behind_a_headless_service():
         "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
     assert {k: v.get("value") for k, v in env.items() if k.startswith("PET_")} == {
         "PET_NPROC_PER_NODE": "2", "PET_NNODES": "2", "PET_NODE_RANK": None,
-        "PET_RDZV_BACKEND": "c10d", "PET_RDZV_ID": "u-1", "PET_MAX_RESTARTS": "5",
+        "PET_RDZV_BACKEND": "c10d", "PET_RDZV_ID": "u-1", "PET_MAX_RESTARTS": "0",
         "PET_RDZV_ENDPOINT": "door-train-0.door-train:29500"}
     assert env["LTX_EXTEND_SHARD_BASE"]["value"] == "1"
     assert {"name": "rendezvous", "containerPort": 29500} in container(job)["ports"]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"  # one gang
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2, 3, 4]
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [
+    assert rules[1] == {"action": "FailJob", "onPodConditions": [  # restarted, not counted
         {"type": "DisruptionTarget", "status": "True"}]}
+    one = build_job("train", BODY, parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2,
+                                               "backoffLimit": 4}), settings)
+    assert one["spec"]["backoffLimit"] == 4  # one pod: the Job retries it, preemption free
+    assert one["spec"]["podFailurePolicy"]["rules"][1]["action"] == "Ignore"
+    assert env_of(one)["PET_MAX_RESTARTS"]["value"] == "5"  # its launcher restarts ranks
+    assert build_job("train", BODY, spec, settings, deadline_left=70)["spec"][
+        "activeDeadlineSeconds"] == 70  # a restarted gang's Job: what is left of the deadline
 
     service = build_service(BODY, settings)
     assert service["metadata"]["name"] == pod["subdomain"]

@@ -340,3 +340,113 @@ def test_a_gang_fails_with_the_reason_of_the_pod_that_knew_it():
     assert conditions(plan)["Failed"] == ("True", "InvalidInput")
     failed = next(c for c in plan.status.conditions if c.type == "Failed")
     assert failed.message == "clip 3 has no audio track" and plan.status.billing.units == 0
+
+
+def failed_gang(status: dict, uid: str = "uid-train", reason: str = "BackoffLimitExceeded"
+                ) -> dict[str, JobView]:
+    return {"train": JobView(name="door-train", stage="train", uid=uid, suspended=False,
+                             queue=None, finished=("Failed", reason, ""))}
+
+
+def test_a_gang_whose_pod_failed_restarts_as_a_whole_and_counts_it():
+    """A lost pod fails the gang's Job at once; the operator deletes it with its pods and,
+    once they are gone, makes a new Job: every pod again, resuming from the checkpoint."""
+    body = training(gang_status(), spec=GANG)
+    lost = gang_pod(1, "Failed", None, code=137)
+    plan = run(body, failed_gang(body), [gang_pod(0, "Running"), lost])
+    assert plan.delete == {"door-train": "uid-train"} and not plan.create
+    assert plan.status.phase == "Pending" and plan.status.billing is None
+    assert not any(c.type == "Failed" for c in plan.status.conditions)
+    restarts = plan.status.restarts
+    assert (restarts.failures, restarts.disruptions, restarts.replacing) == (1, 0, "uid-train")
+    assert conditions(plan)["Running"] == ("False", "Restarting")
+    assert restarts.last_reason == (f"pod {lost.name} failed (exit code 137); the 2 pods start "
+                                    "again from the last checkpoint (restart 1 of 3)")
+    assert [(e.type, e.reason) for e in events(parse(body), plan.status)] == [
+        ("Warning", "GangRestarted")]
+
+    # seen again while it goes (the API's foreground deletion): counted once, not deleted twice
+    again = training(written(plan), spec=GANG)
+    going = {"train": JobView(**{**vars(failed_gang(again)["train"]), "deleting": True})}
+    plan = run(again, going, [lost])
+    assert plan.status.restarts.failures == 1 and not plan.delete and not plan.create
+    assert not events(parse(again), plan.status)
+
+    # gone: the new Job (and its Service, which is there already) is asked for
+    plan = run(again, {}, [lost])
+    assert [m["metadata"]["name"] for m in plan.create] == ["door-train"]
+    assert plan.create[0]["spec"]["completionMode"] == "Indexed"
+    assert plan.status.phase == "Pending" and plan.status.restarts.replacing == "uid-train"
+
+    # the successor: no longer replacing; the old Job's pods are not its pods
+    successor = {"train": JobView(name="door-train", stage="train", uid="uid-train-2",
+                                  suspended=False, queue=None, finished=None)}
+    new_pods = [replace_uid(gang_pod(0, created="2026-01-01T11:45:00Z"), "uid-train-2"),
+                replace_uid(gang_pod(1, created="2026-01-01T11:45:00Z"), "uid-train-2")]
+    old = [replace_uid(lost, "uid-train")]
+    plan = run(again, successor, [*old, *new_pods])
+    assert plan.status.restarts.replacing is None and plan.status.restarts.failures == 1
+    assert conditions(plan)["Running"] == ("True", "Running")
+    assert plan.status.phase == "Training" and plan.progress_from == "10.0.0.10"
+
+
+def replace_uid(view: PodView, uid: str) -> PodView:
+    return PodView(**{**vars(view), "job_uid": uid})
+
+
+def parse(body: dict):
+    from ltx_operator.status import parse_status
+
+    return parse_status(body.get("status"))
+
+
+def test_a_preempted_gang_restarts_without_counting_and_a_final_exit_fails_at_once():
+    body = training(gang_status(), spec={**GANG, "backoffLimit": 0})
+    preempted = gang_pod(0, "Failed", None, code=137,
+                         disrupted=("PreemptionByScheduler", "a higher-priority pod"))
+    plan = run(body, failed_gang(body, reason="PodFailurePolicy"), [preempted])
+    assert plan.delete == {"door-train": "uid-train"}
+    restarts = plan.status.restarts
+    assert (restarts.failures, restarts.disruptions) == (0, 1)  # backoffLimit 0 still holds
+    assert "(PreemptionByScheduler: a higher-priority pod)" in restarts.last_reason
+    assert restarts.last_reason.endswith("(not counted)")
+
+    invalid = {"outcome": "Failed", "reason": "Diverged", "exitCode": 3,
+               "message": "the loss became NaN at step 12"}
+    plan = run(body, failed_gang(body, reason="PodFailurePolicy"),
+               [gang_pod(1, "Failed", invalid, code=3)])
+    assert not plan.delete and conditions(plan)["Failed"] == ("True", "Diverged")
+    assert plan.status.billing.units == 0 and plan.status.restarts is None
+
+    plan = run(body, failed_gang(body, reason="DeadlineExceeded"), [gang_pod(0, "Running")],
+               listed=frozenset({"door-train"}))
+    assert not plan.delete and conditions(plan)["Failed"] == ("True", "DeadlineExceeded")
+
+
+def test_a_gang_out_of_restarts_fails_and_says_how_many_it_had():
+    status = {**gang_status(), "restarts": {"failures": 3, "disruptions": 1}}
+    body = training(status, spec=GANG)
+    plan = run(body, failed_gang(body), [gang_pod(1, "Failed", None, code=1)])
+    assert not plan.delete and plan.status.phase == "Failed"
+    failed = next(c for c in plan.status.conditions if c.type == "Failed")
+    assert failed.reason == "BackoffLimitExceeded"
+    assert failed.message.endswith("(after 3 restart(s) of the gang)")
+    assert plan.status.billing.units == 0
+    # one node: its Job retried the pod itself; its failure is final
+    single = training(gang_status(), spec={**SPEC, "gpus": 2})
+    plan = run(single, failed_gang(single), [pod("train", "Failed", code=1)])
+    assert not plan.delete and plan.status.phase == "Failed"
+
+
+def test_a_restarted_gang_gets_what_is_left_of_the_deadline():
+    spec = {**GANG, "activeDeadlineSeconds": 3600}
+    body = training(gang_status(), spec=spec)
+    started = next(c for c in body["status"]["conditions"] if c["type"] == "Training")
+    assert started["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    plan = run(body, failed_gang(body), [gang_pod(1, "Failed", None, code=137)])
+    again = training(written(plan), spec=spec)
+    (manifest,) = run(again, {}, now=NOW + timedelta(minutes=50)).create
+    assert manifest["spec"]["activeDeadlineSeconds"] == 600
+    plan = run(again, {}, now=NOW + timedelta(minutes=61))
+    assert not plan.create and conditions(plan)["Failed"] == ("True", "DeadlineExceeded")
+    assert plan.status.billing.units == 0

@@ -13,6 +13,11 @@ class ExitCode(IntEnum):
     DOWNLOAD_FAILURE = 4  # bills 0
 
 
+#: Exit codes a retry cannot fix (a malformed command line, invalid input, a failed
+#: download): a Job whose pod ends with one fails at once.
+FINAL_EXIT_CODES = (ExitCode.USAGE, ExitCode.INVALID_INPUT, ExitCode.DOWNLOAD_FAILURE)
+
+
 class Outcome(Exception):
     """A failure with a user-facing message and the outcome class it belongs to."""
 

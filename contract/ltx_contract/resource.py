@@ -192,6 +192,20 @@ class Retry(StatusModel):
     next_attempt_time: str | None = Field(None, description="When the next try is due.")
 
 
+class Restarts(StatusModel):
+    """Restarts of a training on many nodes: when one of its pods fails, the whole gang
+    (every pod, a fresh rendezvous) starts again from the last checkpoint."""
+
+    failures: int = Field(0, description="Restarts after a pod failed: counted against "
+                          "spec.backoffLimit.")
+    disruptions: int = Field(0, description="Restarts after a pod was preempted, evicted or "
+                             "drained: not counted.")
+    replacing: str | None = Field(None, description="The uid of the failed train Job being "
+                                  "replaced; unset once its successor exists.")
+    last_reason: str | None = Field(None, description="Why the last restart happened.")
+    last_restart_time: str | None = Field(None, description="When it happened.")
+
+
 class TrainingStatus(StatusModel):
     """Status of an LtxExtendTraining, written only by the operator."""
 
@@ -208,6 +222,8 @@ class TrainingStatus(StatusModel):
     effective: Effective | None = Field(None, description="Normalised values in effect.")
     jobs: Jobs | None = Field(None, description="Child Job names.")
     retry: Retry | None = Field(None, description="A refused Job creation being retried.")
+    restarts: Restarts | None = Field(None, description="Restarts of the gang of a training "
+                                      "on many nodes.")
     result_url: str | None = Field(
         None, description="Presigned HTTPS link to the run's result document, which lists a "
         "download link for every artifact."

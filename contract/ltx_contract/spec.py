@@ -382,8 +382,8 @@ class TrainingSpec(SpecModel):
         ge=0,
         le=100,
         description=(
-            "Retries of a failed train pod before the training fails; preemption and node "
-            "loss do not count."
+            "Retries of a failed train pod (on many nodes: restarts of the whole gang) before "
+            "the training fails; preemption, eviction and drains do not count."
         ),
     )
     model: ModelSource | None = Field(

@@ -26,7 +26,7 @@ from ltx_contract.resource import GROUP, KIND, PLURAL, VERSION
 from . import kube, metrics
 from .jobs import service_name
 from .observed import MANAGED_BY, STAGE_LABEL, JobView, PodView, training_key
-from .reconcile import Effects, Observed, Plan, Refusal, events, reconcile
+from .reconcile import Effects, Observed, Plan, Refusal, events, reconcile, restart_counts
 from .settings import OperatorSettings
 from .status import dump_status, is_finished, merge_patch, parse_status, seconds_since
 
@@ -266,6 +266,9 @@ def _act(plan: Plan, training: dict[str, Any], jobs: dict[str, JobView],
             metrics.JOBS_CREATED.labels(stage=stage).inc()
             _log(training, "%s Job %s created", stage, manifest["metadata"]["name"])
         created[stage] = JobView.of(job)
+    for name, uid in plan.delete.items():  # a failed gang: its pods go before its successor
+        if kube.delete_job(namespace, name, uid=uid, foreground=True):
+            _log(training, "Job %s deleted with its pods: the gang restarts", name)
     for name, suspend in plan.suspend.items():
         kube.patch_job(namespace, name, {"spec": {"suspend": suspend}})
         _log(training, "Job %s %s", name, "suspended" if suspend else "resumed")
@@ -292,6 +295,12 @@ def _announce(training: dict[str, Any], old: Any, plan: Plan) -> None:
         _log(training, "dataset ready; train Job %s created", new.jobs.train)
         if age is not None:
             metrics.TIME_TO_TRAIN_JOB.observe(age)
+    (failures, disruptions), (old_failures, old_disruptions) = (restart_counts(new),
+                                                                 restart_counts(old))
+    if (failures, disruptions) != (old_failures, old_disruptions):
+        counted = failures > old_failures
+        metrics.GANG_RESTARTS.labels(cause="failure" if counted else "disruption").inc()
+        _log(training, "gang restart: %s", new.restarts.last_reason, level=logging.WARNING)
     if new.billing and not old.billing and new.billing.units:
         metrics.BILLABLE_UNITS.inc(new.billing.units)
         metrics.STEPS_TRAINED.inc(new.billing.steps)

@@ -8,14 +8,17 @@ Security Standard and write only to their volumes: the root filesystem is read-o
 A training on more than one node (`nodes > 1`) trains as an Indexed Job with one pod per
 node, each pod's completion index its node rank, plus a headless Service named like the
 Job, through which every pod reaches rank 0's rendezvous at `<job>-0.<service>`. The
-ranks' launcher settings are torchrun's own `PET_*` variables.
+ranks' launcher settings are torchrun's own `PET_*` variables. Such a gang fails as one:
+any pod's failure fails its Job at once (no retry of one pod: a replacement cannot re-join
+the survivors' rendezvous reliably), and the operator restarts the whole gang as a new
+Job (reconcile: `_restart_gang`), counted against the spec's backoffLimit.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ltx_contract.outcomes import ExitCode
+from ltx_contract.outcomes import FINAL_EXIT_CODES
 from ltx_contract.spec import TrainingSpec
 
 from .observed import (
@@ -70,7 +73,9 @@ def model_in_use(spec: TrainingSpec, settings: OperatorSettings) -> str | None:
 
 
 def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
-              settings: OperatorSettings) -> dict[str, Any]:
+              settings: OperatorSettings, deadline_left: int | None = None) -> dict[str, Any]:
+    """`deadline_left`: what is left of the spec's activeDeadlineSeconds (a gang
+    restart's Job); unset, all of it."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
     labels = {**MANAGED_BY, "app.kubernetes.io/name": "ltx-extend",
@@ -149,7 +154,8 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
             pod["tolerations"] = tolerations
         if spec.priority_class_name:
             pod["priorityClassName"] = spec.priority_class_name
-        backoff, deadline = spec.backoff_limit, spec.active_deadline_seconds
+        backoff = 0 if spec.nodes > 1 else spec.backoff_limit  # a gang retries as a whole
+        deadline = spec.active_deadline_seconds if deadline_left is None else deadline_left
         env += _launcher_env(spec, settings, name, uid)
         if spec.nodes > 1:  # pods reach each other as <job>-<index>.<service>
             pod["subdomain"] = service_name(name)
@@ -167,23 +173,21 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
         # A malformed command line (2), invalid input (3; a diverged run too) and download
         # failures (4) will not get better on retry; a node that goes away (preemption,
         # drain) is not the pod's fault: retry without counting, and the new pod resumes
-        # from the last checkpoint.
+        # from the last checkpoint. A gang's preempted pod fails its Job too: the operator
+        # restarts the gang without counting it.
         "podFailurePolicy": {"rules": [
             {"action": "FailJob", "onExitCodes": {
                 "containerName": CONTAINER, "operator": "In",
-                "values": [int(ExitCode.USAGE), int(ExitCode.INVALID_INPUT),
-                           int(ExitCode.DOWNLOAD_FAILURE)]}},
-            {"action": "Ignore",
+                "values": [int(code) for code in FINAL_EXIT_CODES]}},
+            {"action": "FailJob" if stage == "train" and spec.nodes > 1 else "Ignore",
              "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]},
     }
     if deadline:
         job_spec["activeDeadlineSeconds"] = deadline
     if stage == "train" and spec.nodes > 1:
-        # One pod per node, its completion index the node rank. A failed pod is replaced
-        # at the same index (counted against backoffLimit, preemption not) and re-joins
-        # the rendezvous (docs/operator.md: what a lost pod costs); Kueue admits the
-        # Job's `nodes` pods as one gang.
+        # One pod per node, its completion index the node rank; Kueue admits the Job's
+        # `nodes` pods as one gang.
         job_spec.update(completionMode="Indexed", completions=spec.nodes,
                         parallelism=spec.nodes)
     return {"apiVersion": "batch/v1", "kind": "Job",
@@ -206,9 +210,12 @@ def _launcher_env(spec: TrainingSpec, settings: OperatorSettings, name: str,
                 "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}})
         else:
             env.append({"name": "PET_NODE_RANK", "value": "0"})
+        # on one node the launcher restarts failed ranks itself; a gang restarts as a
+        # whole (a failed rank fails its pod, and so its Job)
+        restarts = settings.rank_restarts if nodes == 1 else 0
         env += [{"name": "PET_RDZV_BACKEND", "value": "c10d"},
                 {"name": "PET_RDZV_ID", "value": uid},
-                {"name": "PET_MAX_RESTARTS", "value": str(settings.rank_restarts)}]
+                {"name": "PET_MAX_RESTARTS", "value": str(restarts)}]
         if nodes > 1:
             endpoint = f"{job_name(name, 'train')}-0.{service_name(name)}"
             env.append({"name": "PET_RDZV_ENDPOINT",

@@ -174,13 +174,18 @@ def delete_training(namespace: str, name: str) -> None:
             raise
 
 
-def delete_job(namespace: str, name: str) -> bool:
-    """Delete a Job and its pods now; False when it is gone already."""
+def delete_job(namespace: str, name: str, uid: str | None = None,
+               foreground: bool = False) -> bool:
+    """Delete a Job and its pods now; False when it is gone already. `uid`: only that
+    Job, not a successor of the same name. `foreground`: the Job stays (being deleted)
+    until its pods are gone."""
     try:
         client.BatchV1Api(api()).delete_namespaced_job(
-            name, namespace, body=client.V1DeleteOptions(propagation_policy="Background"))
+            name, namespace, body=client.V1DeleteOptions(
+                propagation_policy="Foreground" if foreground else "Background",
+                preconditions=client.V1Preconditions(uid=uid) if uid else None))
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status == 404 or (uid and exc.status == 409):  # 409: another Job's now
             return False
         raise
     return True

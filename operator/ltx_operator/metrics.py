@@ -13,6 +13,8 @@ JOBS_CREATED = Counter("ltx_operator_jobs_created", "Jobs created", ["stage"])
 OUTCOMES = Counter("ltx_operator_outcomes", "Trainings finished, by reason", ["reason"])
 BILLABLE_UNITS = Counter("ltx_operator_billable_units", "Billable units recorded")
 STEPS_TRAINED = Counter("ltx_operator_steps_trained", "Optimization steps of succeeded runs")
+GANG_RESTARTS = Counter("ltx_operator_gang_restarts", "Restarts of trainings on many nodes "
+                        "as a whole, by cause (failure: counted; disruption: not)", ["cause"])
 RECONCILE_ERRORS = Counter("ltx_operator_reconcile_errors", "Handler runs that raised",
                            ["handler"])
 _BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)

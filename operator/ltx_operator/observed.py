@@ -16,6 +16,8 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 #: The annotation (and label) holding an Indexed Job's pod's index: its node rank.
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+#: The label holding the uid of the Job that made a pod.
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 #: Container waiting reasons that mean the image cannot be pulled.
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 
@@ -31,6 +33,14 @@ class JobView:
     #: ("Complete" | "Failed", reason, message) once the Job has finished
     finished: tuple[str, str, str] | None
     failed_pods: int = 0
+    #: being deleted (a gang restart's failed Job, while its pods terminate)
+    deleting: bool = False
+
+    def owns(self, pod: PodView) -> bool:
+        """The pod is this Job's, not an earlier Job's of the same name (a gang
+        restart's predecessor) whose pods are still going."""
+        return pod.job == self.name and (not pod.job_uid or not self.uid
+                                         or pod.job_uid == self.uid)
 
     @classmethod
     def of(cls, job: dict[str, Any]) -> JobView:
@@ -45,7 +55,8 @@ class JobView:
         return cls(name=meta["name"], stage=labels.get(STAGE_LABEL, ""),
                    uid=meta.get("uid") or "", suspended=bool(spec.get("suspend")),
                    queue=labels.get(KUEUE_QUEUE_LABEL), finished=finished,
-                   failed_pods=int(status.get("failed") or 0))
+                   failed_pods=int(status.get("failed") or 0),
+                   deleting=bool(meta.get("deletionTimestamp")))
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,8 @@ class PodView:
     disrupted: tuple[str, str] | None = None
     #: the completion index of an Indexed Job's pod (its node rank); None otherwise
     index: int | None = None
+    #: the uid of the Job that made the pod
+    job_uid: str = ""
 
     @property
     def leader(self) -> bool:
@@ -100,7 +113,10 @@ class PodView:
         job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", "")
         index = (meta.get("annotations") or {}).get(COMPLETION_INDEX, labels.get(
             COMPLETION_INDEX))
-        return cls(name=meta["name"], job=job,
+        owner = next((ref.get("uid") or "" for ref in meta.get("ownerReferences") or []
+                      if ref.get("kind") == "Job" and ref.get("controller")),
+                     labels.get(CONTROLLER_UID, ""))
+        return cls(name=meta["name"], job=job, job_uid=owner,
                    stage=labels.get(STAGE_LABEL, ""), created=meta.get("creationTimestamp") or "",
                    phase=status.get("phase") or "Pending", ip=status.get("podIP"),
                    unschedulable=unschedulable, waiting=waiting, terminated=terminated,

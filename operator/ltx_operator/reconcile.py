@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ltx_contract.billing import billable_units, cost
+from ltx_contract.outcomes import FINAL_EXIT_CODES
 from ltx_contract.progress import ProgressReport
 from ltx_contract.resource import (
     Artifacts,
@@ -23,6 +24,7 @@ from ltx_contract.resource import (
     Effective,
     Jobs,
     Progress,
+    Restarts,
     Retry,
     TrainingStatus,
     human_duration,
@@ -48,6 +50,8 @@ from .status import (
 
 NO_MODEL = ("no base model to train: set spec.model (a claim or a store URL) or the "
             "operator's default, the chart's model.claimName or model.url")
+#: The Jobs' failure reasons a restart of the gang cannot help.
+FINAL_JOB_REASONS = ("DeadlineExceeded",)
 #: Waiting reasons that are worth an Event (the rest show in the status only).
 NOTABLE_WAITS = {"Queued": "Normal", "Unschedulable": "Warning", "Preempted": "Warning",
                  **{reason: "Warning" for reason in IMAGE_PULL_REASONS}}
@@ -121,6 +125,8 @@ class Plan:
     suspend: dict[str, bool] = field(default_factory=dict)
     #: Job name → Workload spec.active, for Jobs Kueue manages
     activate: dict[str, bool] = field(default_factory=dict)
+    #: Job name → uid: failed gangs' Jobs to delete with their pods (foreground)
+    delete: dict[str, str] = field(default_factory=dict)
     #: Jobs that finished before their pod's end was observed: list their pods
     missing_results: list[str] = field(default_factory=list)
     #: the pod address whose /progress to read
@@ -130,7 +136,7 @@ class Plan:
 
     @property
     def actions(self) -> bool:
-        return bool(self.create or self.suspend or self.activate)
+        return bool(self.create or self.suspend or self.activate or self.delete)
 
 
 def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
@@ -174,12 +180,16 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
                       (result and result.message) or "dataset prepared", generation, now)
         _add_artifacts(status, result)
         stage, job = "train", observed.jobs.get("train")
+    restarts = status.restarts
+    if restarts and restarts.replacing and job is not None and job.uid != restarts.replacing:
+        status.restarts = restarts.model_copy(update={"replacing": None})  # its successor
     if stage == "train" and job is not None and job.finished:
         result = _result(observed, job, plan)
         if job.name in plan.missing_results:
             return plan
         if job.finished[0] == "Failed":
-            _fail_job(observed, status, job, result, generation)
+            if not _restart_gang(observed, spec, status, plan, job):
+                _fail_job(observed, status, job, result, generation)
         else:
             _succeed(status, spec, result, generation, now, settings)
         return plan
@@ -222,7 +232,7 @@ def _ended(observed: Observed, job: JobView) -> PodView | None:
     (an earlier, preempted pod may be the only end the index has seen yet; the other
     nodes' pods report no result); for a failed Job of many pods, one that left a result
     (the rank that knew why) before the ones stopped with it."""
-    ended = [p for p in observed.pods if p.job == job.name and p.terminated is not None]
+    ended = [p for p in observed.pods if job.owns(p) and p.terminated is not None]
     if job.finished is not None and job.finished[0] == "Complete":
         ended = [p for p in ended if p.terminated[0] == 0 and p.leader]
         return max(ended, key=lambda p: p.created) if ended else None
@@ -253,7 +263,52 @@ def _fail_job(observed: Observed, status: TrainingStatus, job: JobView, result: 
     reason = (result and result.reason) or (
         "OOMKilled" if pod is not None and pod.terminated[1] == "OOMKilled" else job_reason)
     message = (result and result.message) or f"the {job.stage} Job failed: {job_reason}"
+    if status.restarts and status.restarts.failures:
+        message += f" (after {status.restarts.failures} restart(s) of the gang)"
     _fail(status, reason, message, generation, observed.now)
+
+
+def _restart_gang(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
+                  job: JobView) -> bool:
+    """A training on many nodes whose Job failed starts again as a whole: the Job goes
+    with its pods (foreground), then a new one starts every pod at once, meeting at a
+    fresh rendezvous and resuming from the last checkpoint (the JobSet way). A preempted
+    pod's restart is not counted; any other counts against the spec's backoffLimit.
+    False when the failure is the training's: a final exit code, the deadline, or no
+    restarts left."""
+    if spec.nodes == 1:
+        return False
+    now, generation = observed.now, observed.training["metadata"].get("generation")
+    restarts = status.restarts or Restarts()
+    if restarts.replacing == job.uid:  # decided: the Job and its pods are going
+        if not job.deleting:
+            plan.delete[job.name] = job.uid
+        status.phase = "Pending"
+        return True
+    mine = [p for p in observed.pods if job.owns(p)]
+    if job.finished[1] in FINAL_JOB_REASONS or any(
+            p.terminated is not None and p.terminated[0] in FINAL_EXIT_CODES for p in mine):
+        return False
+    disrupted = next((p for p in mine if p.disrupted is not None), None)
+    failed = _ended(observed, job)
+    if disrupted is None and restarts.failures >= spec.backoff_limit:
+        return False
+    again = f"the {spec.nodes} pods start again from the last checkpoint"
+    if disrupted is not None:
+        why, detail = disrupted.disrupted
+        message = f"pod {disrupted.name} was stopped ({why}: {detail}); {again} (not counted)"
+    else:
+        cause = (f"pod {failed.name} failed (exit code {failed.terminated[0]})"
+                 if failed is not None else f"Job {job.name} failed ({job.finished[1]})")
+        message = f"{cause}; {again} (restart {restarts.failures + 1} of {spec.backoff_limit})"
+    status.restarts = Restarts(failures=restarts.failures + (disrupted is None),
+                               disruptions=restarts.disruptions + (disrupted is not None),
+                               replacing=job.uid, last_reason=message,
+                               last_restart_time=stamp(now))
+    set_condition(status, "Running", False, "Restarting", message, generation, now)
+    status.phase = "Pending"
+    plan.delete[job.name] = job.uid
+    return True
 
 
 def _succeed(status: TrainingStatus, spec: TrainingSpec, result: JobResult | None,
@@ -355,9 +410,29 @@ def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan
             and parse_time(retry.next_attempt_time) > now:
         plan.requeue_after = (parse_time(retry.next_attempt_time) - now).total_seconds()
         return
+    deadline_left = None
+    if stage == "train" and status.restarts and status.restarts.replacing:
+        deadline_left = _deadline_left(status, spec, now)
+        if deadline_left is not None and deadline_left <= 0:
+            _fail(status, "DeadlineExceeded", f"the training ran past its "
+                  f"activeDeadlineSeconds ({spec.active_deadline_seconds} s) over "
+                  f"{status.restarts.failures + status.restarts.disruptions} restart(s) of "
+                  "the gang", generation, now)
+            return
     if stage == "train" and spec.nodes > 1:
         plan.services.append(build_service(observed.training, settings))
-    plan.create.append(build_job(stage, observed.training, spec, settings))
+    plan.create.append(build_job(stage, observed.training, spec, settings, deadline_left))
+
+
+def _deadline_left(status: TrainingStatus, spec: TrainingSpec, now: datetime) -> int | None:
+    """Seconds left of activeDeadlineSeconds since the training started (a gang restart's
+    Job gets what its predecessors left, not a deadline of its own)."""
+    started = condition(status, "Training")
+    if spec.active_deadline_seconds is None or started is None \
+            or not started.last_transition_time:
+        return None
+    spent = (now - parse_time(started.last_transition_time)).total_seconds()
+    return int(spec.active_deadline_seconds - spent)
 
 
 def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: str, job: JobView,
@@ -393,7 +468,7 @@ def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
                                  f"(queue {job.queue})")
     by_index: dict[int | None, list[PodView]] = {}
     for pod in pods:
-        if pod.job == job.name:
+        if job.owns(pod):
             by_index.setdefault(pod.index, []).append(pod)
     if len(by_index) > 1:  # a gang works when each of its pods does: the first that waits
         states = [_pod_state(job, newest) for _, newest in sorted(
@@ -428,7 +503,7 @@ def _pod_state(job: JobView, pod: PodView | None) -> tuple[bool, str, str]:
 
 
 def _newest(job: JobView, pods: Sequence[PodView]) -> PodView | None:
-    mine = [p for p in pods if p.job == job.name]
+    mine = [p for p in pods if job.owns(p)]
     return max(mine, key=lambda p: p.created) if mine else None
 
 
@@ -444,6 +519,12 @@ def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> 
         if status.progress else None
     if old != new:  # written only when something changed
         status.progress = new.model_copy(update={"last_update_time": stamp(now)})
+
+
+def restart_counts(status: TrainingStatus) -> tuple[int, int]:
+    """(failures, disruptions): the gang's restarts so far."""
+    restarts = status.restarts or Restarts()
+    return restarts.failures, restarts.disruptions
 
 
 def events(old: TrainingStatus, new: TrainingStatus) -> list[Event]:
@@ -470,6 +551,8 @@ def events(old: TrainingStatus, new: TrainingStatus) -> list[Event]:
         elif type_ == "Running" and after.reason in NOTABLE_WAITS and (
                 before is None or before.reason != after.reason):
             out.append(Event(NOTABLE_WAITS[after.reason], after.reason, after.message))
+    if restart_counts(new) != restart_counts(old):
+        out.append(Event("Warning", "GangRestarted", new.restarts.last_reason or ""))
     if new.billing and not old.billing and new.billing.units:
         out.append(Event("Normal", "Billed", f"{new.billing.units} billable units"))
     if new.phase != old.phase and new.phase == "Succeeded":
