@@ -336,25 +336,33 @@ def test_a_gang_fails_with_the_reason_of_the_pod_that_knew_it():
                "message": "clip 3 has no audio track"}
     plan = run(training(gang_status(), spec=GANG), jobs, [
         gang_pod(1, "Failed", invalid, code=3),
-        gang_pod(0, "Failed", None, code=143, created="2026-01-01T11:40:00Z")])
+        gang_pod(0, "Failed", None, code=143, created="2026-01-01T11:40:00Z")], listed=LISTED)
     assert conditions(plan)["Failed"] == ("True", "InvalidInput")
     failed = next(c for c in plan.status.conditions if c.type == "Failed")
     assert failed.message == "clip 3 has no audio track" and plan.status.billing.units == 0
 
 
-def failed_gang(status: dict, uid: str = "uid-train", reason: str = "BackoffLimitExceeded"
-                ) -> dict[str, JobView]:
+def failed_gang(status: dict, uid: str = "uid-train", reason: str = "BackoffLimitExceeded",
+                **extra) -> dict[str, JobView]:
     return {"train": JobView(name="door-train", stage="train", uid=uid, suspended=False,
-                             queue=None, finished=("Failed", reason, ""))}
+                             queue=None, finished=("Failed", reason, ""), **extra)}
+
+
+LISTED = frozenset({"door-train"})  # the failed Job's pods, listed from the API
 
 
 def test_a_gang_whose_pod_failed_restarts_as_a_whole_and_counts_it():
-    """A lost pod fails the gang's Job at once; the operator deletes it with its pods and,
-    once they are gone, makes a new Job: every pod again, resuming from the checkpoint."""
+    """A lost pod fails the gang's Job at once; the operator records the restart, deletes
+    the Job with its pods and, once they are gone, makes a new one: every pod again,
+    resuming from the checkpoint."""
     body = training(gang_status(), spec=GANG)
     lost = gang_pod(1, "Failed", None, code=137)
+    # decided on the pods as the API has them, not on a watch that may lag
     plan = run(body, failed_gang(body), [gang_pod(0, "Running"), lost])
-    assert plan.delete == {"door-train": "uid-train"} and not plan.create
+    assert plan.missing_results == ["door-train"] and plan.status.restarts is None
+    plan = run(body, failed_gang(body), [gang_pod(0, "Running"), lost], listed=LISTED)
+    assert not plan.delete and not plan.create  # written first: deleted on the next pass
+    assert plan.requeue_after == 0.1
     assert plan.status.phase == "Pending" and plan.status.billing is None
     assert not any(c.type == "Failed" for c in plan.status.conditions)
     restarts = plan.status.restarts
@@ -365,12 +373,15 @@ def test_a_gang_whose_pod_failed_restarts_as_a_whole_and_counts_it():
     assert [(e.type, e.reason) for e in events(parse(body), plan.status)] == [
         ("Warning", "GangRestarted")]
 
-    # seen again while it goes (the API's foreground deletion): counted once, not deleted twice
+    # the next pass deletes it; while it goes (foreground): counted once, not deleted twice
     again = training(written(plan), spec=GANG)
-    going = {"train": JobView(**{**vars(failed_gang(again)["train"]), "deleting": True})}
-    plan = run(again, going, [lost])
-    assert plan.status.restarts.failures == 1 and not plan.delete and not plan.create
+    plan = run(again, failed_gang(again), [lost])
+    assert plan.delete == {"door-train": "uid-train"} and plan.status.restarts.failures == 1
     assert not events(parse(again), plan.status)
+    plan = run(again, failed_gang(again, deleting=True), [lost, gang_pod(0, "Running")])
+    assert plan.status.restarts.failures == 1 and not plan.delete and not plan.create
+    message = next(c.message for c in plan.status.conditions if c.type == "Running")
+    assert message.endswith("; waiting for pod(s) door-train-0-x00 to stop"), message
 
     # gone: the new Job (and its Service, which is there already) is asked for
     plan = run(again, {}, [lost])
@@ -400,12 +411,33 @@ def parse(body: dict):
     return parse_status(body.get("status"))
 
 
+def test_a_gang_restarts_as_soon_as_its_job_is_failing():
+    """Kubernetes 1.31+ writes `Failed` once every pod has stopped; a pod on a node that is
+    gone may take long: the gang's restart starts at `FailureTarget`."""
+    body = training(gang_status(), spec=GANG)
+    failing = {"train": JobView(name="door-train", stage="train", uid="uid-train",
+                                suspended=False, queue=None, finished=None,
+                                failing=("BackoffLimitExceeded", ""))}
+    plan = run(body, failing, [gang_pod(0, "Running"), gang_pod(1, "Failed", code=137)],
+               listed=LISTED)
+    assert plan.status.restarts.replacing == "uid-train"
+    assert conditions(plan)["Running"] == ("False", "Restarting")
+    # a final exit: the training fails with its message once the Job has failed
+    invalid = {"outcome": "Failed", "reason": "InvalidInput", "exitCode": 3,
+               "message": "clip 3 has no audio track"}
+    plan = run(body, failing, [gang_pod(0, "Running"), gang_pod(1, "Failed", invalid, code=3)],
+               listed=LISTED)
+    assert plan.status.restarts is None and plan.status.phase != "Failed"
+    plan = run(body, failed_gang(body, reason="PodFailurePolicy"),
+               [gang_pod(1, "Failed", invalid, code=3)], listed=LISTED)
+    assert conditions(plan)["Failed"] == ("True", "InvalidInput")
+
+
 def test_a_preempted_gang_restarts_without_counting_and_a_final_exit_fails_at_once():
     body = training(gang_status(), spec={**GANG, "backoffLimit": 0})
     preempted = gang_pod(0, "Failed", None, code=137,
                          disrupted=("PreemptionByScheduler", "a higher-priority pod"))
-    plan = run(body, failed_gang(body, reason="PodFailurePolicy"), [preempted])
-    assert plan.delete == {"door-train": "uid-train"}
+    plan = run(body, failed_gang(body, reason="PodFailurePolicy"), [preempted], listed=LISTED)
     restarts = plan.status.restarts
     assert (restarts.failures, restarts.disruptions) == (0, 1)  # backoffLimit 0 still holds
     assert "(PreemptionByScheduler: a higher-priority pod)" in restarts.last_reason
@@ -414,19 +446,19 @@ def test_a_preempted_gang_restarts_without_counting_and_a_final_exit_fails_at_on
     invalid = {"outcome": "Failed", "reason": "Diverged", "exitCode": 3,
                "message": "the loss became NaN at step 12"}
     plan = run(body, failed_gang(body, reason="PodFailurePolicy"),
-               [gang_pod(1, "Failed", invalid, code=3)])
+               [gang_pod(1, "Failed", invalid, code=3)], listed=LISTED)
     assert not plan.delete and conditions(plan)["Failed"] == ("True", "Diverged")
     assert plan.status.billing.units == 0 and plan.status.restarts is None
 
     plan = run(body, failed_gang(body, reason="DeadlineExceeded"), [gang_pod(0, "Running")],
-               listed=frozenset({"door-train"}))
+               listed=LISTED)
     assert not plan.delete and conditions(plan)["Failed"] == ("True", "DeadlineExceeded")
 
 
 def test_a_gang_out_of_restarts_fails_and_says_how_many_it_had():
     status = {**gang_status(), "restarts": {"failures": 3, "disruptions": 1}}
     body = training(status, spec=GANG)
-    plan = run(body, failed_gang(body), [gang_pod(1, "Failed", None, code=1)])
+    plan = run(body, failed_gang(body), [gang_pod(1, "Failed", None, code=1)], listed=LISTED)
     assert not plan.delete and plan.status.phase == "Failed"
     failed = next(c for c in plan.status.conditions if c.type == "Failed")
     assert failed.reason == "BackoffLimitExceeded"
@@ -434,19 +466,24 @@ def test_a_gang_out_of_restarts_fails_and_says_how_many_it_had():
     assert plan.status.billing.units == 0
     # one node: its Job retried the pod itself; its failure is final
     single = training(gang_status(), spec={**SPEC, "gpus": 2})
-    plan = run(single, failed_gang(single), [pod("train", "Failed", code=1)])
+    plan = run(single, failed_gang(single), [pod("train", "Failed", code=1)], listed=LISTED)
     assert not plan.delete and plan.status.phase == "Failed"
 
 
-def test_a_restarted_gang_gets_what_is_left_of_the_deadline():
+def test_a_restarted_gang_gets_what_its_jobs_left_of_the_deadline():
+    """The deadline counts the seconds the Jobs ran (as the Job controller does: from
+    admission or resume), not the time they waited in a queue."""
     spec = {**GANG, "activeDeadlineSeconds": 3600}
     body = training(gang_status(), spec=spec)
-    started = next(c for c in body["status"]["conditions"] if c["type"] == "Training")
-    assert started["lastTransitionTime"] == "2026-01-01T12:00:00Z"
-    plan = run(body, failed_gang(body), [gang_pod(1, "Failed", None, code=137)])
+    ran = failed_gang(body, start_time="2026-01-01T12:10:00Z",
+                      failed_at="2026-01-01T12:50:00Z")  # queued 10 min, ran 40
+    plan = run(body, ran, [gang_pod(1, "Failed", None, code=137)], listed=LISTED)
+    assert plan.status.restarts.active_seconds == 2400
     again = training(written(plan), spec=spec)
-    (manifest,) = run(again, {}, now=NOW + timedelta(minutes=50)).create
-    assert manifest["spec"]["activeDeadlineSeconds"] == 600
-    plan = run(again, {}, now=NOW + timedelta(minutes=61))
+    (manifest,) = run(again, {}, now=NOW + timedelta(hours=5)).create
+    assert manifest["spec"]["activeDeadlineSeconds"] == 1200
+    spent = training({**written(plan), "restarts": {**written(plan)["restarts"],
+                                                   "activeSeconds": 3600}}, spec=spec)
+    plan = run(spent, {})
     assert not plan.create and conditions(plan)["Failed"] == ("True", "DeadlineExceeded")
-    assert plan.status.billing.units == 0
+    assert plan.status.billing.units == 0 and plan.status.restarts.replacing is None

@@ -202,6 +202,8 @@ class Restarts(StatusModel):
                              "drained: not counted.")
     replacing: str | None = Field(None, description="The uid of the failed train Job being "
                                   "replaced; unset once its successor exists.")
+    active_seconds: int = Field(0, description="Seconds the failed Jobs ran (admitted, not "
+                                "suspended): spent of spec.activeDeadlineSeconds.")
     last_reason: str | None = Field(None, description="Why the last restart happened.")
     last_restart_time: str | None = Field(None, description="When it happened.")
 

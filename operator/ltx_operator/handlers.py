@@ -133,7 +133,9 @@ async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
         while not stopped:
             wakeup.clear()
             # the indexes are read here, on the operator's loop, and handed over
-            jobs = {j.stage: j for j in (training_jobs[key] if key in training_jobs else ())}
+            # a Job being deleted gives way to a live one of its stage (a stale index entry)
+            jobs = {j.stage: j for j in sorted(
+                training_jobs[key] if key in training_jobs else (), key=lambda j: not j.deleting)}
             pods = list(training_pods[key] if key in training_pods else ())
             try:
                 again = await asyncio.to_thread(run_reconcile, copy.deepcopy(dict(body)),

@@ -35,6 +35,13 @@ class JobView:
     failed_pods: int = 0
     #: being deleted (a gang restart's failed Job, while its pods terminate)
     deleting: bool = False
+    #: (reason, message) of a FailureTarget condition: failing, its pods still stopping
+    #: (Kubernetes 1.31+ writes Failed only once none is left)
+    failing: tuple[str, str] | None = None
+    #: when the Job last started running (status.startTime: reset on resume)
+    start_time: str | None = None
+    #: when it failed or began to (its FailureTarget's or Failed's transition time)
+    failed_at: str | None = None
 
     def owns(self, pod: PodView) -> bool:
         """The pod is this Job's, not an earlier Job's of the same name (a gang
@@ -46,17 +53,24 @@ class JobView:
     def of(cls, job: dict[str, Any]) -> JobView:
         meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
         labels = meta.get("labels") or {}
-        finished = None
+        finished = failing = failed_at = None
         for condition in status.get("conditions") or []:
-            if condition.get("status") == "True" and condition.get("type") in ("Complete",
-                                                                                "Failed"):
+            if condition.get("status") != "True":
+                continue
+            if condition.get("type") in ("Complete", "Failed"):
                 finished = (condition["type"], condition.get("reason") or condition["type"],
                             condition.get("message") or "")
+            if condition.get("type") == "FailureTarget":
+                failing = (condition.get("reason") or "FailureTarget",
+                           condition.get("message") or "")
+            if condition.get("type") in ("FailureTarget", "Failed"):
+                failed_at = failed_at or condition.get("lastTransitionTime")
         return cls(name=meta["name"], stage=labels.get(STAGE_LABEL, ""),
                    uid=meta.get("uid") or "", suspended=bool(spec.get("suspend")),
                    queue=labels.get(KUEUE_QUEUE_LABEL), finished=finished,
                    failed_pods=int(status.get("failed") or 0),
-                   deleting=bool(meta.get("deletionTimestamp")))
+                   deleting=bool(meta.get("deletionTimestamp")), failing=failing,
+                   start_time=status.get("startTime"), failed_at=failed_at)
 
 
 @dataclass(frozen=True)

@@ -183,13 +183,16 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
     restarts = status.restarts
     if restarts and restarts.replacing and job is not None and job.uid != restarts.replacing:
         status.restarts = restarts.model_copy(update={"replacing": None})  # its successor
+    if stage == "train" and job is not None and spec.nodes > 1 and (
+            job.failing or (job.finished and job.finished[0] == "Failed")) \
+            and _restart_gang(observed, spec, status, plan, job):
+        return plan
     if stage == "train" and job is not None and job.finished:
         result = _result(observed, job, plan)
         if job.name in plan.missing_results:
             return plan
         if job.finished[0] == "Failed":
-            if not _restart_gang(observed, spec, status, plan, job):
-                _fail_job(observed, status, job, result, generation)
+            _fail_job(observed, status, job, result, generation)
         else:
             _succeed(status, spec, result, generation, now, settings)
         return plan
@@ -270,45 +273,62 @@ def _fail_job(observed: Observed, status: TrainingStatus, job: JobView, result: 
 
 def _restart_gang(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
                   job: JobView) -> bool:
-    """A training on many nodes whose Job failed starts again as a whole: the Job goes
-    with its pods (foreground), then a new one starts every pod at once, meeting at a
-    fresh rendezvous and resuming from the last checkpoint (the JobSet way). A preempted
-    pod's restart is not counted; any other counts against the spec's backoffLimit.
-    False when the failure is the training's: a final exit code, the deadline, or no
-    restarts left."""
-    if spec.nodes == 1:
-        return False
+    """A training on many nodes whose Job failed (or is failing) starts again as a whole:
+    the Job goes with its pods (foreground), then a new one starts every pod at once,
+    meeting at a fresh rendezvous and resuming from the last checkpoint (the JobSet way).
+    A preempted pod's restart is not counted; any other counts against the spec's
+    backoffLimit. The decision is written first and the Job deleted on the next pass, so
+    no restart goes uncounted. False when the failure is the training's: a final exit
+    code, the deadline, or no restarts left."""
     now, generation = observed.now, observed.training["metadata"].get("generation")
     restarts = status.restarts or Restarts()
-    if restarts.replacing == job.uid:  # decided: the Job and its pods are going
+    mine = [p for p in observed.pods if job.owns(p)]
+    if restarts.replacing == job.uid:  # decided: the Job goes with its pods
         if not job.deleting:
             plan.delete[job.name] = job.uid
+        stopping = sorted({p.name for p in mine if p.terminated is None})
+        message = restarts.last_reason or "the gang starts again"
+        if stopping:  # a pod on a node that is gone stops only when the node is deleted
+            message += f"; waiting for pod(s) {', '.join(stopping)} to stop"
+        set_condition(status, "Running", False, "Restarting", message, generation, now)
         status.phase = "Pending"
         return True
-    mine = [p for p in observed.pods if job.owns(p)]
-    if job.finished[1] in FINAL_JOB_REASONS or any(
+    if job.name not in observed.listed:  # decided on the pods as the API has them now
+        plan.missing_results.append(job.name)
+        return True
+    reason = job.finished[1] if job.finished else job.failing[0]
+    if reason in FINAL_JOB_REASONS or any(
             p.terminated is not None and p.terminated[0] in FINAL_EXIT_CODES for p in mine):
         return False
     disrupted = next((p for p in mine if p.disrupted is not None), None)
-    failed = _ended(observed, job)
     if disrupted is None and restarts.failures >= spec.backoff_limit:
         return False
+    failed = _ended(observed, job)
     again = f"the {spec.nodes} pods start again from the last checkpoint"
     if disrupted is not None:
         why, detail = disrupted.disrupted
         message = f"pod {disrupted.name} was stopped ({why}: {detail}); {again} (not counted)"
     else:
         cause = (f"pod {failed.name} failed (exit code {failed.terminated[0]})"
-                 if failed is not None else f"Job {job.name} failed ({job.finished[1]})")
+                 if failed is not None else f"Job {job.name} failed ({reason})")
         message = f"{cause}; {again} (restart {restarts.failures + 1} of {spec.backoff_limit})"
     status.restarts = Restarts(failures=restarts.failures + (disrupted is None),
                                disruptions=restarts.disruptions + (disrupted is not None),
+                               active_seconds=restarts.active_seconds + _ran(job, now),
                                replacing=job.uid, last_reason=message,
                                last_restart_time=stamp(now))
     set_condition(status, "Running", False, "Restarting", message, generation, now)
     status.phase = "Pending"
-    plan.delete[job.name] = job.uid
+    plan.requeue_after = 0.1  # the deletion follows once this is written
     return True
+
+
+def _ran(job: JobView, now: datetime) -> int:
+    """Seconds the Job was active: from its (last) start to its failure."""
+    if not job.start_time:
+        return 0
+    end = parse_time(job.failed_at) if job.failed_at else now
+    return max(0, int((end - parse_time(job.start_time)).total_seconds()))
 
 
 def _succeed(status: TrainingStatus, spec: TrainingSpec, result: JobResult | None,
@@ -411,28 +431,21 @@ def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan
         plan.requeue_after = (parse_time(retry.next_attempt_time) - now).total_seconds()
         return
     deadline_left = None
-    if stage == "train" and status.restarts and status.restarts.replacing:
-        deadline_left = _deadline_left(status, spec, now)
-        if deadline_left is not None and deadline_left <= 0:
+    restarts = status.restarts
+    if stage == "train" and restarts and restarts.replacing \
+            and spec.active_deadline_seconds is not None:
+        # a restarted gang's Job gets what its predecessors left of the deadline
+        deadline_left = spec.active_deadline_seconds - restarts.active_seconds
+        if deadline_left <= 0:
+            status.restarts = restarts.model_copy(update={"replacing": None})
             _fail(status, "DeadlineExceeded", f"the training ran past its "
                   f"activeDeadlineSeconds ({spec.active_deadline_seconds} s) over "
-                  f"{status.restarts.failures + status.restarts.disruptions} restart(s) of "
-                  "the gang", generation, now)
+                  f"{restarts.failures + restarts.disruptions} restart(s) of the gang",
+                  generation, now)
             return
     if stage == "train" and spec.nodes > 1:
         plan.services.append(build_service(observed.training, settings))
     plan.create.append(build_job(stage, observed.training, spec, settings, deadline_left))
-
-
-def _deadline_left(status: TrainingStatus, spec: TrainingSpec, now: datetime) -> int | None:
-    """Seconds left of activeDeadlineSeconds since the training started (a gang restart's
-    Job gets what its predecessors left, not a deadline of its own)."""
-    started = condition(status, "Training")
-    if spec.active_deadline_seconds is None or started is None \
-            or not started.last_transition_time:
-        return None
-    spent = (now - parse_time(started.last_transition_time)).total_seconds()
-    return int(spec.active_deadline_seconds - spent)
 
 
 def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: str, job: JobView,
@@ -471,14 +484,15 @@ def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
         if job.owns(pod):
             by_index.setdefault(pod.index, []).append(pod)
     if len(by_index) > 1:  # a gang works when each of its pods does: the first that waits
-        states = [_pod_state(job, newest) for _, newest in sorted(
+        states = [_pod_state(job, newest, gang=True) for _, newest in sorted(
             ((i or 0, max(group, key=lambda p: p.created)) for i, group in by_index.items()),
             key=lambda item: item[0])]
         return next((state for state in states if not state[0]), states[0])
     return _pod_state(job, _newest(job, pods))
 
 
-def _pod_state(job: JobView, pod: PodView | None) -> tuple[bool, str, str]:
+def _pod_state(job: JobView, pod: PodView | None, gang: bool = False
+               ) -> tuple[bool, str, str]:
     if pod is None:
         return False, "JobPending", f"Job {job.name} has no pod yet"
     if pod.running:
@@ -486,13 +500,14 @@ def _pod_state(job: JobView, pod: PodView | None) -> tuple[bool, str, str]:
     if pod.terminated is not None or pod.phase in ("Succeeded", "Failed"):
         if pod.phase == "Succeeded":
             return True, "Completed", f"pod {pod.name} succeeded"
+        then = ("the gang starts again from the last checkpoint" if gang else
+                "the Job starts another, which resumes from the last checkpoint")
         if pod.disrupted is not None:
             why, detail = pod.disrupted
-            return False, "Preempted", (f"pod {pod.name} was stopped ({why}: {detail}); the "
-                                        "Job starts another, which resumes from the last "
-                                        "checkpoint")
+            return False, "Preempted", f"pod {pod.name} was stopped ({why}: {detail}); {then}"
         code = pod.terminated[0] if pod.terminated else None
-        return False, "Restarting", f"pod {pod.name} failed (exit code {code}); the Job retries"
+        retry = "the gang starts again" if gang else "the Job retries"
+        return False, "Restarting", f"pod {pod.name} failed (exit code {code}); {retry}"
     if pod.unschedulable is not None:
         return False, "Unschedulable", pod.unschedulable[1] or pod.unschedulable[0]
     if pod.waiting is not None and pod.waiting[0] in IMAGE_PULL_REASONS:

@@ -396,8 +396,9 @@ def _launch_ranks(ctx: JobContext, model: Any) -> JobResult:
         returned = launch(ctx.ranks, job.outcome_file.parent / "logs", train_rank, job)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        raise RuntimeError(f"rank {rank} failed and the ranks were started again "
-                           f"{ctx.ranks.max_restarts} times: {failure.message}") from None
+        again = (f"the ranks were started again {ctx.ranks.max_restarts} times"
+                 if ctx.ranks.max_restarts else "its pod fails (a gang restarts as a whole)")
+        raise RuntimeError(f"rank {rank} failed and {again}: {failure.message}") from None
     results = [JobResult.model_validate(returned[r]) for r in sorted(returned)]
     return next((r for r in results if not r.succeeded), results[0])
 
