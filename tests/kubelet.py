@@ -261,11 +261,7 @@ class Kubelet:
     async def _collect(self, state: JobState) -> None:
         """A deleted Job's pods: stopped, then removed from the API."""
         for pod in state.pods:
-            if pod.process.returncode is None:
-                await _stop(pod, grace=2)
-            pod.reported = True
-            await self.cluster.request("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/"
-                                       f"{pod.name}")
+            await self._delete_pod(pod)
         self.removed += state.pods
 
     async def _reconcile(self, key: tuple[str, str], job: dict[str, Any]) -> None:

@@ -78,6 +78,7 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
     restart's Job); unset, all of it."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
+    gang = stage == "train" and spec.nodes > 1  # one pod per node, failing as one
     labels = {**MANAGED_BY, "app.kubernetes.io/name": "ltx-extend",
               "app.kubernetes.io/component": stage, TRAINING_LABEL: name, STAGE_LABEL: stage}
     carried = {k: v for k, v in (meta.get("labels") or {}).items() if k in CARRIED_LABELS}
@@ -154,10 +155,10 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
             pod["tolerations"] = tolerations
         if spec.priority_class_name:
             pod["priorityClassName"] = spec.priority_class_name
-        backoff = 0 if spec.nodes > 1 else spec.backoff_limit  # a gang retries as a whole
+        backoff = 0 if gang else spec.backoff_limit  # a gang retries as a whole
         deadline = spec.active_deadline_seconds if deadline_left is None else deadline_left
         env += _launcher_env(spec, settings, name, uid)
-        if spec.nodes > 1:  # pods reach each other as <job>-<index>.<service>
+        if gang:  # pods reach each other as <job>-<index>.<service>
             pod["subdomain"] = service_name(name)
             container["ports"].append({"name": RENDEZVOUS_PORT_NAME,
                                        "containerPort": settings.rendezvous_port})
@@ -179,13 +180,13 @@ def build_job(stage: str, body: dict[str, Any], spec: TrainingSpec,
             {"action": "FailJob", "onExitCodes": {
                 "containerName": CONTAINER, "operator": "In",
                 "values": [int(code) for code in FINAL_EXIT_CODES]}},
-            {"action": "FailJob" if stage == "train" and spec.nodes > 1 else "Ignore",
+            {"action": "FailJob" if gang else "Ignore",
              "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]},
     }
     if deadline:
         job_spec["activeDeadlineSeconds"] = deadline
-    if stage == "train" and spec.nodes > 1:
+    if gang:
         # One pod per node, its completion index the node rank; Kueue admits the Job's
         # `nodes` pods as one gang.
         job_spec.update(completionMode="Indexed", completions=spec.nodes,
