@@ -300,8 +300,10 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
     logbook = _open_logbook(ctx, work / "outputs") if world.is_main else None
 
     def upload_checkpoint(path: Path) -> None:
+        # the curves first: a pod lost once the checkpoint is complete keeps them too (a
+        # resume from an earlier checkpoint drops the rows after it)
+        _mirror_logbook(ctx, logbook)
         ctx.store.put_tree(path, f"{ctx.run}/checkpoints/{path.name}")
-        _mirror_logbook(ctx, logbook)  # the curves up to this checkpoint survive the pod
         if ctx.local_run:  # a crash from here on resumes from this step
             write_result(ctx, interrupted("train", int(path.name.removeprefix("step-"))))
 
