@@ -1,12 +1,13 @@
 # Everything a fresh machine needs: `make demo` runs the main job, `make test` the tests.
-# Both create the virtual environment in .venv and install the project on first use.
+# Both create the virtual environment in .venv and install the project on first use;
+# `make test` also builds the tests' Kubernetes control plane into .cluster/bin.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test e2e lint crd lock install clean device-wheels
+.PHONY: demo test e2e lint crd lock install cluster clean device-wheels
 
 $(STAMP): pyproject.toml requirements/trainer.lock tests/helm_binary.py
 	$(PYTHON) -m venv $(VENV)
@@ -21,18 +22,28 @@ $(STAMP): pyproject.toml requirements/trainer.lock tests/helm_binary.py
 
 install: $(STAMP)
 
+# The tests' control plane (kube-apiserver, kube-controller-manager, kubectl, etcd), built
+# from the sources pinned in tests/cluster/go.mod on first use and reused after.
+CLUSTER_BIN := .cluster/bin
+CLUSTER_STAMP := $(CLUSTER_BIN)/.built
+$(CLUSTER_STAMP): tests/cluster/go.mod tests/cluster/go.sum tests/cluster/build.sh
+	tests/cluster/build.sh $(CLUSTER_BIN)
+	touch $@
+
+cluster: $(CLUSTER_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/ltx-extend validate examples/*.yaml examples/*.json
 	$(BIN)/ltx-extend sample-data .demo
 	$(BIN)/ltx-extend train .demo/sample-training.yaml --output file://$(CURDIR)/.demo/output
 
-test: $(STAMP)
+test: $(STAMP) $(CLUSTER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ltx-extend crd --check crds/ltxextendtrainings.yaml
 	$(BIN)/python -m pytest
 
 # Only the end-to-end scenarios (operator + trainer Jobs + S3, on this machine); also in `make test`.
-e2e: $(STAMP)
+e2e: $(STAMP) $(CLUSTER_STAMP)
 	$(BIN)/python -m pytest -m e2e
 
 lint: $(STAMP)
@@ -64,4 +75,4 @@ device-wheels: $(STAMP)
 	@du -sh .whl
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .cluster .demo .pytest_cache .ruff_cache .hypothesis

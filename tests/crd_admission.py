@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import celpy
@@ -46,10 +47,28 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+#: what the API server requires of every object's name (a DNS subdomain), in its words
+SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+SUBDOMAIN_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+    "'-' or '.', and must start and end with an alphanumeric character (e.g. "
+    f"'example.com', regex used for validation is '{SUBDOMAIN}')")
+
+
+def _name_errors(obj: dict[str, Any]) -> list[str]:
+    name = (obj.get("metadata") or {}).get("name") or ""
+    if len(name) <= 253 and re.fullmatch(SUBDOMAIN, name):
+        return []
+    return [f'.metadata.name: "{name}": {SUBDOMAIN_MESSAGE}']
+
+
 class Admission:
     def __init__(self, crd: dict[str, Any]):
         self.schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        self._validator = jsonschema.Draft4Validator(_draft4(self.schema))
+        draft4 = _draft4(self.schema)
+        # the API server checks metadata itself: the schema only declares the name there
+        draft4["properties"]["metadata"].pop("additionalProperties", None)
+        self._validator = jsonschema.Draft4Validator(draft4)
         self._env = celpy.Environment()
         self._programs: dict[str, Any] = {}
 
@@ -68,7 +87,7 @@ class Admission:
         ]
         if errors:  # the API server does not run CEL on values of the wrong shape
             return errors
-        return self._cel_errors(self.schema, obj, old, "")
+        return _name_errors(obj) + self._cel_errors(self.schema, obj, old, "")
 
     def _program(self, expr: str) -> Any:
         if expr not in self._programs:

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from operator_cluster import Cluster
+from operator_cluster import NAMESPACE, Cluster
 
 log = logging.getLogger(__name__)
 TERMINATION_LOG_ENV = "LTX_EXTEND_TERMINATION_LOG"  # where the pod's termination message goes
@@ -299,21 +299,12 @@ class Kubelet:
 
     async def _start_pod(self, key: tuple[str, str], job: dict[str, Any],
                          state: JobState, index: int | None = None) -> None:
+        """What the Job controller, the scheduler and the kubelet do for a new pod."""
         namespace, job_name = key
         base = job_name if index is None else f"{job_name}-{index}"
         name = f"{base}-{secrets.token_hex(3)[:5]}"
         template = job["spec"]["template"]
         pod_spec = dict(template["spec"])
-        container = pod_spec["containers"][0]
-        root = self.root / name
-        mounts = self._mounts(pod_spec, container, root)
-        guard = self.root / "write-guard"
-        guard.mkdir(parents=True, exist_ok=True)
-        (guard / "sitecustomize.py").write_text(WRITE_GUARD)
-        if index not in state.addresses:
-            number = next(self._addresses)
-            state.addresses[index] = f"127.1.{number // 250 % 250}.{number % 250 + 1}"
-        ip = state.addresses[index]
         labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": job_name}
         annotations = dict((template.get("metadata") or {}).get("annotations") or {})
         if index is not None:  # what the Job controller gives the pod of an index
@@ -326,7 +317,34 @@ class Kubelet:
                                                  "name": job_name,
                                                  "uid": job["metadata"]["uid"],
                                                  "controller": True}]},
-               "spec": pod_spec, "status": {"podIP": ip}}
+               "spec": pod_spec}
+        container = pod_spec["containers"][0]
+        await self.cluster.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+        await self.cluster.request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            {"status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "True"}], "containerStatuses": [{
+                    "name": container["name"], "ready": False, "restartCount": 0,
+                    "image": container["image"], "imageID": "",
+                    "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
+        started = await self._launch(pod, job, state, index)
+        await self._pod_status(started, {"phase": "Running", "podIP": started.ip,
+                                         "startTime": _now()})
+        await self._job_status(key, {"active": len(state.running), "startTime": _now()})
+
+    async def _launch(self, pod: dict[str, Any], job: dict[str, Any], state: JobState,
+                      index: int | None) -> Pod:
+        """Run the pod's container as a local process: the kubelet's part."""
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        pod_spec = pod["spec"]
+        container = pod_spec["containers"][0]
+        root = self.root / name
+        mounts = self._mounts(pod_spec, container, root)
+        guard = self.root / "write-guard"
+        guard.mkdir(parents=True, exist_ok=True)
+        (guard / "sitecustomize.py").write_text(WRITE_GUARD)
+        ip = self._address(state, index)
+        pod.setdefault("status", {})["podIP"] = ip
         # the image's files are read-only: no bytecode written next to the sources
         env = {"PATH": os.environ["PATH"], "HOME": str(root / "home"),
                "PYTHONUNBUFFERED": "1", TERMINATION_LOG_ENV: str(root / "termination-log"),
@@ -347,32 +365,31 @@ class Kubelet:
         if pod_spec.get("subdomain"):
             root.mkdir(parents=True, exist_ok=True)
             hosts = root / "hosts"
-            hosts.write_text(await self._hosts(namespace, job, state, index, labels))
-        limit = self.disk_limits.get(job_name)
+            hosts.write_text(await self._hosts(namespace, job, state, index,
+                                               pod["metadata"].get("labels") or {}))
+        limit = self.disk_limits.get(job["metadata"]["name"])
         tmpfs = (root / "volumes" / WORK_VOLUME, limit) if limit is not None else None
         if hosts is not None or tmpfs is not None:
             command = [*_in_namespaces(tmpfs, hosts, pod_spec.get("hostname")), *command]
         (root / "home").mkdir(parents=True, exist_ok=True)
-        created = await self.cluster.create(f"/api/v1/namespaces/{namespace}/pods",
-                                            {k: v for k, v in pod.items() if k != "status"})
-        await self.cluster.request(
-            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{created['metadata']['name']}/status",
-            {"status": {"phase": "Pending", "conditions": [
-                {"type": "PodScheduled", "status": "True"}], "containerStatuses": [{
-                    "name": container["name"], "ready": False, "restartCount": 0,
-                    "image": container["image"], "imageID": "",
-                    "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
         with open(root / "log.txt", "wb") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *command, *args, env=env, cwd=root, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        started = Pod(name, namespace, job_name, root, process, ip=ip, index=index,
-                      job_uid=state.uid)
+        started = Pod(name, namespace, job["metadata"]["name"], root, process, ip=ip,
+                      index=index, job_uid=state.uid)
         started.allowed = (*mounts.values(), root / "termination-log")
         state.pods.append(started)
         state.started = state.started or time.monotonic()
-        await self._pod_status(started, {"phase": "Running", "podIP": ip, "startTime": _now()})
-        await self._job_status(key, {"active": len(state.running), "startTime": _now()})
+        return started
+
+    def _address(self, state: JobState, index: int | None) -> str:
+        """The address of an index's pods (a replacement keeps it: its name resolves the
+        same)."""
+        if index not in state.addresses:
+            number = next(self._addresses)
+            state.addresses[index] = f"127.1.{number // 250 % 250}.{number % 250 + 1}"
+        return state.addresses[index]
 
     async def _hosts(self, namespace: str, job: dict[str, Any], state: JobState,
                      index: int | None, labels: dict[str, str]) -> str:
@@ -389,9 +406,7 @@ class Kubelet:
         lines = ["127.0.0.1\tlocalhost"]
         peers = [i for i in _indexes(job["spec"]) if selects or i == index]
         for peer in peers:
-            if peer not in state.addresses:
-                number = next(self._addresses)
-                state.addresses[peer] = f"127.1.{number // 250 % 250}.{number % 250 + 1}"
+            self._address(state, peer)
             host = job_name if peer is None else f"{job_name}-{peer}"
             names = [f"{host}.{subdomain}.{namespace}.svc.{CLUSTER_DOMAIN}",
                      f"{host}.{subdomain}.{namespace}.svc", f"{host}.{subdomain}.{namespace}",
@@ -406,7 +421,7 @@ class Kubelet:
         mounts = {}
         for mount in container.get("volumeMounts") or []:
             volume = volumes[mount["name"]]
-            if "emptyDir" in volume:
+            if "emptyDir" in volume or "projected" in volume:  # a token volume: empty here
                 local = root / "volumes" / mount["name"]
                 local.mkdir(parents=True, exist_ok=True)
             else:
@@ -494,6 +509,169 @@ class Kubelet:
                                    f"{name}/status", {"status": status})
 
 
+
+class NodeKubelet(Kubelet):
+    """Only the kubelet (and the cluster DNS), for a real control plane.
+
+    The Job controller makes the pods, counts their ends, applies the pod failure
+    policy, backoff limit, deadline and suspend, and stops a failed Job's other pods; the
+    garbage collector deletes a deleted Job's pods. This node registers itself, binds
+    the pods no node holds (there is no scheduler; `max_pods` is its capacity), runs each
+    bound pod's container as a local process, reports its phase, address, conditions
+    and termination message through the API, and stops a pod the API marks for
+    deletion, then confirms the deletion as a kubelet does."""
+
+    NODE = "node-1"
+    STATUS_PATCH = "application/strategic-merge-patch+json"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.by_uid: dict[str, Pod] = {}  # the pods this node ran, by their API uid
+        self._beat = -1e9
+
+    async def __aenter__(self) -> NodeKubelet:
+        await self._register()
+        return await super().__aenter__()
+
+    async def _register(self) -> None:
+        nodes = "/api/v1/nodes"
+        await self.cluster.create(nodes, {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": self.NODE, "labels": {"kubernetes.io/hostname": self.NODE}}})
+        await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        """The node's Ready condition and its Lease, renewed as a kubelet does (a cluster's
+        node lifecycle controller taints a node that stops renewing)."""
+        if time.monotonic() - self._beat < 10:
+            return
+        self._beat = time.monotonic()
+        await self.cluster.request("PATCH", f"/api/v1/nodes/{self.NODE}/status", {"status": {
+            "capacity": {"cpu": "2", "memory": "24Gi", "pods": "110"},
+            "allocatable": {"cpu": "2", "memory": "24Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "the test node is ready",
+                            "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}]}},
+            self.STATUS_PATCH)
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                 "metadata": {"name": self.NODE, "namespace": "kube-node-lease"},
+                 "spec": {"holderIdentity": self.NODE, "leaseDurationSeconds": 40,
+                          "renewTime": _now(micro=True)}}
+        await self.cluster.request(
+            "PATCH", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/"
+            f"{self.NODE}?fieldManager=kubelet&force=true", lease, "application/apply-patch+yaml")
+
+    async def sync(self) -> None:
+        await self._heartbeat()
+        # this node runs the tests' pods only (on an existing cluster, others' are not ours)
+        listed = await self.cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")
+        present = {}
+        for pod in listed.get("items", []):
+            uid = pod["metadata"]["uid"]
+            present[uid] = pod
+            running = self.by_uid.get(uid)
+            if running is not None and running.process.returncode is not None \
+                    and not running.reported:
+                await self._report_end(running, pod)
+            if pod["metadata"].get("deletionTimestamp"):
+                await self._confirm_deletion(pod)
+            elif not pod["spec"].get("nodeName"):
+                if pod["status"].get("phase") in (None, "Pending") and (
+                        self.max_pods is None or self.running() < self.max_pods):
+                    await self._bind(pod)
+            elif pod["spec"]["nodeName"] == self.NODE and uid not in self.by_uid \
+                    and pod["status"].get("phase") not in ("Succeeded", "Failed"):
+                await self._run(pod)
+        for uid, running in self.by_uid.items():  # removed from the API at once
+            if uid not in present and running.process.returncode is None:
+                running.reported = True
+                await _stop(running, grace=0)
+
+    async def _bind(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        await self.cluster.create(
+            f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding",
+            {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
+             "target": {"apiVersion": "v1", "kind": "Node", "name": self.NODE}})
+
+    def _state(self, pod: dict[str, Any]) -> tuple[tuple[str, str], JobState]:
+        """The Job a pod belongs to, by its controller's owner reference."""
+        meta = pod["metadata"]
+        owner = next(o for o in meta.get("ownerReferences") or [] if o.get("controller"))
+        key = (meta["namespace"], owner["name"])
+        state = self.jobs.get(key)
+        if state is not None and state.uid != owner["uid"]:  # deleted, and made again
+            self.removed += state.pods
+            state = None
+        if state is None:
+            state = self.jobs[key] = JobState(uid=owner["uid"])
+        return key, state
+
+    async def _run(self, pod: dict[str, Any]) -> None:
+        key, state = self._state(pod)
+        namespace, job_name = key
+        job = await self.cluster.request(
+            "GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{job_name}")
+        if not job or job.get("kind") != "Job":
+            return  # being collected with its Job
+        raw = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
+        index = int(raw) if raw is not None else None
+        started = await self._launch(pod, job, state, index)
+        self.by_uid[pod["metadata"]["uid"]] = started
+        container = pod["spec"]["containers"][0]
+        await self._pod_status(started, {
+            "phase": "Running", "podIP": started.ip, "podIPs": [{"ip": started.ip}],
+            "hostIP": "127.0.0.1", "startTime": _now(),
+            "conditions": [{"type": t, "status": "True", "lastTransitionTime": _now()}
+                           for t in ("PodScheduled", "Initialized", "ContainersReady",
+                                     "Ready")],
+            "containerStatuses": [{"name": container["name"], "ready": True,
+                                   "restartCount": 0, "image": container["image"],
+                                   "imageID": "", "started": True,
+                                   "state": {"running": {"startedAt": _now()}}}]})
+
+    async def _report_end(self, running: Pod, pod: dict[str, Any]) -> None:
+        """The container ended: its phase, exit code and message, for the Job controller."""
+        running.reported = True
+        _signal(running, signal.SIGKILL)  # the container ended: its other processes too
+        code = running.process.returncode
+        code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
+        if stray := running.stray_writes():
+            self.errors.append(f"pod {running.name} wrote outside its volumes: {stray[:20]}")
+        conditions = [{"type": t, "status": "False", "lastTransitionTime": _now()}
+                      for t in ("ContainersReady", "Ready")]
+        if running.disrupted:
+            conditions.append({"type": "DisruptionTarget", "status": "True",
+                               "reason": "PreemptionByScheduler",
+                               "lastTransitionTime": _now()})
+        container = pod["spec"]["containers"][0]
+        await self._pod_status(running, {
+            "phase": "Succeeded" if code == 0 else "Failed", "conditions": conditions,
+            "containerStatuses": [{
+                "name": container["name"], "ready": False, "restartCount": 0,
+                "image": container["image"], "imageID": "",
+                "state": {"terminated": {
+                    "exitCode": code, "message": _termination_message(running, code),
+                    "reason": "Completed" if code == 0 else "Error",
+                    "startedAt": _now(), "finishedAt": _now()}}}]})
+
+    async def _confirm_deletion(self, pod: dict[str, Any]) -> None:
+        """A pod marked for deletion: stop its container, report it, delete it for good."""
+        meta = pod["metadata"]
+        running = self.by_uid.get(meta["uid"])
+        if running is not None and not running.reported:
+            grace = min(float(meta.get("deletionGracePeriodSeconds") or 0), 2.0)
+            await _stop(running, grace=grace)
+            await self._report_end(running, pod)
+        await self.cluster.request(
+            "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+            {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+             "preconditions": {"uid": meta["uid"]}}, "application/json")
+
+    async def _pod_status(self, pod: Pod, status: dict[str, Any]) -> None:
+        await self.cluster.request("PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/"
+                                   f"{pod.name}/status", {"status": status}, self.STATUS_PATCH)
+
+
 def _policy_action(policy: dict[str, Any] | None, code: int, disrupted: bool) -> str | None:
     """The first matching pod failure policy rule's action (batch/v1 semantics)."""
     for rule in (policy or {}).get("rules") or []:
@@ -525,14 +703,16 @@ def _indexes(spec: dict[str, Any]) -> list[int | None]:
 
 
 def _ranges(indexes: list[int]) -> str:
-    """`completedIndexes` as the Job controller writes it: "0-2,5"."""
+    """`completedIndexes` as the Job controller writes it: "0-2,5,7,8" (a run of two is
+    two numbers)."""
     runs: list[list[int]] = []
     for i in indexes:
         if runs and runs[-1][1] == i - 1:
             runs[-1][1] = i
         else:
             runs.append([i, i])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return ",".join(str(a) if a == b else f"{a},{b}" if b == a + 1 else f"{a}-{b}"
+                    for a, b in runs)
 
 
 def _field(pod: dict[str, Any], source: dict[str, Any]) -> str:
@@ -611,5 +791,6 @@ def _condition(kind: str, reason: str, message: str) -> dict[str, str]:
             "lastProbeTime": now, "lastTransitionTime": now}
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _now(micro: bool = False) -> str:
+    return datetime.datetime.now(datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")

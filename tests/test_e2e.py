@@ -1,15 +1,18 @@
-"""End to end on one machine: the API server (kmock), the operator running for real,
-the trainer's Jobs run as local processes by the kubelet-playing harness, the tiny
-model as the mounted model volume, and an S3-compatible server on loopback as the
-artifact store. Each scenario checks what a user sees: status, conditions, Events,
-billing, and artifacts that download and load."""
+"""End to end on one machine: the real control plane (kube-apiserver, etcd, the Job
+controller and the garbage collector), the operator running for real with its chart's
+ServiceAccount and role, the pods of the trainer's Jobs run as local processes by the
+node-playing harness, the tiny model as the mounted model volume, and an S3-compatible
+server on loopback as the artifact store. Each scenario checks what a user sees: status,
+conditions, Events, billing, and artifacts that download and load."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
 import sys
+import urllib.error
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,9 +25,9 @@ import pytest_asyncio
 from ltx_operator.settings import OperatorSettings
 from ltx_trainer.dataset.prepare import TOO_SHORT
 
-from kubelet import Kubelet
+from kubelet import NodeKubelet
 from media_factory import make_clip
-from operator_cluster import NAMESPACE, SECRETS, Cluster
+from operator_cluster import NAMESPACE, SECRETS, TRAININGS, Cluster, kubectl
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 IMAGE = "ltx-extend/trainer:e2e"
@@ -33,6 +36,7 @@ STORE_SECRET = "ltx-extend-store"
 TRAINER_ARGS = ["--max-sequence-length", "32", "--checkpoint-every", "40",
                 "--preview-steps", "2"]
 DEADLINE = 400.0  # seconds a scenario may take on a 2-core machine
+NODE_SELECTOR = {"kubernetes.io/hostname": NodeKubelet.NODE}
 
 
 @pytest.fixture(scope="module")
@@ -90,23 +94,32 @@ def operator_settings() -> OperatorSettings:
     return OperatorSettings(store_url="s3://runs/trainings", store_secret=STORE_SECRET,
                             model_claim_name="models", trainer_image=IMAGE,
                             progress_port=_free_port(), metrics_port=0,
-                            trainer_args=TRAINER_ARGS, prepare_cpu="1", train_cpu="1")
+                            trainer_args=TRAINER_ARGS, prepare_cpu="1", train_cpu="1",
+                            # the harness's node (a cluster's scheduler puts them there)
+                            prepare_node_selector=NODE_SELECTOR,
+                            train_node_selector=NODE_SELECTOR)
+
+
+@pytest_asyncio.fixture
+async def cluster(real_cluster: Cluster) -> Cluster:
+    """These scenarios run on the real control plane."""
+    return real_cluster
 
 
 @pytest_asyncio.fixture
 async def kubelet(cluster: Cluster, s3_server, e2e_media, tiny_model: Path,
-                  tmp_path: Path) -> AsyncIterator[Kubelet]:
+                  tmp_path: Path) -> AsyncIterator[NodeKubelet]:
     await cluster.create(SECRETS, {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": STORE_SECRET},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in s3_server.env.items()}})
     entrypoint = [str(Path(sys.executable).parent / "ltx-extend")]  # the image's ENTRYPOINT
-    async with Kubelet(cluster, {IMAGE: entrypoint}, {"models": tiny_model},
-                       tmp_path / "node") as kubelet:
+    async with NodeKubelet(cluster, {IMAGE: entrypoint}, {"models": tiny_model},
+                           tmp_path / "node") as kubelet:
         yield kubelet
         assert not kubelet.errors, kubelet.errors
 
 
-async def finished(cluster: Cluster, name: str, kubelet: Kubelet) -> dict[str, Any]:
+async def finished(cluster: Cluster, name: str, kubelet: NodeKubelet) -> dict[str, Any]:
     async def done() -> dict | None:
         training = await cluster.training(name)
         phase = (training.get("status") or {}).get("phase")
@@ -269,3 +282,135 @@ async def test_an_operator_restart_mid_training_bills_once(cluster, kubelet, s3_
     await assert_succeeded(cluster, "restarted", training, s3_server, tiny_model, tmp_path,
                            audio=True, reel_clips=1)
     assert len(kubelet.pods("restarted-train")) == 1
+
+
+
+async def test_kubectl_delete_mid_training_stops_the_pods_and_bills_nothing(
+        cluster, kubelet, real_api):
+    """`kubectl delete` while the train pod runs: the operator releases its finalizer, the
+    garbage collector deletes the Jobs, the node stops the pods; no bill, no Billed
+    Event."""
+    from ltx_operator import metrics
+
+    billed = metrics.BILLABLE_UNITS._value.get()
+    await cluster.apply("dropped", spec("clips.zip", closing=1, with_audio=False))
+    await cluster.until(lambda: training_step(cluster, "dropped", 1), timeout=DEADLINE)
+    pod = kubelet.pods("dropped-train")[-1]
+    deleted = await asyncio.to_thread(kubectl, real_api.plane, "delete", "-n", NAMESPACE,
+                                      "ltxt", "dropped", "--wait=true", "--timeout=60s")
+    assert 'deleted' in deleted.stdout, deleted
+
+    async def cleaned() -> bool:
+        listed = await cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")
+        return not await cluster.jobs() and not listed["items"]
+
+    await cluster.until(cleaned, timeout=60)
+    assert pod.process.returncode is not None  # the container was stopped
+    assert metrics.BILLABLE_UNITS._value.get() == billed
+    assert "Billed" not in {e["reason"] for e in await cluster.events("dropped")}
+
+
+async def test_suspend_mid_training_and_resume_from_the_checkpoint(
+        cluster, kubelet, s3_server, tiny_model, tmp_path):
+    """`spec.suspend` as Kueue or a user sets it: the Job controller deletes the running
+    pod, the training is `Suspended`; resumed, a new pod goes on from the checkpoint;
+    billed once."""
+    await cluster.apply("paused", spec("clips.zip", closing=1, with_audio=False))
+    client = s3_server.client()
+
+    async def checkpointed() -> bool:
+        uid = (await cluster.training("paused"))["metadata"]["uid"]
+        prefix = f"trainings/{NAMESPACE}/paused/{uid}/checkpoints/step-000040/"
+        return any(o.object_name.endswith("state.pt")
+                   for o in client.list_objects("runs", prefix=prefix, recursive=True))
+
+    await cluster.until(checkpointed, timeout=DEADLINE)
+    await cluster.request("PATCH", f"{TRAININGS}/paused", {"spec": {"suspend": True}})
+    await cluster.until(lambda: cluster.phase("paused", "Suspended"), timeout=60)
+    (first,) = kubelet.pods("paused-train")
+
+    async def stopped() -> bool:
+        return first.process.returncode is not None
+
+    await cluster.until(stopped, timeout=60)  # the Job controller deleted the pod
+    await cluster.request("PATCH", f"{TRAININGS}/paused", {"spec": {"suspend": False}})
+    training = await finished(cluster, "paused", kubelet)
+    await assert_succeeded(cluster, "paused", training, s3_server, tiny_model, tmp_path,
+                           audio=False, reel_clips=1)
+    first, second = kubelet.pods("paused-train")
+    assert "resumed from step-0000" in second.log(), second.log()[-3000:]
+    reasons = await cluster.event_reasons("paused", "Suspended", "Resumed")
+    assert reasons.count("Resumed") == 1
+
+# --- faults only a real API server shows -------------------------------------------------
+# The server's audit log says what the operator's account was answered.
+
+async def training_step(cluster: Cluster, name: str, at_least: int) -> bool:
+    progress = ((await cluster.training(name)).get("status") or {}).get("progress") or {}
+    return progress.get("stage") == "training" and progress.get("step", 0) >= at_least
+
+
+async def test_an_api_server_restart_on_a_compacted_history_loses_nothing(
+        cluster, kubelet, real_api, s3_server, tiny_model, tmp_path):
+    """Mid-training the API server is killed; etcd's history is compacted while it is
+    away; it starts again. A watch from before is answered 410 Gone; the operator's
+    watches start again from a fresh list, the Job controller and the node carry on,
+    and the training finishes, billed once."""
+    plane = real_api.plane
+    if plane.existing:
+        pytest.skip("kills the API server: needs the tests' own control plane")
+    await cluster.apply("outage", spec("clips.zip", closing=1, with_audio=False))
+    await cluster.until(lambda: training_step(cluster, "outage", 1), timeout=DEADLINE)
+    before = (await cluster.training("outage"))["metadata"]["resourceVersion"]
+
+    def restart() -> float:
+        plane.processes["kube-apiserver"].kill()
+        plane.compact()
+        return plane.restart_apiserver()
+
+    away = await asyncio.to_thread(restart)
+    assert away < 120
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        plane.request("GET", f"{TRAININGS}?watch=1&resourceVersion={before}"
+                      "&timeoutSeconds=1")
+    assert gone.value.code == 410, gone.value.read()
+    training = await finished(cluster, "outage", kubelet)
+    await assert_succeeded(cluster, "outage", training, s3_server, tiny_model, tmp_path,
+                           audio=False, reel_clips=1)
+    assert len(kubelet.pods("outage-train")) == 1  # the pod ran on through the outage
+
+
+async def test_status_writes_that_conflict_are_computed_again_and_billed_once(
+        cluster, kubelet, real_api, s3_server, tiny_model, tmp_path):
+    """A second writer (a GitOps tool, a user's label) changes the resource all through
+    the training: the operator's status writes, which name the version they were
+    computed from, are refused with 409 by the server, read again, and land."""
+    plane = real_api.plane
+    if plane.existing:
+        pytest.skip("reads the API server's audit log: needs the tests' own control plane")
+    await cluster.apply("contended", spec("clips.zip", closing=1, with_audio=False))
+    stop = asyncio.Event()
+
+    async def another_writer() -> int:
+        writes = 0
+        while not stop.is_set():
+            await cluster.request("PATCH", f"{TRAININGS}/contended", {
+                "metadata": {"annotations": {"example.com/touched": str(writes)}}})
+            writes += 1
+            await asyncio.sleep(0.02)
+        return writes
+
+    writer = asyncio.create_task(another_writer())
+    try:
+        training = await finished(cluster, "contended", kubelet)
+    finally:
+        stop.set()
+        writes = await writer
+    await assert_succeeded(cluster, "contended", training, s3_server, tiny_model, tmp_path,
+                           audio=False, reel_clips=1)
+    answers = plane.audit(resource="ltxextendtrainings", subresource="status",
+                          name="contended", user=real_api.operator_user)
+    codes = [a["responseStatus"]["code"] for a in answers if a["verb"] == "patch"]
+    assert writes > 50 and 409 in codes and 200 in codes, (writes, codes)
+    assert training["metadata"]["annotations"]["example.com/touched"], json.dumps(training)
+    assert training["metadata"]["namespace"] == NAMESPACE

@@ -1,5 +1,6 @@
-"""The harness's fault injectors: the kubelet's full disk, kill and node pod cap, and
-the S3 outage proxy (the API server's own faults are in test_kube_api)."""
+"""The harness's fault injectors: the kubelet's full disk, kill and node pod cap (on the
+real control plane), and the S3 outage proxy (the emulated API server's own faults are
+in test_kube_api; the real one's at the end of test_e2e)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import asyncio
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
 from soak_faults import FaultPlan, S3Outage
 
-from kubelet import Kubelet
+from kubelet import Kubelet, NodeKubelet
 from operator_cluster import JOBS, Cluster
 
 SHELL = "harness/shell"
@@ -40,12 +40,12 @@ async def ended(kubelet: Kubelet, name: str) -> int:
 
 
 @pytest_asyncio.fixture
-async def node(api_server, tmp_path):
-    async with aiohttp.ClientSession() as session:
-        cluster = Cluster(api_server[1], session)
-        async with Kubelet(cluster, {SHELL: ["sh", "-c"]}, {}, tmp_path / "node",
+async def node(real_client: Cluster, tmp_path):
+    """The real control plane's Job controller, and this machine as a node of one pod."""
+    async with NodeKubelet(real_client, {SHELL: ["sh", "-c"]}, {}, tmp_path / "node",
                            interval=0.05, max_pods=1) as kubelet:
-            yield cluster, kubelet
+        yield real_client, kubelet
+        assert not kubelet.errors, kubelet.errors
 
 
 @pytest.mark.asyncio

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from test_e2e import (  # noqa: F401  (fixtures)
     DEADLINE,
     IMAGE,
+    NODE_SELECTOR,
     STORE_SECRET,
     TRAINER_ARGS,
     _free_port,
@@ -32,11 +32,13 @@ from test_e2e import (  # noqa: F401  (fixtures)
 from ltx_contract.result import JobResult
 from ltx_operator.settings import OperatorSettings
 
-from kubelet import Kubelet
+from kubelet import NodeKubelet
 from operator_cluster import JOBS, NAMESPACE, PODS, SERVICES, TRAININGS, Cluster
 
 pytestmark = pytest.mark.asyncio
 PYTHON = "harness/python"
+#: a finished Job's conditions, as the Job controller writes them (1.31+)
+COMPLETE = {"SuccessCriteriaMet", "Complete"}
 
 #: Index 0 listens; index 1 finds it by its Service name and sends what it knows of itself.
 MEET = textwrap.dedent("""
@@ -86,15 +88,20 @@ def headless(name: str) -> dict[str, Any]:
 
 
 @pytest_asyncio.fixture
-async def node(api_server, tmp_path: Path) -> AsyncIterator[tuple[Cluster, Kubelet]]:
-    async with aiohttp.ClientSession() as session:
-        cluster = Cluster(api_server[1], session)
-        (tmp_path / "marks").mkdir()
-        async with Kubelet(cluster, {PYTHON: [sys.executable, "-c"]},
+async def cluster(real_cluster: Cluster) -> Cluster:
+    """The trainings here run on the real control plane."""
+    return real_cluster
+
+
+@pytest_asyncio.fixture
+async def node(real_client: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Cluster, NodeKubelet]]:
+    """The real control plane, with no operator, and this machine as its node."""
+    (tmp_path / "marks").mkdir()
+    async with NodeKubelet(real_client, {PYTHON: [sys.executable, "-c"]},
                            {"marks": tmp_path / "marks"}, tmp_path / "node",
                            interval=0.05) as harness:
-            yield cluster, harness
-            assert not harness.errors, harness.errors
+        yield real_client, harness
+        assert not harness.errors, harness.errors
 
 
 async def job_finished(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -114,9 +121,9 @@ async def test_the_pods_of_an_indexed_job_reach_index_0_by_its_service_name(node
     status = await job_finished(cluster, "meet")
     pods = {p.index: p for p in harness.pods("meet")}
     assert set(pods) == {0, 1}, [p.log() for p in harness.pods("meet")]
-    assert {"Complete"} == {c["type"] for c in status["conditions"]}, [
+    assert COMPLETE == {c["type"] for c in status["conditions"]}, [
         p.log() for p in pods.values()]
-    assert (status["succeeded"], status["completedIndexes"]) == (2, "0-1")
+    assert (status["succeeded"], status["completedIndexes"]) == (2, "0,1")
     leader, worker = pods[0], pods[1]
     assert leader.ip != worker.ip
     assert f"reached {leader.ip}" in worker.log()
@@ -161,7 +168,7 @@ async def test_a_failed_index_is_replaced_at_its_index_and_address(node):
         {"name": "marks", "mountPath": "/marks"}]
     await cluster.create(JOBS, job)
     status = await job_finished(cluster, "flaky")
-    assert {c["type"] for c in status["conditions"]} == {"Complete"}
+    assert {c["type"] for c in status["conditions"]} == COMPLETE
     assert (status["failed"], status["succeeded"]) == (1, 2)
     ones = [p for p in harness.pods("flaky") if p.index == 1]
     assert [p.process.returncode for p in ones] == [1, 0]
@@ -214,14 +221,16 @@ async def test_the_operators_gang_meets_at_rank_0s_rendezvous_through_torchrun(n
     settings = OperatorSettings(model_url="s3://models/tiny", store_secret=None,
                                 trainer_image="harness/torchrun", rendezvous_port=_free_port(),
                                 train_shm_size="")
-    body = {"metadata": {"name": "door", "namespace": NAMESPACE, "uid": "u-1"}}
+    # the owner the Job and Service name (the garbage collector deletes an orphan)
     spec = parse_spec({"trainingDataUrl": "s3://d/c.zip", "gpus": 2, "nodes": 2})
+    await cluster.apply("door", {"trainingDataUrl": "s3://d/c.zip", "gpus": 2, "nodes": 2})
+    body = await cluster.training("door")
     await cluster.create(SERVICES, build_service(body, settings))
     await cluster.create(JOBS, build_job("train", body, spec, settings))
     status = await job_finished(cluster, "door-train")
     pods = {p.index: p for p in harness.pods("door-train")}
-    logs = {i: p.log() for i, p in pods.items()}
-    assert {c["type"] for c in status["conditions"]} == {"Complete"}, logs
+    logs = {(p.index, p.name): p.log() for p in harness.pods("door-train")}
+    assert {c["type"] for c in status["conditions"]} == COMPLETE, logs
     lines = sorted(line.split("] ")[-1] for log in logs.values() for line in log.splitlines()
                    if "sum" in line)
     assert lines == [f"rank {r} of 4 on door-train-{r // 2}: sum 6" for r in range(4)], logs
@@ -234,7 +243,8 @@ def operator_settings() -> OperatorSettings:
                             model_claim_name="models", trainer_image=IMAGE,
                             progress_port=_free_port(), rendezvous_port=_free_port(),
                             metrics_port=0, trainer_args=TRAINER_ARGS, prepare_cpu="1",
-                            train_cpu="1",
+                            train_cpu="1", prepare_node_selector=NODE_SELECTOR,
+                            train_node_selector=NODE_SELECTOR,
                             # both "nodes" share this machine's cores: one thread each
                             trainer_env=[{"name": "OMP_NUM_THREADS", "value": "1"}])
 
@@ -258,7 +268,7 @@ async def test_a_training_on_two_nodes_succeeds_and_bills_once(
     result = json.loads(pods[0].root.joinpath("termination-log").read_text())
     assert result["outcome"] == "Succeeded" and result["stepsCompleted"] == 100
     job = (await cluster.jobs())["gang-train"]
-    assert job["status"]["completedIndexes"] == "0-1"
+    assert job["status"]["completedIndexes"] == "0,1"
     assert "gang-train" in await cluster.services()
     await cluster.request("DELETE", f"{TRAININGS}/gang")
 
@@ -321,6 +331,6 @@ async def test_a_lost_node_restarts_the_gang_from_its_checkpoint_and_preemption_
     assert all(p.process.returncode is not None for p in kubelet.pods("lost-train"))
     assert "resumed from step-0000" in final[0].log(), final[0].log()[-3000:]
     job = (await cluster.jobs())["lost-train"]
-    assert job["metadata"]["uid"] == third and job["status"]["completedIndexes"] == "0-1"
+    assert job["metadata"]["uid"] == third and job["status"]["completedIndexes"] == "0,1"
     reasons = [e["reason"] for e in await cluster.events("lost")]
     assert reasons.count("GangRestarted") == 2, reasons

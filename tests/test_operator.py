@@ -668,7 +668,7 @@ async def test_a_gang_on_two_nodes_is_one_indexed_job_behind_a_headless_service(
             "outcome": "Succeeded", "stepsCompleted": 2000,
             "artifacts": {"loraFile": "s3://runs/team/gang/x/outputs/lora.safetensors"}}))
         await cluster.request("PATCH", f"{JOBS}/gang-train/status", {"status": {
-            "succeeded": 2, "completedIndexes": "0-1", "conditions": [
+            "succeeded": 2, "completedIndexes": "0,1", "conditions": [
                 {"type": "Complete", "status": "True", "reason": "Completed"}]}})
         training = await cluster.until(lambda: cluster.phase("gang", "Succeeded"))
     assert training["status"]["billing"]["units"] == 2000

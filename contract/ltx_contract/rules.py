@@ -27,6 +27,21 @@ def snap_frames_cel(expr: str) -> str:
     return f"({expr} - ({expr} - 1) % {TEMPORAL_COMPRESSION})"
 
 
+_DIGITS = "[" + ", ".join(f"'{d}'" for d in range(10)) + "]"
+
+
+def cel_decimal(expr: str) -> str:
+    """The decimal text of a count from 0 to 999 (every count a message quotes: frames),
+    in CEL, for a `messageExpression`.
+
+    Not `string(expr)`: the API server estimates the cost of each CEL expression before it
+    accepts a CRD, and it cannot bound the length of `string(int)`, so a message that
+    concatenates one is estimated far over budget and the whole CRD is refused. Digits
+    picked from a list of one-character strings have a known length."""
+    return (f"({expr} >= 100 ? {_DIGITS}[{expr} / 100 % 10] : '') + "
+            f"({expr} >= 10 ? {_DIGITS}[{expr} / 10 % 10] : '') + {_DIGITS}[{expr} % 10]")
+
+
 @dataclass(frozen=True)
 class Rule:
     """One validation rule with a Python and a CEL form that must agree.
@@ -75,11 +90,11 @@ def _suffix_shorter_than(frames_field: str) -> Rule:
         message=message,
         cel=f"self.conditioningFrames < {snapped}",
         message_cel=(
-            f"'conditioningFrames (' + string(self.conditioningFrames) + ') must be smaller "
-            f"than {frames_field} (' + string({snapped}) + "
+            f"'conditioningFrames (' + {cel_decimal('self.conditioningFrames')} + ') must be "
+            f"smaller than {frames_field} (' + {cel_decimal(snapped)} + "
             f"({snapped} != self.{frames_field} ? ', snapped down from ' + "
-            f"string(self.{frames_field}) : '') + '): the suffix may not cover the whole "
-            "clip, there must be a lead-in left to generate'"
+            f"{cel_decimal(f'self.{frames_field}')} : '') + '): the suffix may not cover the "
+            "whole clip, there must be a lead-in left to generate'"
         ),
     )
 
@@ -114,7 +129,7 @@ CONDITIONING_FRAMES_MULTIPLE_OF_8 = Rule(
     ),
     cel=f"self.conditioningFrames % {TEMPORAL_COMPRESSION} == 0",
     message_cel=(
-        "'conditioningFrames (' + string(self.conditioningFrames) + ') must be a "
+        f"'conditioningFrames (' + {cel_decimal('self.conditioningFrames')} + ') must be a "
         "multiple of 8 (8, 16, 24, …)'"
     ),
 )
