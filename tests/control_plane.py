@@ -256,13 +256,17 @@ class ControlPlane:
     # --- the administrator's requests ------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json", token: str | None = None) -> Any:
+                content_type: str = "application/json", token: str | None = None,
+                lines: bool = False) -> Any:
+        """The answer's JSON (`lines`: a watch's, one JSON document a line)."""
         data = json.dumps(body).encode() if body is not None else None
         auth = {"Authorization": f"Bearer {token}"} if token else self.admin_headers
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
             **auth, **({"Content-Type": content_type} if data is not None else {})})
         with urllib.request.urlopen(request, context=self._ssl, timeout=30) as r:
             text = r.read()
+            if lines:
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
             return json.loads(text) if text else None
 
     def ready(self) -> bool:

@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from operator_cluster import NAMESPACE, Cluster
 
 log = logging.getLogger(__name__)
@@ -243,6 +245,8 @@ class Kubelet:
         while True:
             try:
                 await self.sync()
+            except aiohttp.ClientConnectionError:  # the API server is away: try again
+                log.info("the API server did not answer; the node tries again")
             except Exception as exc:  # recorded; the test's teardown reports it
                 log.exception("kubelet sync failed")
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -564,6 +568,8 @@ class NodeKubelet(Kubelet):
         await self._heartbeat()
         # this node runs the tests' pods only (on an existing cluster, others' are not ours)
         listed = await self.cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")
+        if listed.get("kind") != "PodList":  # an error (the server starting): try again
+            return
         present = {}
         for pod in listed.get("items", []):
             uid = pod["metadata"]["uid"]
@@ -630,12 +636,12 @@ class NodeKubelet(Kubelet):
                                    "state": {"running": {"startedAt": _now()}}}]})
 
     async def _report_end(self, running: Pod, pod: dict[str, Any]) -> None:
-        """The container ended: its phase, exit code and message, for the Job controller."""
-        running.reported = True
+        """The container ended: its phase, exit code and message, for the Job controller
+        (written again on the next pass until the API takes it)."""
         _signal(running, signal.SIGKILL)  # the container ended: its other processes too
         code = running.process.returncode
         code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
-        if stray := running.stray_writes():
+        if (stray := running.stray_writes()) and not running.reported:
             self.errors.append(f"pod {running.name} wrote outside its volumes: {stray[:20]}")
         conditions = [{"type": t, "status": "False", "lastTransitionTime": _now()}
                       for t in ("ContainersReady", "Ready")]
@@ -644,7 +650,7 @@ class NodeKubelet(Kubelet):
                                "reason": "PreemptionByScheduler",
                                "lastTransitionTime": _now()})
         container = pod["spec"]["containers"][0]
-        await self._pod_status(running, {
+        written = await self._pod_status(running, {
             "phase": "Succeeded" if code == 0 else "Failed", "conditions": conditions,
             "containerStatuses": [{
                 "name": container["name"], "ready": False, "restartCount": 0,
@@ -653,6 +659,7 @@ class NodeKubelet(Kubelet):
                     "exitCode": code, "message": _termination_message(running, code),
                     "reason": "Completed" if code == 0 else "Error",
                     "startedAt": _now(), "finishedAt": _now()}}}]})
+        running.reported = written.get("kind") == "Pod"
 
     async def _confirm_deletion(self, pod: dict[str, Any]) -> None:
         """A pod marked for deletion: stop its container, report it, delete it for good."""
@@ -667,9 +674,10 @@ class NodeKubelet(Kubelet):
             {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
              "preconditions": {"uid": meta["uid"]}}, "application/json")
 
-    async def _pod_status(self, pod: Pod, status: dict[str, Any]) -> None:
-        await self.cluster.request("PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/"
-                                   f"{pod.name}/status", {"status": status}, self.STATUS_PATCH)
+    async def _pod_status(self, pod: Pod, status: dict[str, Any]) -> dict[str, Any]:
+        return await self.cluster.request(
+            "PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status",
+            {"status": status}, self.STATUS_PATCH)
 
 
 def _policy_action(policy: dict[str, Any] | None, code: int, disrupted: bool) -> str | None:

@@ -228,7 +228,6 @@ async def test_the_operators_gang_meets_at_rank_0s_rendezvous_through_torchrun(n
     await cluster.create(SERVICES, build_service(body, settings))
     await cluster.create(JOBS, build_job("train", body, spec, settings))
     status = await job_finished(cluster, "door-train")
-    pods = {p.index: p for p in harness.pods("door-train")}
     logs = {(p.index, p.name): p.log() for p in harness.pods("door-train")}
     assert {c["type"] for c in status["conditions"]} == COMPLETE, logs
     lines = sorted(line.split("] ")[-1] for log in logs.values() for line in log.splitlines()
