@@ -271,3 +271,44 @@ def test_unclaimed_keys_are_ignored_with_a_warning(tiny_2_0: dict[str, Path], tm
         files = describe_single_file(extended, checkpoint.parent / GEMMA_DIR)
     assert files.version == "2.0"
     assert "1 keys belong to no component" in caplog.text  # mean-of-stds is dropped silently
+
+
+#: what ltx-core's transformer configurator refuses any other value of (written out from
+#: its checks): a file without them fails with "Config value dropout is None, expected 0.0"
+LTX_CORE_REQUIRES = {
+    "dropout": 0.0, "attention_bias": True, "num_vector_embeds": None,
+    "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000,
+    "use_linear_projection": False, "only_cross_attention": False, "cross_attention_norm": True,
+    "double_self_attention": False, "upcast_attention": False,
+    "standardization_norm": "rms_norm", "norm_elementwise_affine": False, "qk_norm": "rms_norm",
+    "positional_embedding_type": "rope", "use_audio_video_cross_attention": True,
+    "share_ff": False, "av_cross_ada_norm": True, "use_middle_indices_grid": True,
+}
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.3"])
+def test_single_files_carry_the_official_config_metadata(version, tiny_model, tiny_model_v23,
+                                                         tmp_path):
+    from safetensors import safe_open
+
+    model = tiny_model if version == "2.0" else tiny_model_v23
+    path = write_layouts({"single-file": tmp_path}, ModelShapes.from_model_dir(model)
+                         )["single-file"]
+    with safe_open(path, "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+        q = f.get_slice("model.diffusion_model.transformer_blocks.0.attn1.to_q.weight")
+        width = q.get_shape()[0]
+    config = json.loads(meta["config"])["transformer"]
+    for key, value in LTX_CORE_REQUIRES.items():
+        assert config.get(key) == value, key
+    assert config["num_attention_heads"] == config["audio_num_attention_heads"]
+    # the numbers are the file's own
+    blocks = {k.split(".")[3] for k in keys if k.startswith("model.diffusion_model.transformer_")}
+    assert config["num_layers"] == len(blocks)
+    assert config["num_attention_heads"] * config["attention_head_dim"] == width
+    # LTX-2.3's flags, which ComfyUI reads from here alone, follow the weights
+    v23 = version == "2.3"
+    assert config["apply_gated_attention"] is any("to_gate_logits" in k for k in keys) is v23
+    assert config["cross_attention_adaln"] is v23
+    assert config["caption_proj_before_connector"] is v23
+    assert any(k.startswith("model.diffusion_model.caption_projection.") for k in keys) is not v23

@@ -72,6 +72,69 @@ _PROMPT_ADALN = {"prompt_adaln_single": "prompt_adaln", "audio_prompt_adaln_sing
                  "audio_prompt_adaln"}
 
 
+#: the metadata entry the official releases carry: their configs as ltx-core and ComfyUI
+#: read them (JSON); the loaders refuse, or misread, a file without it
+CONFIG_METADATA = "config"
+#: what ltx-core requires of a transformer config (it refuses any other value), in the
+#: releases' own form
+_LTX_CORE_FIXED: dict[str, Any] = {
+    "dropout": 0.0, "attention_bias": True, "num_vector_embeds": None,
+    "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000,
+    "use_linear_projection": False, "only_cross_attention": False,
+    "cross_attention_norm": True, "double_self_attention": False, "upcast_attention": False,
+    "standardization_norm": "rms_norm", "norm_elementwise_affine": False,
+    "qk_norm": "rms_norm", "positional_embedding_type": "rope",
+    "use_audio_video_cross_attention": True, "share_ff": False, "av_cross_ada_norm": True,
+    "use_middle_indices_grid": True,
+}
+
+
+def release_config(shapes: ModelShapes) -> dict[str, Any]:
+    """The `config` metadata of a release's single file, from its diffusers configs: the
+    transformer and its text connectors in the original names (ltx-core builds the model
+    from them; ComfyUI reads LTX-2.3's flags — gated attention, prompt modulation, the
+    caption projection's place — from them alone)."""
+    t, c = shapes.configs["transformer"], shapes.configs["connectors"]
+    transformer = {
+        **_LTX_CORE_FIXED,
+        "num_attention_heads": t["num_attention_heads"],
+        "attention_head_dim": t["attention_head_dim"],
+        "in_channels": t["in_channels"], "out_channels": t["out_channels"],
+        "num_layers": t["num_layers"], "cross_attention_dim": t["cross_attention_dim"],
+        "caption_channels": t["caption_channels"], "norm_eps": t["norm_eps"],
+        "positional_embedding_theta": t["rope_theta"],
+        "positional_embedding_max_pos": [t["pos_embed_max_pos"], t["base_height"],
+                                         t["base_width"]],
+        "timestep_scale_multiplier": t["timestep_scale_multiplier"],
+        "av_ca_timestep_scale_multiplier": t["cross_attn_timestep_scale_multiplier"],
+        "audio_num_attention_heads": t["audio_num_attention_heads"],
+        "audio_attention_head_dim": t["audio_attention_head_dim"],
+        "audio_in_channels": t["audio_in_channels"],
+        "audio_out_channels": t["audio_out_channels"],
+        "audio_cross_attention_dim": t["audio_cross_attention_dim"],
+        "audio_positional_embedding_max_pos": [t["audio_pos_embed_max_pos"]],
+        "rope_type": t["rope_type"],
+        "frequencies_precision": "float64" if t["rope_double_precision"] else "float32",
+        "apply_gated_attention": bool(t.get("gated_attn")),
+        "cross_attention_adaln": bool(t.get("cross_attn_mod")),
+        # 2.3 projects the text per modality in its connectors, before them; 2.0 in the
+        # transformer's caption projection
+        "caption_proj_before_connector": not t.get("use_prompt_embeddings", True),
+        "use_prompt_adaln_single": t.get("use_prompt_adaln_single", True),
+        "ff_bias": t.get("ff_bias", True),
+        "use_keyframes_abs_pos_embedding": t.get("use_keyframes_abs_pos_embedding", False),
+        "connector_num_attention_heads": c["video_connector_num_attention_heads"],
+        "connector_attention_head_dim": c["video_connector_attention_head_dim"],
+        "connector_num_layers": c["video_connector_num_layers"],
+        "connector_apply_gated_attention": bool(c.get("video_gated_attn")),
+        "connector_positional_embedding_max_pos": [c["connector_rope_base_seq_len"]],
+        "audio_connector_num_attention_heads": c["audio_connector_num_attention_heads"],
+        "audio_connector_attention_head_dim": c["audio_connector_attention_head_dim"],
+        "audio_connector_num_layers": c["audio_connector_num_layers"],
+    }
+    return {"transformer": transformer}
+
+
 class CheckpointError(InvalidInput):
     """The checkpoint or its Gemma folder cannot give the model that is asked for."""
 
@@ -107,10 +170,16 @@ def _vae_original(key: str, down_blocks: int) -> str:
     return _rename(key, {"resnets": "res_blocks"})
 
 
+def transformer_key(key: str) -> str:
+    """A transformer parameter's original name, without the file's prefix: the rename
+    table that the single file and the LoRA file (`lora.lora_key`) share."""
+    return _rename(key, _TRANSFORMER_NAMES)
+
+
 def original_key(component: str, key: str, shapes: ModelShapes) -> str:
     """The original (single-file) name of a diffusers parameter or buffer."""
     if component == "transformer":
-        return TRANSFORMER_PREFIX + _rename(key, _TRANSFORMER_NAMES)
+        return TRANSFORMER_PREFIX + transformer_key(key)
     if component == "connectors":
         prefix = TRANSFORMER_PREFIX if key.split(".")[0].endswith("_connector") else (
             PROJECTION_PREFIX)
