@@ -132,7 +132,107 @@ def release_config(shapes: ModelShapes) -> dict[str, Any]:
         "audio_connector_attention_head_dim": c["audio_connector_attention_head_dim"],
         "audio_connector_num_layers": c["audio_connector_num_layers"],
     }
-    return {"transformer": transformer}
+    return {"transformer": transformer, "vae": _vae_config(shapes.configs["vae"]),
+            "audio_vae": _audio_vae_config(shapes.configs["audio_vae"]),
+            "vocoder": _vocoder_config(shapes.configs["vocoder"])}
+
+
+#: diffusers' down/upsampling kind → the stride's name in the original block lists
+_SAMPLING = {"spatial": "space", "temporal": "time", "spatiotemporal": "all"}
+
+
+def _vae_config(v: dict[str, Any]) -> dict[str, Any]:
+    """The video VAE as ltx-core's configurators build it: one flat list of blocks per
+    side, in the encoder's order (pixels first; the decoder is built from its reverse), each
+    stage's resnets (`res_x`) and its resampler with the channel multiplier it applies."""
+    if not all(v["spatio_temporal_scaling"]) or not all(v["decoder_spatio_temporal_scaling"]):
+        raise ValueError("a VAE stage without resampling has no form in the release config")
+    encoder, width = [], v["latent_channels"]  # the encoder's conv_in is latent-wide
+    for layers, kind, out in zip(v["layers_per_block"], v["downsample_type"],
+                                 v["block_out_channels"], strict=False):
+        encoder += [["res_x", {"num_layers": layers}],
+                    [f"compress_{_SAMPLING[kind]}_res", {"multiplier": out // width}]]
+        width = out
+    encoder.append(["res_x", {"num_layers": v["layers_per_block"][-1]}])
+    # diffusers lists the decoder's widths, factors, noise and residual flags pixels first
+    # but its upsample types latents first; ltx-core lists every block pixels first
+    kinds = v["upsample_type"][::-1]
+    noise = v["decoder_inject_noise"]
+    decoder = []
+    for i, (layers, kind, factor, residual) in enumerate(zip(
+            v["decoder_layers_per_block"], kinds, v["upsample_factor"], v["upsample_residual"],
+            strict=False)):
+        decoder += [["res_x", {"num_layers": layers, "inject_noise": noise[i]}],
+                    [f"compress_{_SAMPLING[kind]}", {"multiplier": factor, "residual": residual}]]
+    decoder.append(["res_x", {"num_layers": v["decoder_layers_per_block"][-1],
+                              "inject_noise": noise[-1]}])
+    encoder_padding, decoder_padding = (v["encoder_spatial_padding_mode"],
+                                        v["decoder_spatial_padding_mode"])
+    # ltx-core's encoder reads `spatial_padding_mode` before its own key, and its decoder
+    # takes reflect without it: a decoder padded otherwise than the encoder must be reflect
+    if encoder_padding != decoder_padding and decoder_padding != "reflect":
+        raise ValueError(f"ltx-core cannot pad the encoder with {encoder_padding} and the "
+                         f"decoder with {decoder_padding}")
+    padding = {"spatial_padding_mode": decoder_padding} if (
+        encoder_padding == decoder_padding) else {}
+    return {
+        "_class_name": "CausalVideoAutoencoder", "dims": 3,
+        "in_channels": v["in_channels"], "out_channels": v["out_channels"],
+        "latent_channels": v["latent_channels"], "patch_size": v["patch_size"],
+        "encoder_blocks": encoder, "decoder_blocks": decoder,
+        "decoder_base_channels": v["decoder_block_out_channels"][0] // v["upsample_factor"][0],
+        "norm_layer": "pixel_norm", "latent_log_var": "uniform",
+        "causal_decoder": v["decoder_causal"],
+        "timestep_conditioning": v["timestep_conditioning"],
+        "encoder_spatial_padding_mode": encoder_padding, **padding,
+    }
+
+
+def _audio_vae_config(a: dict[str, Any]) -> dict[str, Any]:
+    """The audio VAE in the nested form ltx-core reads (`model.params.ddconfig`, the mel
+    front end under `preprocessing`)."""
+    ddconfig = {
+        "ch": a["base_channels"], "out_ch": a["output_channels"], "ch_mult": a["ch_mult"],
+        "num_res_blocks": a["num_res_blocks"],
+        # ltx-core tests membership in it: diffusers' None (no attention) is an empty list
+        "attn_resolutions": list(a["attn_resolutions"] or []),
+        "resolution": a["resolution"], "z_channels": a["latent_channels"],
+        "in_channels": a["in_channels"], "double_z": a["double_z"],
+        "norm_type": a["norm_type"], "causality_axis": a["causality_axis"],
+        "dropout": a["dropout"], "mid_block_add_attention": a["mid_block_add_attention"],
+        "mel_bins": a["mel_bins"], "resamp_with_conv": True, "attn_type": "vanilla",
+    }
+    return {"model": {"params": {"ddconfig": ddconfig, "sampling_rate": a["sample_rate"]}},
+            "preprocessing": {"stft": {"hop_length": a["mel_hop_length"],
+                                       "causal": a["is_causal"]},
+                              "mel": {"n_mel_channels": a["mel_bins"]}}}
+
+
+def _vocoder_part(v: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    return {
+        "resblock_kernel_sizes": v[f"{prefix}resnet_kernel_sizes"],
+        "resblock_dilation_sizes": v[f"{prefix}resnet_dilations"],
+        "upsample_rates": v[f"{prefix}upsample_factors"],
+        "upsample_kernel_sizes": v[f"{prefix}upsample_kernel_sizes"],
+        "upsample_initial_channel": v[f"{prefix}hidden_channels"],
+        "resblock": "AMP1" if v[f"{prefix}act_fn"] == "snakebeta" else "1",
+        "activation": "snakebeta" if v[f"{prefix}act_fn"] == "snakebeta" else "snake",
+        "stereo": v[f"{prefix}out_channels"] == 2,
+        "use_tanh_at_final": v[f"{prefix}final_act_fn"] == "tanh",
+        "use_bias_at_final": v[f"{prefix}final_bias"],
+    }
+
+
+def _vocoder_config(v: dict[str, Any]) -> dict[str, Any]:
+    """The vocoder: flat for LTX-2.0's; LTX-2.3's 16 kHz vocoder and its bandwidth
+    extension to 48 kHz nested under `vocoder` and `bwe`, as ltx-core tells them apart."""
+    if "bwe_hidden_channels" not in v:
+        return {**_vocoder_part(v), "output_sampling_rate": v["output_sampling_rate"]}
+    return {"vocoder": {**_vocoder_part(v), "output_sampling_rate": v["input_sampling_rate"]},
+            "bwe": {**_vocoder_part(v, "bwe_"), "input_sampling_rate": v["input_sampling_rate"],
+                    "output_sampling_rate": v["output_sampling_rate"],
+                    "n_fft": v["filter_length"], "hop_length": v["hop_length"],
+                    "num_mels": v["num_mel_channels"]}}
 
 
 class CheckpointError(InvalidInput):
