@@ -80,6 +80,12 @@ def test_fits_every_rate_and_shape_to_the_bucket(tmp_path, clips):
         assert sample.window[1] == pytest.approx(probe(clips_path(clips, sample)).end,
                                                  abs=1e-3)
     assert any("at least 10 are recommended" in w for w in manifest.warnings)
+    # the clips without a caption are counted and warned about, with what it costs
+    assert not by_source["sixty.mkv"].captioned and not by_source["thirty.avi"].captioned
+    assert by_source["ntsc.mp4"].captioned and by_source["portrait/pal.mov"].captioned
+    assert manifest.uncaptioned_samples == 2
+    assert any(w.startswith("2 of 4 training samples have no caption: they train on the "
+                            "trigger phrase 'LEADIN' alone") for w in manifest.warnings)
 
 
 def test_the_manifest_json_keeps_its_shape(tmp_path, clips):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -32,9 +33,11 @@ def record_forwards(transformer) -> tuple[list[dict], object]:
     calls: list[dict] = []
 
     def hook(module, args, kwargs):
-        calls.append({k: kwargs[k] for k in ("use_cross_timestep", "sigma", "audio_sigma",
-                                             "isolate_modalities",
-                                             "spatio_temporal_guidance_blocks")})
+        calls.append({k: kwargs.get(k) for k in ("use_cross_timestep", "sigma", "audio_sigma",
+                                                 "isolate_modalities",
+                                                 "spatio_temporal_guidance_blocks",
+                                                 "video_keyframes_mask", "hidden_states",
+                                                 "height", "width")})
 
     return calls, transformer.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -58,6 +61,9 @@ def test_the_version_is_read_from_the_configs(tiny_model, tiny_model_v23, tiny_m
     assert (v25.version, v25.name, v25.use_cross_timestep, v25.per_modality_connectors,
             v25.text_encoder, v25.decoders) == (
         "2.5", "ltx-2.5", True, True, "gemma4_unified", ("convolutional", "diffusion"))
+    # only 2.5 has the keyframe embedding that ltx-core's inference puts on latent frame 0
+    assert (old.first_frame_marker, new.first_frame_marker, v25.first_frame_marker) == (
+        False, False, True)
     assert (old.decoders, new.text_encoder, new.name) == (
         ("convolutional",), "gemma3", "ltx-2.3")
     # a 2.5 transformer cannot read Gemma 3's features: refused, naming both
@@ -103,3 +109,47 @@ def test_every_training_and_sampling_forward_carries_the_profile(model, tmp_path
     assert {tuple(c["spatio_temporal_guidance_blocks"] or ()) for c in sampling} == {
         (), profile.guidance.stg_blocks}
 
+    # LTX-2.5's keyframe marker: every sampling pass marks latent frame 0 (its first
+    # height × width tokens), as ltx-core's inference does; training, as Lightricks' trainer,
+    # and the other versions (which have no such embedding) never mark anything
+    assert all(c["video_keyframes_mask"] is None for c in training)
+    for call in sampling:
+        mask = call["video_keyframes_mask"]
+        if not profile.first_frame_marker:
+            assert mask is None
+            continue
+        frame = call["height"] * call["width"]
+        assert mask.shape == (*call["hidden_states"].shape[:2], 1)
+        assert bool((mask[:, :frame] == 1).all()) and bool((mask[:, frame:] == 0).all())
+
+
+def test_ltx25_previews_apply_the_keyframe_marker_to_frame_0(tiny_model_v25):
+    """The marker reaches the model: with a learned (non-zero) embedding, a sampling call
+    predicts otherwise than training's call on the same inputs, and training's call is the
+    call with the marker switched off."""
+    from ltx_trainer.model.forward import Geometry, StreamState, TextContext, predict
+
+    profile = read_profile(tiny_model_v25)
+    transformer = load_component(tiny_model_v25, "transformer", CPU)
+    geometry = Geometry(frames=3, height=2, width=3, audio_frames=4, fps=24.0)
+    generator = torch.Generator().manual_seed(0)
+    config = transformer.config
+    video = StreamState(torch.randn(1, geometry.video_tokens, config.in_channels,
+                                    generator=generator), torch.full((1, 18), 0.7), 0.7)
+    audio = StreamState(torch.randn(1, 4, config.audio_in_channels, generator=generator),
+                        torch.full((1, 4), 0.7), 0.7)
+    text = TextContext(torch.randn(1, 5, config.cross_attention_dim, generator=generator),
+                       torch.randn(1, 5, config.audio_cross_attention_dim, generator=generator),
+                       torch.ones(1, 5))
+    with torch.no_grad():
+        transformer.keyframes_abs_pos_embedding.normal_(generator=generator)
+
+        def run(**kwargs) -> torch.Tensor:
+            return predict(transformer, profile, video, audio, text, geometry, isolate=True,
+                           **kwargs)[0]
+
+        trained, sampled = run(), run(sampling=True)
+        unmarked = predict(transformer, dataclasses.replace(profile, first_frame_marker=False),
+                           video, audio, text, geometry, isolate=True, sampling=True)[0]
+    assert torch.equal(trained, unmarked)
+    assert not torch.allclose(sampled, trained)

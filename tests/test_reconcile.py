@@ -9,7 +9,7 @@ from ltx_contract.progress import ProgressReport
 from ltx_operator.observed import JobView, PodView
 from ltx_operator.reconcile import Effects, Observed, Refusal, events, reconcile
 from ltx_operator.settings import OperatorSettings
-from ltx_operator.status import dump_status
+from ltx_operator.status import dump_status, parse_status
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings(store_url="s3://runs", model_claim_name="models", metrics_port=0,
@@ -120,6 +120,28 @@ def test_a_finished_prepare_starts_the_train_job_with_its_result():
     assert manifest["metadata"]["name"] == "door-train"
     assert conditions(plan)["DatasetReady"] == ("True", "DatasetReady")
     assert plan.status.artifacts.debug_dataset == "s3://runs/x/debug.zip"
+
+
+def test_uncaptioned_samples_are_a_condition_and_a_warning_event_naming_how_many():
+    done = job("prepare", finished=("Complete", "Completed", ""))
+    body = training(preparing(), spec={**SPEC, "triggerPhrase": "LEADIN"})
+    result = {"outcome": "Succeeded", "message": "12 samples ready", "samples": 12,
+              "uncaptionedSamples": 3}
+    plan = run(body, {"prepare": done}, [pod("prepare", "Succeeded", result)])
+    assert conditions(plan)["CaptionsComplete"] == ("False", "UncaptionedSamples")
+    (captions,) = [c for c in plan.status.conditions if c.type == "CaptionsComplete"]
+    assert captions.message.startswith("3 of 12 training samples have no caption")
+    assert "'LEADIN' alone" in captions.message
+    warned = [e for e in events(parse_status(preparing()), plan.status)
+              if e.reason == "UncaptionedSamples"]
+    assert len(warned) == 1 and warned[0].type == "Warning"
+    assert warned[0].message == captions.message
+    # every sample captioned: the condition says so, and no warning is posted
+    result.update(uncaptionedSamples=0)
+    plan = run(body, {"prepare": done}, [pod("prepare", "Succeeded", result)])
+    assert conditions(plan)["CaptionsComplete"] == ("True", "AllCaptioned")
+    assert not [e for e in events(parse_status(preparing()), plan.status)
+                if e.reason == "UncaptionedSamples"]
 
 
 def test_a_finished_job_whose_pod_was_not_seen_lists_its_pods_first():

@@ -5,6 +5,7 @@ cannot give the model asked for is refused from the header, naming the file."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,170 @@ def test_unclaimed_keys_are_ignored_with_a_warning(tiny_2_0: dict[str, Path], tm
         files = describe_single_file(extended, checkpoint.parent / GEMMA_DIR)
     assert files.version == "2.0"
     assert "1 keys belong to no component" in caplog.text  # mean-of-stds is dropped silently
+
+
+#: what ltx-core's transformer configurator refuses any other value of (written out from
+#: its checks): a file without them fails with "Config value dropout is None, expected 0.0"
+LTX_CORE_REQUIRES = {
+    "dropout": 0.0, "attention_bias": True, "num_vector_embeds": None,
+    "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000,
+    "use_linear_projection": False, "only_cross_attention": False, "cross_attention_norm": True,
+    "double_self_attention": False, "upcast_attention": False,
+    "standardization_norm": "rms_norm", "norm_elementwise_affine": False, "qk_norm": "rms_norm",
+    "positional_embedding_type": "rope", "use_audio_video_cross_attention": True,
+    "share_ff": False, "av_cross_ada_norm": True, "use_middle_indices_grid": True,
+}
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.3"])
+def test_single_files_carry_the_official_config_metadata(version, tiny_model, tiny_model_v23,
+                                                         tmp_path):
+    from safetensors import safe_open
+
+    model = tiny_model if version == "2.0" else tiny_model_v23
+    path = write_layouts({"single-file": tmp_path}, ModelShapes.from_model_dir(model)
+                         )["single-file"]
+    with safe_open(path, "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+        q = f.get_slice("model.diffusion_model.transformer_blocks.0.attn1.to_q.weight")
+        width = q.get_shape()[0]
+    config = json.loads(meta["config"])["transformer"]
+    for key, value in LTX_CORE_REQUIRES.items():
+        assert config.get(key) == value, key
+    assert config["num_attention_heads"] == config["audio_num_attention_heads"]
+    # the numbers are the file's own
+    blocks = {k.split(".")[3] for k in keys if k.startswith("model.diffusion_model.transformer_")}
+    assert config["num_layers"] == len(blocks)
+    assert config["num_attention_heads"] * config["attention_head_dim"] == width
+    # LTX-2.3's flags, which ComfyUI reads from here alone, follow the weights
+    v23 = version == "2.3"
+    assert config["apply_gated_attention"] is any("to_gate_logits" in k for k in keys) is v23
+    assert config["cross_attention_adaln"] is v23
+    assert config["caption_proj_before_connector"] is v23
+    assert any(k.startswith("model.diffusion_model.caption_projection.") for k in keys) is not v23
+
+
+#: ltx-core's resamplers by name: the stride they apply (frames, height, width)
+_STRIDES = {"time": 2, "space": 4, "all": 8}
+
+
+def _width(shapes: dict[str, list[int]], key: str, axis: int = 0) -> int:
+    return shapes[key][axis]
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.3"])
+def test_the_config_metadata_builds_the_files_vaes_and_vocoder(version, tiny_model,
+                                                               tiny_model_v23, tmp_path):
+    """The `vae`, `audio_vae` and `vocoder` sections, read as ltx-core's configurators read
+    them (the block lists walked, each block's channels carried on), give every width of the
+    file's own weights: without them ltx-core builds its default VAE and vocoder, which the
+    weights do not fit."""
+    from safetensors import safe_open
+
+    model = tiny_model if version == "2.0" else tiny_model_v23
+    path = write_layouts({"single-file": tmp_path}, ModelShapes.from_model_dir(model)
+                         )["single-file"]
+    with safe_open(path, "pt") as f:
+        config = json.loads(f.metadata()["config"])
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    keys = set(shapes)
+
+    # the video encoder: conv_in gives the latent width, then one block after another
+    vae = config["vae"]
+    assert vae["_class_name"] == "CausalVideoAutoencoder"
+    enc = "vae.encoder."
+    assert _width(shapes, enc + "conv_in.conv.weight", 1) == vae["in_channels"] * vae[
+        "patch_size"] ** 2
+    width = vae["latent_channels"]
+    assert _width(shapes, enc + "conv_in.conv.weight") == width
+    for i, (name, block) in enumerate(vae["encoder_blocks"]):
+        if name == "res_x":
+            resnets = {k.split(".")[4] for k in keys if k.startswith(f"{enc}down_blocks.{i}.")}
+            assert len(resnets) == block["num_layers"], (i, resnets)
+            assert _width(shapes, f"{enc}down_blocks.{i}.res_blocks.0.conv1.conv.weight") == width
+        else:
+            out = width * block["multiplier"]
+            stride = _STRIDES[name.removeprefix("compress_").removesuffix("_res")]
+            assert _width(shapes, f"{enc}down_blocks.{i}.conv.conv.weight") == out // stride
+            width = out
+    assert len(vae["encoder_blocks"]) == len({k.split(".")[3] for k in keys
+                                                if k.startswith(enc + "down_blocks.")})
+    assert _width(shapes, enc + "conv_out.conv.weight", 1) == width
+    assert _width(shapes, enc + "conv_out.conv.weight") == vae["latent_channels"] + 1  # uniform
+
+    # the decoder: built from the reversed list, from the bottleneck down to its base width
+    dec = "vae.decoder."
+    blocks = vae["decoder_blocks"][::-1]
+    width = vae["decoder_base_channels"]
+    for name, block in blocks:
+        if name.startswith("compress_"):
+            width *= block["multiplier"]
+    assert _width(shapes, dec + "conv_in.conv.weight") == width
+    assert _width(shapes, dec + "conv_in.conv.weight", 1) == vae["latent_channels"]
+    for i, (name, block) in enumerate(blocks):
+        if name == "res_x":
+            resnets = {k.split(".")[4] for k in keys if k.startswith(f"{dec}up_blocks.{i}.")}
+            assert len(resnets) == block["num_layers"], (i, resnets)
+            assert _width(shapes, f"{dec}up_blocks.{i}.res_blocks.0.conv1.conv.weight") == width
+        else:
+            stride = _STRIDES[name.removeprefix("compress_")]
+            assert _width(shapes, f"{dec}up_blocks.{i}.conv.conv.weight") == (
+                width * stride // block["multiplier"])
+            width //= block["multiplier"]
+    assert len(blocks) == len({k.split(".")[3] for k in keys if k.startswith(dec + "up_blocks.")})
+    assert width == vae["decoder_base_channels"] == _width(shapes, dec + "conv_out.conv.weight", 1)
+    # ltx-core's encoder reads `spatial_padding_mode` first, its decoder defaults to reflect
+    padding = folder_config(model, "vae")
+    assert vae.get("spatial_padding_mode", vae["encoder_spatial_padding_mode"]) == padding[
+        "encoder_spatial_padding_mode"]
+    assert vae.get("spatial_padding_mode", "reflect") == padding["decoder_spatial_padding_mode"]
+
+    # the audio VAE, in ltx-core's nested form
+    ddconfig = config["audio_vae"]["model"]["params"]["ddconfig"]
+    a = "audio_vae.encoder."
+    assert _width(shapes, a + "conv_in.conv.weight") == ddconfig["ch"]
+    assert _width(shapes, a + "conv_in.conv.weight", 1) == ddconfig["in_channels"]
+    assert len({k.split(".")[3] for k in keys if k.startswith(a + "down.")}) == len(
+        ddconfig["ch_mult"])
+    for level, mult in enumerate(ddconfig["ch_mult"]):
+        blocks = {k.split(".")[5] for k in keys if k.startswith(f"{a}down.{level}.block.")}
+        assert len(blocks) == ddconfig["num_res_blocks"]
+        assert _width(shapes, f"{a}down.{level}.block.0.conv1.conv.weight") == (
+            ddconfig["ch"] * mult)
+    assert _width(shapes, a + "conv_out.conv.weight") == ddconfig["z_channels"] * (
+        2 if ddconfig["double_z"] else 1)
+    assert _width(shapes, "audio_vae.decoder.conv_out.conv.weight") == ddconfig["out_ch"]
+    assert ddconfig["attn_resolutions"] == [] and not any(".attn." in k for k in keys
+                                                          if k.startswith("audio_vae."))
+    assert config["audio_vae"]["preprocessing"]["mel"]["n_mel_channels"] == ddconfig[
+        "mel_bins"] == folder_config(model, "audio_vae")["mel_bins"]
+
+    # the vocoder: flat for 2.0, vocoder + bandwidth extension for 2.3
+    vocoder = config["vocoder"]
+    parts = ({"vocoder.vocoder.": vocoder["vocoder"], "vocoder.bwe_generator.": vocoder["bwe"]}
+             if version == "2.3" else {"vocoder.": vocoder})
+    assert ("bwe" in vocoder) is (version == "2.3")
+    for prefix, part in parts.items():
+        assert _width(shapes, prefix + "conv_pre.weight") == part["upsample_initial_channel"]
+        ups = sorted({int(k.split(".")[-2]) for k in keys
+                      if re.match(re.escape(prefix) + r"ups\.\d+\.weight$", k)})
+        assert len(ups) == len(part["upsample_rates"])
+        assert [_width(shapes, f"{prefix}ups.{i}.weight", 2) for i in ups] == part[
+            "upsample_kernel_sizes"]
+        resblocks = {m.group(1) for k in keys
+                     if (m := re.match(re.escape(prefix) + r"resblocks\.(\d+)\.", k))}
+        assert len(resblocks) == len(ups) * len(part["resblock_kernel_sizes"])
+        assert part["stereo"] and _width(shapes, prefix + "conv_post.weight") == 2
+        assert (prefix + "conv_post.bias" in keys) is part["use_bias_at_final"]
+        # ltx-core's 2.3 vocoder takes AMP blocks with snakebeta activations, 2.0's plain ones
+        assert part["resblock"] == ("AMP1" if version == "2.3" else "1")
+    if version == "2.3":
+        bwe = folder_config(model, "vocoder")
+        assert (vocoder["bwe"]["input_sampling_rate"], vocoder["bwe"]["output_sampling_rate"],
+                vocoder["bwe"]["n_fft"], vocoder["bwe"]["hop_length"]) == (
+            bwe["input_sampling_rate"], bwe["output_sampling_rate"], bwe["filter_length"],
+            bwe["hop_length"])
+
+
+def folder_config(model: Path, name: str) -> dict:
+    return json.loads((model / name / "config.json").read_text())

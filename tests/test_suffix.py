@@ -25,8 +25,38 @@ def test_closing_audio_window_matches_the_suffix_seconds():
     window = SuffixWindow(89, 24, 8)
     assert window.closing_audio_window == pytest.approx((81 / 24, 89 / 24))
     assert window.audio_latent_frames == audio_latent_frames(89, 24) == round(89 / 24 * 25)
-    # 81/24 s = 84.375 audio latents in: the first wholly inside the suffix is 85
-    assert window.first_suffix_audio_latent == 85
+    # 81/24 s = 84.375 audio latents in; latent 85's first mel frame (337) is centred 5 ms
+    # before the suffix and its window reaches 37 ms into the lead-in: the first latent
+    # wholly inside is 86
+    assert window.first_suffix_audio_latent == 86
+
+
+@pytest.mark.parametrize(("frames", "fps", "cf"), [
+    (89, 24, 8), (89, 24, 24), (121, 24, 8), (121, 60, 8), (97, 30, 16), (25, 24, 8),
+    (49, 25, 16), (9, 8, 8)])
+def test_no_conditioned_audio_latent_hears_the_lead_in(frames, fps, cf):
+    """Against the log-mel the audio VAE takes (centred 64 ms STFT windows every 10 ms,
+    4 mel frames per latent): changing every lead-in sample changes none of the mel frames
+    of the conditioned latents, and does change the latent just before them."""
+    from ltx_trainer.codec.audio import log_mel
+
+    window = SuffixWindow(frames, fps, cf)
+    # the lead-in: every sample before the first suffix frame's time
+    start = -(-window.first_suffix_frame * 16_000 // fps)
+    samples = round(window.duration * 16_000)
+    waveform = torch.randn(1, samples, generator=torch.Generator().manual_seed(0))
+    changed = waveform.clone()
+    changed[:, :start] = torch.randn(1, start, generator=torch.Generator().manual_seed(1))
+    a, b = (log_mel(w, 16_000, 160, 64)[0, 0] for w in (waveform, changed))
+    differs = (a - b).abs().amax(dim=1) > 0  # per mel frame
+
+    def heard(latent):  # the latent's own mel frames: 0 for latent 0, else 4j-3 … 4j
+        return differs[max(0, 4 * latent - 3):4 * latent + 1].any().item()
+
+    first = window.first_suffix_audio_latent
+    assert first < window.audio_latent_frames
+    assert not any(heard(j) for j in range(first, window.audio_latent_frames))
+    assert heard(first - 1)  # the window starts at the first latent wholly inside
 
 
 @pytest.mark.parametrize(("frames", "cf"), [(24, 8), (25, 12), (25, 32), (17, 0)])

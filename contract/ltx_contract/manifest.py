@@ -33,6 +33,16 @@ class SuffixRecord(Document):
     audio_latent_frames: int
 
 
+def uncaptioned_warning(uncaptioned: int, samples: int, trigger_phrase: str | None) -> str:
+    """The one wording, in the manifest, the stage's result and the resource's status, of
+    how many training samples have no caption and what that costs."""
+    trained_on = f"the trigger phrase {trigger_phrase!r} alone" if trigger_phrase else (
+        "an empty prompt")
+    return (f"{uncaptioned} of {samples} training samples have no caption: they train on "
+            f"{trained_on}, so the LoRA learns their look and motion without words for them "
+            "and follows prompts less closely at inference; add a .txt caption beside each clip")
+
+
 class AudioRecord(Document):
     """A sample's fitted audio: a WAV of exactly the window."""
 
@@ -70,6 +80,8 @@ class Sample(_Clip):
     window: tuple[float, float]  # source seconds [start, end]
     stretch: float = 1.0
     caption: str = ""
+    #: False when its clip had no caption or an empty one: it trains on the trigger alone
+    captioned: bool = True
     warnings: list[str] = Field(default_factory=list)  # about this sample (caption, size)
 
 
@@ -101,6 +113,8 @@ class Manifest(Document):
     skipped: list[Skipped] = Field(default_factory=list)
     ignored: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # for the user: clips by archive path
+    #: training samples without a caption of their own (`Sample.captioned` False)
+    uncaptioned_samples: int = 0
 
     def suffix_window(self, clip: _Clip) -> SuffixWindow:
         """The suffix window of one of this manifest's samples or validation clips."""

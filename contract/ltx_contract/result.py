@@ -29,6 +29,9 @@ class JobResult(Document):
     artifacts: Artifacts = Field(default_factory=Artifacts)
     #: the base model version the stage ran on ("ltx-2.5"), read from the model's files
     model_version: str | None = None
+    #: the prepare stage's training samples, and those without a caption of their own
+    samples: int = 0
+    uncaptioned_samples: int = 0
     #: presigned HTTPS links for the artifacts; in the store's copy only
     download_urls: Artifacts = Field(default_factory=Artifacts)
     #: a presigned HTTPS link to the store's copy of this result (which has the links

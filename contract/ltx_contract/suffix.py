@@ -16,6 +16,13 @@ from .rules import TEMPORAL_COMPRESSION
 #: Audio latents per second of the LTX-2 audio VAE (16 kHz, hop 160, 4× in time).
 AUDIO_LATENTS_PER_SECOND = 25
 AUDIO_SAMPLE_RATE = 16_000
+#: the log-mel the audio VAE takes: one mel frame every `MEL_HOP_LENGTH` samples, each from a
+#: centred STFT window of `STFT_WINDOW` samples (64 ms); the VAE keeps one latent per
+#: `AUDIO_TEMPORAL_COMPRESSION` mel frames, causally (latent 0: mel frame 0; latent j ≥ 1:
+#: mel frames 4j-3 … 4j), as the video VAE keeps one latent frame per 8 pixel frames
+MEL_HOP_LENGTH = 160
+STFT_WINDOW = 1024
+AUDIO_TEMPORAL_COMPRESSION = 4
 
 
 def latent_frames(pixel_frames: int) -> int:
@@ -23,6 +30,13 @@ def latent_frames(pixel_frames: int) -> int:
     if (pixel_frames - 1) % TEMPORAL_COMPRESSION:
         raise ValueError(f"{pixel_frames} frames is not 8k+1")
     return (pixel_frames - 1) // TEMPORAL_COMPRESSION + 1
+
+
+def audio_latent_first_sample(latent: int) -> int:
+    """The earliest waveform sample (at `AUDIO_SAMPLE_RATE`) that an audio latent's own mel
+    frames hear: the start of the centred STFT window of its first mel frame."""
+    first_mel = max(0, AUDIO_TEMPORAL_COMPRESSION * latent - (AUDIO_TEMPORAL_COMPRESSION - 1))
+    return first_mel * MEL_HOP_LENGTH - STFT_WINDOW // 2
 
 
 def audio_latent_frames(pixel_frames: int, frame_rate: float) -> int:
@@ -77,10 +91,22 @@ class SuffixWindow:
 
     @property
     def first_suffix_audio_latent(self) -> int:
-        """First audio latent of the closing window: the one whose span starts at or
-        after the first suffix frame, so no conditioned latent hears the lead-in."""
+        """First audio latent of the closing window: the first whose mel frames' STFT
+        windows all start at or after the first suffix frame's first sample, so no
+        conditioned latent's own input holds lead-in audio. (A latent's nominal 40 ms span
+        is not enough: its first mel frame starts 30 ms before it, and that frame's 64 ms
+        window reaches 32 ms further back — the latent at the rounded-up span boundary
+        heard 5–18 ms of lead-in at 24 fps with 8 and 24 conditioning frames.) The
+        encoder's causal convolutions still carry context from earlier latents, as the
+        video VAE's carry the lead-in's frames into the suffix's first latent frame; that
+        is the same in training and at inference."""
         start, _ = self.closing_audio_window
-        first = math.ceil(round(start * AUDIO_LATENTS_PER_SECOND, 6))
+        start_sample = round(start * AUDIO_SAMPLE_RATE, 6)
+        # audio_latent_first_sample grows by 4 hops a latent: solve, then step past rounding
+        first = max(0, math.floor((start_sample + STFT_WINDOW // 2) / MEL_HOP_LENGTH
+                                  / AUDIO_TEMPORAL_COMPRESSION))
+        while audio_latent_first_sample(first) < start_sample:
+            first += 1
         return min(self.audio_latent_frames - 1, first)
 
     def as_dict(self) -> dict[str, object]:

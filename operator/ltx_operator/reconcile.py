@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ltx_contract.billing import billable_units, cost
+from ltx_contract.manifest import uncaptioned_warning
 from ltx_contract.outcomes import FINAL_EXIT_CODES
 from ltx_contract.progress import ProgressReport
 from ltx_contract.resource import (
@@ -178,6 +179,7 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
             return plan
         set_condition(status, "DatasetReady", True, "DatasetReady",
                       (result and result.message) or "dataset prepared", generation, now)
+        _note_captions(status, spec, result, generation, now)
         _add_artifacts(status, result)
         stage, job = "train", observed.jobs.get("train")
     restarts = status.restarts
@@ -354,6 +356,21 @@ def _succeed(status: TrainingStatus, spec: TrainingSpec, result: JobResult | Non
         units = billable_units(steps, succeeded=True)
         status.billing = Billing(units=units, steps=steps, billed_time=stamp(now),
                                  cost=str(cost(units, settings.price_per_unit)))
+
+
+def _note_captions(status: TrainingStatus, spec: TrainingSpec, result: JobResult | None,
+                   generation: int, now: datetime) -> None:
+    """`CaptionsComplete` from the prepare stage's counts (a result without counts, from a
+    trainer that did not report them, leaves it unset)."""
+    if result is None or not result.samples:
+        return
+    if result.uncaptioned_samples:
+        set_condition(status, "CaptionsComplete", False, "UncaptionedSamples",
+                      uncaptioned_warning(result.uncaptioned_samples, result.samples,
+                                          spec.trigger_phrase), generation, now)
+    else:
+        set_condition(status, "CaptionsComplete", True, "AllCaptioned",
+                      f"all {result.samples} training samples have a caption", generation, now)
 
 
 def _add_artifacts(status: TrainingStatus, result: JobResult | None) -> None:
@@ -566,6 +583,10 @@ def events(old: TrainingStatus, new: TrainingStatus) -> list[Event]:
         elif type_ == "Running" and after.reason in NOTABLE_WAITS and (
                 before is None or before.reason != after.reason):
             out.append(Event(NOTABLE_WAITS[after.reason], after.reason, after.message))
+    captions, had = condition(new, "CaptionsComplete"), condition(old, "CaptionsComplete")
+    if captions is not None and captions.status == "False" and (
+            had is None or (had.status, had.message) != (captions.status, captions.message)):
+        out.append(Event("Warning", captions.reason, captions.message))
     if restart_counts(new) != restart_counts(old):
         out.append(Event("Warning", "GangRestarted", new.restarts.last_reason or ""))
     if new.billing and not old.billing and new.billing.units:

@@ -9,8 +9,8 @@ from typing import Any
 from ltx_contract.resource import Condition, TrainingStatus
 
 #: The order conditions are listed in (others go last).
-CONDITION_TYPES = ("Validated", "JobCreated", "DatasetReady", "Running", "Training",
-                   "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES = ("Validated", "JobCreated", "DatasetReady", "CaptionsComplete", "Running",
+                   "Training", "Suspended", "Succeeded", "Failed")
 FINISHED_PHASES = ("Succeeded", "Failed")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # RFC 3339, as Kubernetes writes times
 

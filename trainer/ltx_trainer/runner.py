@@ -194,7 +194,8 @@ def _prepare(ctx: JobContext) -> JobResult:
     result = JobResult(stage="prepare", outcome="Succeeded", reason="DatasetReady",
                        message=f"{len(manifest.samples)} training samples and "
                        f"{len(manifest.validation)} validation clips ready",
-                       exit_code=int(ExitCode.SUCCESS))
+                       exit_code=int(ExitCode.SUCCESS), samples=len(manifest.samples),
+                       uncaptioned_samples=manifest.uncaptioned_samples)
     if ctx.spec.debug_dataset:
         _publish(ctx, result, "debug_dataset", work / "debug_dataset.zip", "debug_dataset.zip")
     return result

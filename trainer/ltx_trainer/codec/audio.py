@@ -11,7 +11,10 @@ import functools
 import numpy as np
 import torch
 
-N_FFT = 1024
+from ltx_contract.suffix import STFT_WINDOW
+
+#: the STFT window: one definition with the suffix rule's closing audio window
+N_FFT = STFT_WINDOW
 
 
 @functools.cache

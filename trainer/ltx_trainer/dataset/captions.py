@@ -32,6 +32,8 @@ codecs.register_error(_LATIN1_FALLBACK, _latin1_fallback)
 class Caption:
     text: str
     warnings: tuple[str, ...] = ()
+    #: False when the clip had no caption or an empty one (it trains on the trigger alone)
+    described: bool = True
 
 
 def _decode(raw: bytes, complete: bool) -> tuple[str, bool]:
@@ -51,7 +53,7 @@ def read_caption(path: Path | None, name: str, trigger_phrase: str | None) -> Ca
     `path` None when the clip has no caption file (the trigger phrase alone)."""
     trigger = trigger_phrase or ""
     if path is None:
-        return Caption(trigger)
+        return Caption(trigger, described=False)
     with path.open("rb") as source:
         raw = source.read(READ_LIMIT_BYTES + 1)
     complete = len(raw) <= READ_LIMIT_BYTES
@@ -74,4 +76,4 @@ def read_caption(path: Path | None, name: str, trigger_phrase: str | None) -> Ca
         warnings.append(f"caption {name} is longer than the {MAX_TEXT_LENGTH} characters "
                         f"allowed (trigger phrase included): only the first "
                         f"{MAX_TEXT_LENGTH} are used")
-    return Caption(caption, tuple(warnings))
+    return Caption(caption, tuple(warnings), described=bool(text))

@@ -32,6 +32,7 @@ from ltx_contract.manifest import (
     Skipped,
     SuffixRecord,
     ValidationClip,
+    uncaptioned_warning,
 )
 from ltx_contract.outcomes import InvalidInput
 from ltx_contract.spec import TrainingSpec
@@ -111,6 +112,7 @@ class _Clip:
     info: media.ClipInfo
     caption: str
     warnings: list[str]  # about this clip, copied onto each of its samples
+    captioned: bool = True  # False: no caption or an empty one
 
 
 def _discover(spec: TrainingSpec, root: Path, contents: archive.ArchiveContents,
@@ -135,7 +137,7 @@ def _discover(spec: TrainingSpec, root: Path, contents: archive.ArchiveContents,
         if note := upscale_warning(relative.as_posix(), info, spec.frame_size):
             notes.append(note)
         warnings.extend(notes)
-        clips.append(_Clip(relative, path, info, caption.text, notes))
+        clips.append(_Clip(relative, path, info, caption.text, notes, caption.described))
     return clips
 
 
@@ -207,6 +209,7 @@ def _fit_sample(spec: TrainingSpec, clip: _Clip, window: media.Window, sample_id
         width=size[0],
         height=size[1],
         caption=clip.caption,
+        captioned=clip.captioned,
         suffix=_suffix(window.frames, window.frame_rate, spec.conditioning_frames),
         audio=audio,
         rotation=clip.info.orientation.rotation,
@@ -350,6 +353,9 @@ def _prepare(spec: TrainingSpec, scratch: Path, out: Path, settings: PrepareSett
         raise InvalidInput("no usable training sample could be made: " + "; ".join(failures[:5])
                            + (f"; {short} clip(s) too short" if short else ""))
     warnings.extend(failures)
+    uncaptioned = sum(not s.captioned for s in samples)
+    if uncaptioned:
+        warnings.append(uncaptioned_warning(uncaptioned, len(samples), spec.trigger_phrase))
     if len(clips) < RECOMMENDED_CLIPS:
         warnings.append(f"only {len(clips)} clip(s); at least {RECOMMENDED_CLIPS} are "
                         "recommended")
@@ -368,6 +374,7 @@ def _prepare(spec: TrainingSpec, scratch: Path, out: Path, settings: PrepareSett
         skipped=skipped,
         ignored=contents.ignored,
         warnings=warnings,
+        uncaptioned_samples=uncaptioned,
     )
 
 

@@ -7,6 +7,30 @@ from __future__ import annotations
 from typing import Any
 
 MODALITIES = ("video", "audio")
+#: the scale (alpha / rank) the LoRA is trained and saved at: ComfyUI and Lightricks'
+#: ltx-core ignore alpha and apply a LoRA at scale 1 (the official files hold no `.alpha`
+#: tensors), so any other scale would make the LoRA act differently there than here
+LORA_SCALE = 1.0
+
+
+def lora_alpha(rank: int) -> int:
+    """The one definition of the LoRA's alpha: equal to `rank`, a scale of 1."""
+    return rank
+
+
+def check_lora_scale(transformer: Any) -> None:
+    """Refuse an adapter whose layers are scaled otherwise than `LORA_SCALE` (alpha !=
+    rank): its file would load at another strength in the tools users have."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in transformer.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            for adapter, scale in getattr(module, "scaling", {}).items():
+                if scale != LORA_SCALE:
+                    raise ValueError(
+                        f"the LoRA layer {name} (adapter {adapter!r}) is scaled {scale:g}, but "
+                        f"LoRA files are applied at scale {LORA_SCALE:g} (alpha = rank) by "
+                        "ComfyUI and ltx-core: train it with alpha equal to its rank")
 
 
 def trained_modalities(with_audio: bool) -> tuple[str, ...]:
@@ -33,7 +57,7 @@ def add_lora(transformer: Any, rank: int, modalities: tuple[str, ...]) -> None:
     (the step's autocast runs those matmuls in bf16 anyway)."""
     from peft import LoraConfig
 
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True,
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=lora_alpha(rank), init_lora_weights=True,
                                        target_modules=lora_targets(modalities)))
     set_input_casting(transformer, False)
 

@@ -136,12 +136,14 @@ def connect_text(connectors: Any, embeds: torch.Tensor, mask: torch.Tensor) -> T
 
 def predict(transformer: Any, profile: ModelProfile, video: StreamState, audio: StreamState,
             text: TextContext, geometry: Geometry, *, isolate: bool,
-            stg: bool = False, attention: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+            stg: bool = False, attention: str = "auto", sampling: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Velocity predictions (video, audio) for a batch.
 
     `isolate` turns the audio↔video attention off (a video-only model, or the modality
     guidance pass); `stg` perturbs the profile's STG blocks; `attention` picks the SDPA
-    kernels (ATTENTION_BACKENDS).
+    kernels (ATTENTION_BACKENDS); `sampling` is a preview's or `extend`'s call, which marks
+    latent frame 0 where the profile says inference does (`first_frame_marker`).
     """
     device, dtype = transformer.device, transformer.dtype
     batch = video.latents.shape[0]
@@ -150,6 +152,8 @@ def predict(transformer: Any, profile: ModelProfile, video: StreamState, audio: 
         batch, geometry.frames, geometry.height, geometry.width, device, fps=geometry.fps)
     audio_coords = transformer.audio_rope.prepare_audio_coords(batch, geometry.audio_frames,
                                                                device)
+    keyframes = first_frame_mask(batch, geometry, device) if (
+        sampling and profile.first_frame_marker) else None
     autocast = device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
     with torch.autocast(device.type if autocast else "cpu", dtype=torch.bfloat16,
                         enabled=autocast), attention_kernels(attention, device):
@@ -166,6 +170,17 @@ def predict(transformer: Any, profile: ModelProfile, video: StreamState, audio: 
             video_coords=video_coords, audio_coords=audio_coords,
             isolate_modalities=isolate,
             spatio_temporal_guidance_blocks=list(profile.guidance.stg_blocks) if stg else None,
-            use_cross_timestep=profile.use_cross_timestep, return_dict=False,
+            use_cross_timestep=profile.use_cross_timestep, video_keyframes_mask=keyframes,
+            return_dict=False,
         )
     return video_out, audio_out
+
+
+def first_frame_mask(batch: int, geometry: Geometry, device: torch.device) -> torch.Tensor:
+    """(B, video tokens, 1): 1 on latent frame 0's tokens, which the causal VAE makes from
+    one pixel frame. ltx-core's inference marks them in every generation (its video latent
+    state's keyframes mask), so that LTX-2.5 adds its keyframe embedding to them; the
+    tokens are packed frame by frame, so frame 0 is the first height × width."""
+    mask = torch.zeros(batch, geometry.video_tokens, 1, device=device)
+    mask[:, :geometry.height * geometry.width] = 1.0
+    return mask

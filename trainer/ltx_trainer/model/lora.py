@@ -22,6 +22,15 @@ VERSION_KEY = "baseModelVersion"
 UNRECORDED_VERSION = "ltx-2.3"
 
 
+def lora_key(name: str) -> str:
+    """A LoRA tensor's key in the file from its peft name
+    (`transformer_blocks.0.attn1.to_q.lora_A.weight`): the transformer's original name,
+    through the single file's rename table, under `LORA_PREFIX`."""
+    from .single_file import transformer_key
+
+    return LORA_PREFIX + transformer_key(name)
+
+
 def read_lora_config(path: Path | None) -> dict[str, Any]:
     """The training config stored in a LoRA file's metadata ({} without a file or config)."""
     if path is None:

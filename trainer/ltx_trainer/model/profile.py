@@ -78,6 +78,9 @@ class ModelProfile:
     text_features: tuple[int, int] = (3840, 49)  # the connectors' input: width, hidden states
     vae_scale_factors: tuple[int, int, int] = (8, 32, 32)  # time, height, width
     decoders: tuple[str, ...] = (CONVOLUTIONAL,)  # the video decoders the model ships
+    #: LTX-2.5's learned embedding for latent frames that encode one pixel frame: ltx-core's
+    #: inference adds it to latent frame 0 of every generation, its trainer never does
+    first_frame_marker: bool = False
 
     @property
     def name(self) -> str:
@@ -141,6 +144,7 @@ def profile_from_configs(transformer: dict[str, Any], connectors: dict[str, Any]
         timestep_scale=int(transformer.get("timestep_scale_multiplier", 1000)),
         text_encoder=encoder, text_features=features,
         vae_scale_factors=factors, decoders=decoders,
+        first_frame_marker=bool(transformer.get("use_keyframes_abs_pos_embedding", False)),
     )
 
 

@@ -72,6 +72,169 @@ _PROMPT_ADALN = {"prompt_adaln_single": "prompt_adaln", "audio_prompt_adaln_sing
                  "audio_prompt_adaln"}
 
 
+#: the metadata entry the official releases carry: their configs as ltx-core and ComfyUI
+#: read them (JSON); the loaders refuse, or misread, a file without it
+CONFIG_METADATA = "config"
+#: what ltx-core requires of a transformer config (it refuses any other value), in the
+#: releases' own form
+_LTX_CORE_FIXED: dict[str, Any] = {
+    "dropout": 0.0, "attention_bias": True, "num_vector_embeds": None,
+    "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000,
+    "use_linear_projection": False, "only_cross_attention": False,
+    "cross_attention_norm": True, "double_self_attention": False, "upcast_attention": False,
+    "standardization_norm": "rms_norm", "norm_elementwise_affine": False,
+    "qk_norm": "rms_norm", "positional_embedding_type": "rope",
+    "use_audio_video_cross_attention": True, "share_ff": False, "av_cross_ada_norm": True,
+    "use_middle_indices_grid": True,
+}
+
+
+def release_config(shapes: ModelShapes) -> dict[str, Any]:
+    """The `config` metadata of a release's single file, from its diffusers configs: the
+    transformer and its text connectors in the original names (ltx-core builds the model
+    from them; ComfyUI reads LTX-2.3's flags — gated attention, prompt modulation, the
+    caption projection's place — from them alone)."""
+    t, c = shapes.configs["transformer"], shapes.configs["connectors"]
+    transformer = {
+        **_LTX_CORE_FIXED,
+        "num_attention_heads": t["num_attention_heads"],
+        "attention_head_dim": t["attention_head_dim"],
+        "in_channels": t["in_channels"], "out_channels": t["out_channels"],
+        "num_layers": t["num_layers"], "cross_attention_dim": t["cross_attention_dim"],
+        "caption_channels": t["caption_channels"], "norm_eps": t["norm_eps"],
+        "positional_embedding_theta": t["rope_theta"],
+        "positional_embedding_max_pos": [t["pos_embed_max_pos"], t["base_height"],
+                                         t["base_width"]],
+        "timestep_scale_multiplier": t["timestep_scale_multiplier"],
+        "av_ca_timestep_scale_multiplier": t["cross_attn_timestep_scale_multiplier"],
+        "audio_num_attention_heads": t["audio_num_attention_heads"],
+        "audio_attention_head_dim": t["audio_attention_head_dim"],
+        "audio_in_channels": t["audio_in_channels"],
+        "audio_out_channels": t["audio_out_channels"],
+        "audio_cross_attention_dim": t["audio_cross_attention_dim"],
+        "audio_positional_embedding_max_pos": [t["audio_pos_embed_max_pos"]],
+        "rope_type": t["rope_type"],
+        "frequencies_precision": "float64" if t["rope_double_precision"] else "float32",
+        "apply_gated_attention": bool(t.get("gated_attn")),
+        "cross_attention_adaln": bool(t.get("cross_attn_mod")),
+        # 2.3 projects the text per modality in its connectors, before them; 2.0 in the
+        # transformer's caption projection
+        "caption_proj_before_connector": not t.get("use_prompt_embeddings", True),
+        "use_prompt_adaln_single": t.get("use_prompt_adaln_single", True),
+        "ff_bias": t.get("ff_bias", True),
+        "use_keyframes_abs_pos_embedding": t.get("use_keyframes_abs_pos_embedding", False),
+        "connector_num_attention_heads": c["video_connector_num_attention_heads"],
+        "connector_attention_head_dim": c["video_connector_attention_head_dim"],
+        "connector_num_layers": c["video_connector_num_layers"],
+        "connector_apply_gated_attention": bool(c.get("video_gated_attn")),
+        "connector_positional_embedding_max_pos": [c["connector_rope_base_seq_len"]],
+        "audio_connector_num_attention_heads": c["audio_connector_num_attention_heads"],
+        "audio_connector_attention_head_dim": c["audio_connector_attention_head_dim"],
+        "audio_connector_num_layers": c["audio_connector_num_layers"],
+    }
+    return {"transformer": transformer, "vae": _vae_config(shapes.configs["vae"]),
+            "audio_vae": _audio_vae_config(shapes.configs["audio_vae"]),
+            "vocoder": _vocoder_config(shapes.configs["vocoder"])}
+
+
+#: diffusers' down/upsampling kind → the stride's name in the original block lists
+_SAMPLING = {"spatial": "space", "temporal": "time", "spatiotemporal": "all"}
+
+
+def _vae_config(v: dict[str, Any]) -> dict[str, Any]:
+    """The video VAE as ltx-core's configurators build it: one flat list of blocks per
+    side, in the encoder's order (pixels first; the decoder is built from its reverse), each
+    stage's resnets (`res_x`) and its resampler with the channel multiplier it applies."""
+    if not all(v["spatio_temporal_scaling"]) or not all(v["decoder_spatio_temporal_scaling"]):
+        raise ValueError("a VAE stage without resampling has no form in the release config")
+    encoder, width = [], v["latent_channels"]  # the encoder's conv_in is latent-wide
+    for layers, kind, out in zip(v["layers_per_block"], v["downsample_type"],
+                                 v["block_out_channels"], strict=False):
+        encoder += [["res_x", {"num_layers": layers}],
+                    [f"compress_{_SAMPLING[kind]}_res", {"multiplier": out // width}]]
+        width = out
+    encoder.append(["res_x", {"num_layers": v["layers_per_block"][-1]}])
+    # diffusers lists the decoder's widths, factors, noise and residual flags pixels first
+    # but its upsample types latents first; ltx-core lists every block pixels first
+    kinds = v["upsample_type"][::-1]
+    noise = v["decoder_inject_noise"]
+    decoder = []
+    for i, (layers, kind, factor, residual) in enumerate(zip(
+            v["decoder_layers_per_block"], kinds, v["upsample_factor"], v["upsample_residual"],
+            strict=False)):
+        decoder += [["res_x", {"num_layers": layers, "inject_noise": noise[i]}],
+                    [f"compress_{_SAMPLING[kind]}", {"multiplier": factor, "residual": residual}]]
+    decoder.append(["res_x", {"num_layers": v["decoder_layers_per_block"][-1],
+                              "inject_noise": noise[-1]}])
+    encoder_padding, decoder_padding = (v["encoder_spatial_padding_mode"],
+                                        v["decoder_spatial_padding_mode"])
+    # ltx-core's encoder reads `spatial_padding_mode` before its own key, and its decoder
+    # takes reflect without it: a decoder padded otherwise than the encoder must be reflect
+    if encoder_padding != decoder_padding and decoder_padding != "reflect":
+        raise ValueError(f"ltx-core cannot pad the encoder with {encoder_padding} and the "
+                         f"decoder with {decoder_padding}")
+    padding = {"spatial_padding_mode": decoder_padding} if (
+        encoder_padding == decoder_padding) else {}
+    return {
+        "_class_name": "CausalVideoAutoencoder", "dims": 3,
+        "in_channels": v["in_channels"], "out_channels": v["out_channels"],
+        "latent_channels": v["latent_channels"], "patch_size": v["patch_size"],
+        "encoder_blocks": encoder, "decoder_blocks": decoder,
+        "decoder_base_channels": v["decoder_block_out_channels"][0] // v["upsample_factor"][0],
+        "norm_layer": "pixel_norm", "latent_log_var": "uniform",
+        "causal_decoder": v["decoder_causal"],
+        "timestep_conditioning": v["timestep_conditioning"],
+        "encoder_spatial_padding_mode": encoder_padding, **padding,
+    }
+
+
+def _audio_vae_config(a: dict[str, Any]) -> dict[str, Any]:
+    """The audio VAE in the nested form ltx-core reads (`model.params.ddconfig`, the mel
+    front end under `preprocessing`)."""
+    ddconfig = {
+        "ch": a["base_channels"], "out_ch": a["output_channels"], "ch_mult": a["ch_mult"],
+        "num_res_blocks": a["num_res_blocks"],
+        # ltx-core tests membership in it: diffusers' None (no attention) is an empty list
+        "attn_resolutions": list(a["attn_resolutions"] or []),
+        "resolution": a["resolution"], "z_channels": a["latent_channels"],
+        "in_channels": a["in_channels"], "double_z": a["double_z"],
+        "norm_type": a["norm_type"], "causality_axis": a["causality_axis"],
+        "dropout": a["dropout"], "mid_block_add_attention": a["mid_block_add_attention"],
+        "mel_bins": a["mel_bins"], "resamp_with_conv": True, "attn_type": "vanilla",
+    }
+    return {"model": {"params": {"ddconfig": ddconfig, "sampling_rate": a["sample_rate"]}},
+            "preprocessing": {"stft": {"hop_length": a["mel_hop_length"],
+                                       "causal": a["is_causal"]},
+                              "mel": {"n_mel_channels": a["mel_bins"]}}}
+
+
+def _vocoder_part(v: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    return {
+        "resblock_kernel_sizes": v[f"{prefix}resnet_kernel_sizes"],
+        "resblock_dilation_sizes": v[f"{prefix}resnet_dilations"],
+        "upsample_rates": v[f"{prefix}upsample_factors"],
+        "upsample_kernel_sizes": v[f"{prefix}upsample_kernel_sizes"],
+        "upsample_initial_channel": v[f"{prefix}hidden_channels"],
+        "resblock": "AMP1" if v[f"{prefix}act_fn"] == "snakebeta" else "1",
+        "activation": "snakebeta" if v[f"{prefix}act_fn"] == "snakebeta" else "snake",
+        "stereo": v[f"{prefix}out_channels"] == 2,
+        "use_tanh_at_final": v[f"{prefix}final_act_fn"] == "tanh",
+        "use_bias_at_final": v[f"{prefix}final_bias"],
+    }
+
+
+def _vocoder_config(v: dict[str, Any]) -> dict[str, Any]:
+    """The vocoder: flat for LTX-2.0's; LTX-2.3's 16 kHz vocoder and its bandwidth
+    extension to 48 kHz nested under `vocoder` and `bwe`, as ltx-core tells them apart."""
+    if "bwe_hidden_channels" not in v:
+        return {**_vocoder_part(v), "output_sampling_rate": v["output_sampling_rate"]}
+    return {"vocoder": {**_vocoder_part(v), "output_sampling_rate": v["input_sampling_rate"]},
+            "bwe": {**_vocoder_part(v, "bwe_"), "input_sampling_rate": v["input_sampling_rate"],
+                    "output_sampling_rate": v["output_sampling_rate"],
+                    "n_fft": v["filter_length"], "hop_length": v["hop_length"],
+                    "num_mels": v["num_mel_channels"]}}
+
+
 class CheckpointError(InvalidInput):
     """The checkpoint or its Gemma folder cannot give the model that is asked for."""
 
@@ -107,10 +270,16 @@ def _vae_original(key: str, down_blocks: int) -> str:
     return _rename(key, {"resnets": "res_blocks"})
 
 
+def transformer_key(key: str) -> str:
+    """A transformer parameter's original name, without the file's prefix: the rename
+    table that the single file and the LoRA file (`lora.lora_key`) share."""
+    return _rename(key, _TRANSFORMER_NAMES)
+
+
 def original_key(component: str, key: str, shapes: ModelShapes) -> str:
     """The original (single-file) name of a diffusers parameter or buffer."""
     if component == "transformer":
-        return TRANSFORMER_PREFIX + _rename(key, _TRANSFORMER_NAMES)
+        return TRANSFORMER_PREFIX + transformer_key(key)
     if component == "connectors":
         prefix = TRANSFORMER_PREFIX if key.split(".")[0].endswith("_connector") else (
             PROJECTION_PREFIX)

@@ -108,7 +108,13 @@ def _write_single_file(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from .single_file import GEMMA_DIR, SHAPES_METADATA, to_original
+    from .single_file import (
+        CONFIG_METADATA,
+        GEMMA_DIR,
+        SHAPES_METADATA,
+        release_config,
+        to_original,
+    )
 
     original: dict[str, torch.Tensor] = {}
     with contextlib.ExitStack() as files:
@@ -118,7 +124,8 @@ def _write_single_file(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
                 original.update(to_original(name, {k: file.get_tensor(k) for k in file.keys()},
                                             shapes))
         path = dest / f"{shapes.name}.safetensors"
-        save_file(original, path, metadata={SHAPES_METADATA: shapes.to_json()})
+        save_file(original, path, metadata={SHAPES_METADATA: shapes.to_json(),
+                                            CONFIG_METADATA: json.dumps(release_config(shapes))})
     gemma = dest / GEMMA_DIR
     shutil.copytree(folder / "text_encoder", gemma, dirs_exist_ok=True)
     shutil.copytree(folder / "tokenizer", gemma, dirs_exist_ok=True)
@@ -141,7 +148,7 @@ def _write_split_pack(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
     from safetensors.torch import save_file
 
     from .shapes import DIFFUSION_DECODER, LTX_GEMMA_4
-    from .single_file import PROJECTION_PREFIX, SHAPES_METADATA
+    from .single_file import CONFIG_METADATA, PROJECTION_PREFIX, SHAPES_METADATA, release_config
     from .split_pack import (
         AUDIO_VAE_FILE,
         GEMMA_SOURCE_METADATA,
@@ -160,7 +167,8 @@ def _write_split_pack(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
     release = {VERSION_METADATA: "2.5.0", SHAPES_METADATA: shapes.to_json()}
     weights = part("transformer", "connectors")
     projection = {k: weights.pop(k) for k in list(weights) if k.startswith(PROJECTION_PREFIX)}
-    files = {f"diffusion_models/{shapes.name}-transformer.safetensors": (weights, {})}
+    files = {f"diffusion_models/{shapes.name}-transformer.safetensors": (
+        weights, {CONFIG_METADATA: json.dumps(release_config(shapes))})}
     text = {k: v for k, v in part("text_encoder").items()
             if k in pack_keys(shapes, "text_encoder")}  # the tied output head is not stored
     tokenizer = {p.name: p.read_text() for p in (folder / "tokenizer").iterdir() if p.is_file()}

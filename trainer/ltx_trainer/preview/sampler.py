@@ -99,7 +99,7 @@ def denoise(transformer: Any, profile: ModelProfile, video: Stream, audio: Strea
         audio_sigma = sigma if with_audio else 1.0
         v_pair, a_pair = predict(transformer, profile, video.state(sigma, 2),
                                  audio.state(audio_sigma, 2), text, geometry,
-                                 isolate=not with_audio)
+                                 isolate=not with_audio, sampling=True)
         v_state, a_state = video.state(sigma), audio.state(audio_sigma)
         x0_v = _x0(video.latents, v_pair, v_state.timesteps)
         x0_a = _x0(audio.latents, a_pair, a_state.timesteps)
@@ -108,14 +108,14 @@ def denoise(transformer: Any, profile: ModelProfile, video: Stream, audio: Strea
         a_guided = a_cond + (guidance.audio_cfg - 1) * (a_cond - a_uncond)
         if stg_scale > 0:
             v_stg, a_stg = predict(transformer, profile, v_state, a_state, positive, geometry,
-                                   isolate=not with_audio, stg=True)
+                                   isolate=not with_audio, stg=True, sampling=True)
             v_guided = v_guided + stg_scale * (v_cond - _x0(video.latents, v_stg,
                                                             v_state.timesteps))
             a_guided = a_guided + stg_scale * (a_cond - _x0(audio.latents, a_stg,
                                                             a_state.timesteps))
         if with_audio and guidance.modality != 1:
             v_iso, a_iso = predict(transformer, profile, v_state, a_state, positive, geometry,
-                                   isolate=True)
+                                   isolate=True, sampling=True)
             v_guided = v_guided + (guidance.modality - 1) * (
                 v_cond - _x0(video.latents, v_iso, v_state.timesteps))
             a_guided = a_guided + (guidance.modality - 1) * (

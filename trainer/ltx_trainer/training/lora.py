@@ -18,9 +18,12 @@ from safetensors.torch import save_file
 from ltx_contract.spec import TrainingSpec
 
 from .. import __version__
-from ..model.lora import CONFIG_METADATA_KEY, LORA_PREFIX, VERSION_KEY
+from ..model.adapter import check_lora_scale, lora_alpha
+from ..model.lora import CONFIG_METADATA_KEY, LORA_PREFIX, VERSION_KEY, lora_key
 
 TRAINING_TYPE = "extend-suffix"
+
+
 def adapter_state(transformer: Any) -> dict[str, torch.Tensor]:
     """The adapter's weights under peft's names, detached copies on the CPU."""
     from peft import get_peft_model_state_dict
@@ -30,10 +33,12 @@ def adapter_state(transformer: Any) -> dict[str, torch.Tensor]:
 
 
 def lora_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
-    """The LoRA weights in bf16 under their original LTX-2 names (`diffusion_model.`)."""
+    """The LoRA weights in bf16 under their original LTX-2 names (`diffusion_model.`), at
+    the scale other tools apply (`adapter.check_lora_scale`)."""
     from peft import get_peft_model_state_dict
 
-    return {f"{LORA_PREFIX}{k}": v.detach().to(torch.bfloat16).contiguous().cpu()
+    check_lora_scale(transformer)
+    return {lora_key(k): v.detach().to(torch.bfloat16).contiguous().cpu()
             for k, v in get_peft_model_state_dict(transformer).items()}
 
 
@@ -54,7 +59,7 @@ def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
         "height": height,
         "withAudio": spec.with_audio,
         "rank": spec.rank,
-        "alpha": spec.rank,
+        "alpha": lora_alpha(spec.rank),
         "steps": spec.number_of_steps,
         "learningRate": spec.learning_rate,
         "loraKeyPrefix": LORA_PREFIX,
@@ -73,6 +78,7 @@ def write_lora_file(transformer: Any, config: dict[str, Any], dest: Path,
     cannot give them itself (its base sharded), else its LoRA."""
     metadata = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
     metadata[CONFIG_METADATA_KEY] = json.dumps(config)
+    check_lora_scale(transformer)
     save_file(lora_state_dict(transformer) if weights is None else weights, dest,
               metadata=metadata)
     return dest

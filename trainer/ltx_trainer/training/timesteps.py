@@ -6,8 +6,11 @@ the rest clamped), and one draw in ten replaced by a uniform one on [eps, 1]. Th
 shifted logit-normal piles almost every draw near sigma = 1 at high token counts, so
 the low-noise end (the detail next to the suffix) is barely trained; the stretch and
 the uniform share keep every noise level in the mix. mu is the scheduler's linear shift
-in the token count, capped at its max_image_seq_len as the official sampler caps it
-(past the cap both percentiles saturate and the stretch would divide by ~0).
+in the token count, extrapolated past its max_image_seq_len without a cap, as the released
+trainer's sampler and our own preview sampler compute it: capping it at 4,096 tokens would
+train fewer high-noise steps (where the lead-in's layout and motion are decided) than
+inference samples. At the largest size the spec allows (14,400 video tokens, mu 5.74) the
+stretch's bounds are still 0.04 apart, so it stays finite (`tests/test_recipe.py`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class ShiftedLogitNormal:
     uniform_share: float = 0.1
 
     def mu(self, tokens: int) -> float:
-        return self.shift.mu(min(tokens, self.shift.max_seq_len))
+        return self.shift.mu(tokens)
 
     def bounds(self, tokens: int) -> tuple[float, float]:
         """The sigmas that the stretch maps to 0 and to 1."""

@@ -43,7 +43,7 @@ from ..model.forward import (
     connect_text,
     predict,
 )
-from ..model.lora import LORA_PREFIX
+from ..model.lora import lora_key
 from ..model.low_memory import quantize_frozen
 from . import distributed
 from .checkpoints import (
@@ -56,6 +56,7 @@ from .distributed import SINGLE, World
 from .lora import adapter_state, lora_state_dict, training_config, write_lora_file
 from .parts import ModelParts
 from .preprocess import encode_dataset, load_sample
+from .schedule import make_scheduler
 from .speed import (
     checkpoint_blocks,
     compile_blocks,
@@ -193,7 +194,6 @@ class Trainer:
 
     # -- model ---------------------------------------------------------------------------
     def _load(self) -> None:
-        from diffusers.optimization import get_scheduler
         from diffusers.training_utils import cast_training_params
 
         settings = self.settings
@@ -229,8 +229,9 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, self.spec.learning_rate,
                                         settings.weight_decay, self.device,
                                         low_memory=settings.low_memory)
-        self.scheduler = get_scheduler("constant_with_warmup", self.optimizer,
-                                       num_warmup_steps=settings.warmup_steps)
+        # learningRate is the peak; linear decay to a tenth at the last step (`schedule.py`)
+        self.scheduler = make_scheduler(self.optimizer, self.spec.number_of_steps,
+                                        settings.warmup_steps)
 
     @torch.no_grad()
     def text_context(self, embeds: torch.Tensor) -> TextContext:
@@ -375,7 +376,7 @@ class Trainer:
             from .sharding import full_lora_state
 
             state = full_lora_state(self.transformer)
-            return state, {f"{LORA_PREFIX}{k}": v.to(torch.bfloat16).contiguous()
+            return state, {lora_key(k): v.to(torch.bfloat16).contiguous()
                            for k, v in state.items()}
         return adapter_state(self.transformer), lora_state_dict(self.transformer)
 
