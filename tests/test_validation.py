@@ -22,7 +22,12 @@ from ltx_trainer.runner import JobContext, run_local
 from ltx_trainer.store import open_store
 from ltx_trainer.training.preprocess import encode_dataset
 from ltx_trainer.training.trainer import Interrupted, Trainer, TrainerHooks, TrainSettings
-from ltx_trainer.training.validation import SIGMAS, Validator, windows
+from ltx_trainer.training.validation import (
+    MAX_TRAINING_WINDOWS,
+    SIGMAS,
+    Validator,
+    windows,
+)
 
 from media_factory import make_clip
 
@@ -217,3 +222,13 @@ def test_without_held_out_clips_the_figure_is_on_the_training_windows(encoded, t
     result = trainer.train(work / "dataset")
     assert [(e.step, e.held_out, e.windows) for e in seen] == [(4, False, 3)]
     assert result.best_lora is None  # the best step is the last: no second LoRA
+
+
+def test_the_windows_are_the_held_out_ones_else_a_few_training_ones_spread_evenly():
+    marked = [{"id": f"{i:04d}", "heldOut": i in (3, 4)} for i in range(40)]
+    assert windows(marked) == (marked[3:5], True)
+    plain = [{"id": f"{i:04d}"} for i in range(40)]  # a cache from before heldOut
+    chosen, held_out = windows(plain)
+    assert not held_out and len(chosen) == MAX_TRAINING_WINDOWS
+    assert chosen[0] is plain[0] and chosen[-1]["id"] >= "0035"  # over the whole dataset
+    assert windows(plain[:3]) == (plain[:3], False)
