@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -18,7 +19,7 @@ from ltx_contract.manifest import Manifest, held_out_sources
 from ltx_contract.spec import parse_spec
 from ltx_trainer.dataset import FetchPolicy, PrepareSettings, prepare_dataset
 from ltx_trainer.logbook import read_table
-from ltx_trainer.runner import JobContext, run_local
+from ltx_trainer.runner import JobContext, _fetch_train_inputs, run_local
 from ltx_trainer.store import open_store
 from ltx_trainer.training.preprocess import encode_dataset
 from ltx_trainer.training.trainer import Interrupted, Trainer, TrainerHooks, TrainSettings
@@ -205,6 +206,12 @@ def test_overfitting_a_tiny_dataset_raises_the_held_out_loss_while_the_training_
         assert set(f.keys()) == set(last.keys())
         name = next(iter(f.keys()))
         assert not torch.equal(f.get_tensor(name), last.get_tensor(name))
+    # it went to the store with the checkpoints: a pod that takes over gets it back
+    next_pod = replace(ctx, work_dir=tmp_path / "next-pod")
+    _fetch_train_inputs(next_pod)
+    kept = next_pod.work_dir / "train" / "checkpoints" / "best"
+    assert json.loads((kept / "step.json").read_text()) == {"step": best_step}
+    assert (kept / "lora.safetensors").read_bytes() == best.read_bytes()
 
 
 def test_without_held_out_clips_the_figure_is_on_the_training_windows(encoded, tiny_model,
