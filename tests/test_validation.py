@@ -239,3 +239,22 @@ def test_the_windows_are_the_held_out_ones_else_a_few_training_ones_spread_evenl
     assert not held_out and len(chosen) == MAX_TRAINING_WINDOWS
     assert chosen[0] is plain[0] and chosen[-1]["id"] >= "0035"  # over the whole dataset
     assert windows(plain[:3]) == (plain[:3], False)
+
+
+def test_with_audio_each_modality_has_its_figure_at_each_level(tmp_path, tiny_model):
+    archive = archive_of(tmp_path / "media", {n: 0.5 for n in NAMES})
+    spec = make_spec(archive, withAudio=True)
+    work = tmp_path / "work"
+    prepare_dataset(spec, work, FILES)
+    encode_dataset(work / "dataset", work / "cache", tiny_model, CPU, with_audio=True,
+                   max_sequence_length=32)
+    trainer = Trainer(spec, tiny_model, work, CPU, TrainSettings(max_sequence_length=32))
+    trainer._load()
+    index = json.loads((work / "cache" / "index.json").read_text())
+    validator = Validator(*windows(index["samples"]), work / "cache")
+    figure = validator.evaluate(trainer, 0)
+    assert figure.held_out and set(figure.losses) == {"video", "audio", "total"}
+    for level in range(len(SIGMAS)):
+        assert figure.losses["total"][level] == pytest.approx(
+            figure.losses["video"][level] + figure.losses["audio"][level], abs=2e-6)
+    assert figure.mean("audio") > 0 and figure.mean("video") > 0

@@ -102,24 +102,20 @@ class Validator:
     def evaluate(self, trainer: Any, step: int) -> Evaluation:
         """The loss at `step` with the trainer's LoRA as it is now (`trainer`: a
         `Trainer` that has loaded its model)."""
-        transformer = trainer.transformer
-        was_training = transformer.training
-        transformer.eval()  # no dropout: the same LoRA gives the same figure
+        # the transformer stays in training mode: nothing in it or the LoRA drops out, and
+        # switching modes would make compiled blocks compile again
         sums: dict[str, list[float]] = {}
-        try:
-            for meta in self.samples:
-                cached = load_sample(self.cache_dir, meta)
-                text = trainer.caption_context(meta["caption"], cached["text"])
-                for level, sigma in enumerate(self.sigmas):
-                    inputs = trainer.prepare(cached, trainer._suffix(meta),
-                                             noise_generator(meta["id"], level), sigma=sigma)
-                    losses = trainer.loss(inputs, text)
-                    names = sorted(losses)
-                    values = torch.stack([losses[n].float() for n in names]).tolist()
-                    for name, value in zip(names, values, strict=True):
-                        sums.setdefault(name, [0.0] * len(self.sigmas))[level] += value
-        finally:
-            transformer.train(was_training)
+        for meta in self.samples:
+            cached = load_sample(self.cache_dir, meta)
+            text = trainer.caption_context(meta["caption"], cached["text"])
+            for level, sigma in enumerate(self.sigmas):
+                inputs = trainer.prepare(cached, trainer._suffix(meta),
+                                         noise_generator(meta["id"], level), sigma=sigma)
+                losses = trainer.loss(inputs, text)
+                names = sorted(losses)
+                values = torch.stack([losses[n].float() for n in names]).tolist()
+                for name, value in zip(names, values, strict=True):
+                    sums.setdefault(name, [0.0] * len(self.sigmas))[level] += value
         count = len(self.samples)
         means = {name: [round(v / count, 6) for v in values] for name, values in sums.items()}
         return Evaluation(step, means, self.held_out, count)
