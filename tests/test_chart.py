@@ -310,7 +310,7 @@ def test_the_dashboard_reads_metrics_that_exist(helm):
     # and speed, split by the label the PodMonitor puts on the trainers' series
     assert {n for n in operator - names if not n.endswith(("_sum", "_count"))} == set()
     assert {"ltx_extend_train_step", "ltx_extend_train_loss",
-            "ltx_extend_train_steps_per_second"} <= names
+            "ltx_extend_train_validation_loss", "ltx_extend_train_steps_per_second"} <= names
     pod_monitor = by_kind(render(helm, "-f", str(EVERYTHING_ON)), "PodMonitor")[0]
     label = re.sub(r"\W", "_", pod_monitor["spec"]["podTargetLabels"][0])  # as Prometheus
     assert all(label in q for q in queries if "ltx_extend_" in q and "label_values" not in q)

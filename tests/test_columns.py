@@ -20,7 +20,7 @@ from test_reconcile import job, pod, run, training, training_status, written
 
 from ltx_contract.crd import PRINTER_COLUMNS
 from ltx_contract.progress import ProgressReport
-from ltx_contract.resource import human_duration
+from ltx_contract.resource import Validation, human_duration
 
 import kube_api
 from operator_cluster import NAMESPACE, TRAININGS, Cluster
@@ -40,10 +40,14 @@ def statuses() -> dict[str, dict]:
     jobs = {"train": job("train")}
     report = ProgressReport(stage="training", step=150, total_steps=300, loss=0.1234,
                             steps_per_second=0.5, eta_seconds=300)
+    report.validation = Validation(loss=0.4321, step=100, best_loss=0.4321, best_step=100,
+                                   held_out=True, windows=2)
     running = run(training(training_status()), jobs, [pod("train")], progress=report)
     done = {"prepare": job("prepare", finished=("Complete", "Completed", "")),
             "train": job("train", finished=("Complete", "Completed", ""))}
-    result = {"outcome": "Succeeded", "stepsCompleted": 300, "artifacts": ARTIFACTS}
+    result = {"outcome": "Succeeded", "stepsCompleted": 300, "artifacts": ARTIFACTS,
+              "validation": {"loss": 0.5, "step": 300, "bestLoss": 0.45, "bestStep": 250,
+                             "heldOut": True, "windows": 2}}
     finished = run(training(written(running)), done, [pod("train", "Succeeded", result)])
     return {"door": written(running), "wall": written(finished)}
 
@@ -103,6 +107,10 @@ async def test_get_shows_the_eta_and_the_age(kubectl):
     assert wall["ETA"] == ""  # nothing left to wait for
     wide = rows(await kubectl("get", "ltxt", "-o", "wide"))
     assert {"REASON", "STEPS", "RANK", "AUDIO", "SUSPENDED"} <= wide["door"].keys()
+    # the validation loss, latest and best step, only with -o wide
+    assert "VALLOSS" not in table["door"] and "BESTSTEP" not in table["door"]
+    assert (wide["door"]["VALLOSS"], wide["door"]["BESTSTEP"]) == ("0.4321", "100")
+    assert (wide["wall"]["VALLOSS"], wide["wall"]["BESTSTEP"]) == ("0.5", "250")
     # kubectl's own JSONPath, on the objects themselves, reads what the columns show
     custom = ",".join(f"{c['name'].upper()}:{c['jsonPath']}" for c in PRINTER_COLUMNS
                       if c["type"] != "date")

@@ -203,6 +203,7 @@ def test_two_ranks_with_the_base_sharded_train_the_same_lora_and_resume_unsharde
     import av
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from ltx_trainer.logbook import read_table
     from ltx_trainer.runner import local_run_id
 
     request = tmp_path / "door.json"
@@ -224,6 +225,9 @@ def test_two_ranks_with_the_base_sharded_train_the_same_lora_and_resume_unsharde
     logs = EventAccumulator(str(run / "outputs" / "logs"), size_guidance={"images": 0})
     logs.Reload()
     assert [i.step for i in logs.Images("previews/reel")] == [50, STEPS]  # mid-run, the end
+    # both ranks computed the validation loss in step (each forward gathers the base)
+    assert "validation loss at step 50:" in job.stderr
+    assert [r["step"] for r in read_table(run / "outputs" / "validation.csv")] == [50, STEPS]
     sharded = TrainingState.load(run / "checkpoints" / f"step-{STEPS:06d}" / "state.pt")
     for key, value in two_ranks["reference_lora"].items():
         torch.testing.assert_close(value, sharded.lora[key], rtol=0, atol=1e-5)

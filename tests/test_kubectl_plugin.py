@@ -54,6 +54,8 @@ async def test_status_tells_waiting_from_working(kubectl):
         "effective": {"model": "pvc://models/ltx-2.3"},
         "progress": {"step": 500, "totalSteps": 2000, "summary": "500/2000", "percent": 25.0,
                      "loss": 0.125, "etaSeconds": 5400},
+        "validation": {"loss": 0.31, "step": 500, "bestLoss": 0.29, "bestStep": 250,
+                       "heldOut": True, "windows": 4},
         "conditions": [{"type": "Validated", "status": "True", "reason": "Valid"},
                        {"type": "Running", "status": "False", "reason": "Unschedulable",
                         "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]})
@@ -62,6 +64,8 @@ async def test_status_tells_waiting_from_working(kubectl):
     assert out.splitlines()[0] == f"LtxExtendTraining {NAMESPACE}/door: Pending"
     assert "waiting: Unschedulable: 0/2 nodes are available" in out
     assert "progress: step 500/2000, 25%, loss 0.1250, about 1 h 30 min left" in out
+    assert "validation loss: 0.3100 at step 500 (held-out clips), best 0.2900 at step 250" \
+        in out
     assert "model: pvc://models/ltx-2.3" in out and "train Job: door-train" in out
     code, _, err = await kubectl("status", "nowhere")
     assert code == 1 and f"LtxExtendTraining nowhere not found in namespace {NAMESPACE}" in err

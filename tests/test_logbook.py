@@ -114,3 +114,48 @@ def test_previews_go_to_tensorboard_as_frame_strips(tmp_path):
 def test_smoothing_is_debiased():
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     assert smooth([0.0, 10.0], weight=0.5) == pytest.approx([0.0, 10 * 0.5 / 0.75])
+
+
+def test_the_validation_loss_goes_to_tensorboard_its_table_and_the_chart(tmp_path):
+    from ltx_trainer.training.validation import SIGMAS, Evaluation
+
+    def evaluation(step: int, video: float) -> Evaluation:
+        levels = [video * (1 + i / 10) for i in range(len(SIGMAS))]
+        audio = [v / 2 for v in levels]
+        return Evaluation(step, {"video": levels, "audio": audio,
+                                 "total": [v + a for v, a in zip(levels, audio, strict=True)]},
+                          held_out=True, windows=3)
+
+    book = Logbook(tmp_path)
+    history = []
+    for step in range(1, TOTAL + 1):
+        book.record(report(step))
+        if step % 20 == 0:  # falls, then rises: the chart's dashed line follows it
+            history.append(evaluation(step, {20: 0.8, 40: 0.6, 60: 0.9}[step]))
+            book.record_validation(history, SIGMAS)
+    with (tmp_path / "validation.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["step", "loss_total", "loss_audio", "loss_video"]
+    assert "loss_video_sigma_0.10" in header and "loss_total_sigma_0.95" in header
+    assert header[-2:] == ["held_out", "windows"]
+    rows = read_table(tmp_path / "validation.csv")
+    assert [r["step"] for r in rows] == [20, 40, 60]
+    assert rows[1]["loss_total"] == pytest.approx(history[1].loss)
+    assert rows[1]["loss_video_sigma_0.40"] == pytest.approx(0.6 * 1.1)
+    # a resumed run's history (from its checkpoint) replaces what a stopped pod wrote
+    book.record_validation([*history[:1], evaluation(40, 0.7)], SIGMAS)
+    assert [(r["step"], round(r["loss_video"], 4)) for r in read_table(
+        tmp_path / "validation.csv")] == [(20, round(history[0].mean("video"), 4)),
+                                          (40, round(evaluation(40, 0.7).mean("video"), 4))]
+    book.record_validation(history, SIGMAS)
+    chart = book.close()
+    scalars = events(tmp_path / "logs")
+    assert {"validation/total", "validation/video", "validation/audio",
+            "validation/video/sigma_0.10", "validation/audio/sigma_0.95"} <= set(
+        scalars.Tags()["scalars"])
+    assert [round(e.value, 4) for e in scalars.Scalars("validation/total")][-1] == round(
+        history[-1].loss, 4)
+    with Image.open(chart) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    green = (0x2C, 0xA0, 0x2C)  # the validation loss's dashed line and points
+    assert (np.abs(pixels.astype(int) - green).sum(axis=1) < 30).sum() > 100

@@ -509,3 +509,27 @@ def test_a_restarted_gang_gets_what_its_jobs_left_of_the_deadline():
     plan = run(spent, {})
     assert not plan.create and conditions(plan)["Failed"] == ("True", "DeadlineExceeded")
     assert plan.status.billing.units == 0 and plan.status.restarts.replacing is None
+
+
+def test_the_validation_loss_reaches_the_status_from_progress_then_from_the_result():
+    body = training(training_status())
+    jobs = {"train": job("train")}
+    validation = {"loss": 0.52, "step": 200, "bestLoss": 0.5, "bestStep": 100, "heldOut": True,
+                  "windows": 3}
+    report = ProgressReport.model_validate({"stage": "training", "step": 210,
+                                            "totalSteps": 300, "validation": validation})
+    plan = run(body, jobs, [pod("train")], progress=report)
+    assert written(plan)["validation"] == validation
+    assert "validation" not in written(run(body, jobs, [pod("train")]))  # none computed yet
+    done = {"prepare": job("prepare", finished=("Complete", "Completed", "")),
+            "train": job("train", finished=("Complete", "Completed", ""))}
+    final = {**validation, "loss": 0.55, "step": 300}
+    result = {"outcome": "Succeeded", "stepsCompleted": 300, "validation": final,
+              "artifacts": {"loraFile": "s3://runs/x/lora.safetensors",
+                            "loraBest": "s3://runs/x/lora_best.safetensors",
+                            "validationLog": "s3://runs/x/validation.csv"}}
+    finished = run(training(written(plan)), done, [pod("train", "Succeeded", result)])
+    status = written(finished)
+    assert status["validation"] == final  # the result's, not the last progress read
+    assert status["artifacts"]["loraBest"].endswith("lora_best.safetensors")
+    assert status["artifacts"]["validationLog"].endswith("validation.csv")

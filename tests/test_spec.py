@@ -55,6 +55,7 @@ def test_reference_defaults():
         "validation_aspect_ratio": "1:1",
         "stg_scale": 1.0,
         "debug_dataset": False,
+        "held_out_share": 0.1,
         "gpus": None, "nodes": 1,
         "gpu_resource_name": None,
         "node_selector": {},

@@ -11,11 +11,14 @@ reads; readers of the JSON ignore fields they do not know.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field
 
 from .documents import Document
+from .spec import MIN_CLIPS_TO_HOLD_OUT
 from .suffix import SuffixWindow
 
 MANIFEST = "manifest.json"
@@ -83,6 +86,8 @@ class Sample(_Clip):
     #: False when its clip had no caption or an empty one: it trains on the trigger alone
     captioned: bool = True
     warnings: list[str] = Field(default_factory=list)  # about this sample (caption, size)
+    #: kept out of training for the validation loss (every window of its source clip is)
+    held_out: bool = False
 
 
 class ValidationClip(_Clip):
@@ -120,6 +125,14 @@ class Manifest(Document):
         """The suffix window of one of this manifest's samples or validation clips."""
         return clip.suffix_window(self.conditioning_frames)
 
+    @property
+    def training_samples(self) -> list[Sample]:
+        return [s for s in self.samples if not s.held_out]
+
+    @property
+    def held_out_samples(self) -> list[Sample]:
+        return [s for s in self.samples if s.held_out]
+
     @classmethod
     def read(cls, dataset_dir: Path) -> Manifest:
         return cls.model_validate_json((dataset_dir / MANIFEST).read_text(encoding="utf-8"))
@@ -128,3 +141,20 @@ class Manifest(Document):
         path = dataset_dir / MANIFEST
         path.write_text(self.to_json(indent=2), encoding="utf-8")
         return path
+
+
+def held_out_sources(sources: Iterable[str], share: float) -> set[str]:
+    """The source clips whose windows are held out of training for the validation loss.
+
+    Whole clips, so that no window of a held-out clip is trained on (its windows overlap
+    in content). `round(share × clips)`, at least one, never every clip; none when `share`
+    is 0 or there are fewer than `MIN_CLIPS_TO_HOLD_OUT` clips. Chosen by a hash of the
+    clip's path (its place in the archive), so the same clips give the same choice
+    whatever the archive's order.
+    """
+    clips = sorted(set(sources))
+    if share <= 0 or len(clips) < MIN_CLIPS_TO_HOLD_OUT:
+        return set()
+    count = min(max(1, round(share * len(clips))), len(clips) - 1)
+    ranked = sorted(clips, key=lambda c: (hashlib.sha256(c.encode()).hexdigest(), c))
+    return set(ranked[:count])

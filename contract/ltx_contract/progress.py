@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .documents import Document
+from .resource import Validation
 
 
 class ProgressReport(Document):
@@ -14,3 +15,4 @@ class ProgressReport(Document):
     steps_per_second: float | None = None
     eta_seconds: float | None = None
     updated: float | None = None  # Unix time of the last change
+    validation: Validation | None = None  # once the validation loss was computed

@@ -140,6 +140,22 @@ def human_duration(seconds: float) -> str:
     return f"{days // 365}y{days % 365}d" if days % 365 else f"{days // 365}y"
 
 
+class Validation(StatusModel):
+    """The validation loss: the suffix-conditioned loss at fixed noise levels and noise
+    seeds, on clips held out of training, so it is comparable from step to step and rises
+    when the LoRA overfits."""
+
+    loss: float | None = Field(None, description="The latest validation loss (the mean "
+                               "over the noise levels, modalities summed).")
+    step: int | None = Field(None, description="The step it was computed at.")
+    best_loss: float | None = Field(None, description="The lowest validation loss so far.")
+    best_step: int | None = Field(None, description="The step of the lowest validation loss.")
+    held_out: bool | None = Field(None, description="True: computed on held-out clips; "
+                                  "false: on the training windows (spec.heldOutShare is 0 or "
+                                  "the dataset has too few clips to hold one out).")
+    windows: int | None = Field(None, description="The windows it is computed on.")
+
+
 class Billing(StatusModel):
     """What the training billed; written exactly once, when it finishes."""
 
@@ -162,6 +178,11 @@ class Artifacts(StatusModel):
                                  "and speed of every step (CSV).")
     logs: str | None = Field(None, description="Folder of TensorBoard event files: "
                              "`tensorboard --logdir` on a copy of it.")
+    lora_best: str | None = Field(None, description="The LoRA of the step with the lowest "
+                                  "validation loss (validation.bestStep), when that is not "
+                                  "the last step (.safetensors).")
+    validation_log: str | None = Field(None, description="The validation loss of every "
+                                       "evaluation, per noise level and modality (CSV).")
 
 
 class Jobs(StatusModel):
@@ -217,6 +238,8 @@ class TrainingStatus(StatusModel):
     )
     progress: Progress | None = Field(None, description="Training progress.")
     billing: Billing | None = Field(None, description="What the training billed.")
+    validation: Validation | None = Field(None, description="The validation loss, latest "
+                                          "and best (spec.heldOutShare).")
     artifacts: Artifacts | None = Field(None, description="Output URLs.")
     model_version: str | None = Field(
         None, description="The base model version trained on (ltx-2.3, ltx-2.5), read from "

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 
 from .documents import Document
-from .resource import Artifacts
+from .resource import Artifacts, Validation
 
 #: Kubernetes keeps at most this much of a termination message.
 MAX_TERMINATION_BYTES = 4096
@@ -27,6 +27,8 @@ class JobResult(Document):
     steps_completed: int = 0
     billable_units: int = 0
     artifacts: Artifacts = Field(default_factory=Artifacts)
+    #: the train stage's validation loss, latest and best
+    validation: Validation | None = None
     #: the base model version the stage ran on ("ltx-2.5"), read from the model's files
     model_version: str | None = None
     #: the prepare stage's training samples, and those without a caption of their own

@@ -52,6 +52,9 @@ MAX_VALIDATION_SAMPLES = 2
 #: 50× the default: LoRA learning rates above this diverge rather than learn faster.
 MAX_LEARNING_RATE = 0.01
 MAX_NODES = 16
+#: Fewer training clips than this are all trained on: the validation loss is then computed
+#: on the training windows (holding one out of two would halve what the LoRA learns from).
+MIN_CLIPS_TO_HOLD_OUT = 3
 #: The frame-count fields that the model snaps down to 8k+1.
 SNAPPED_FRAME_FIELDS = ("numberOfFrames", "validationNumberOfFrames")
 
@@ -338,6 +341,19 @@ class TrainingSpec(SpecModel):
     )
     debug_dataset: bool = Field(
         False, description="Also return an archive of the preprocessed data for inspection."
+    )
+    held_out_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        allow_inf_nan=False,
+        description=(
+            "Share of the training clips (0–0.5) held out of training to compute a validation "
+            "loss that rises when the LoRA overfits: whole clips, chosen by name, at least one, "
+            "never the only training clip. 0 turns it off; with it off, or fewer than "
+            f"{MIN_CLIPS_TO_HOLD_OUT} clips, the validation loss is computed on the training "
+            "windows."
+        ),
     )
 
     # Kubernetes side

@@ -74,6 +74,11 @@ def status_lines(training: dict[str, Any]) -> list[str]:
         if progress.get("etaSeconds"):
             parts.append(f"about {_duration(progress['etaSeconds'])} left")
         lines.append("  progress: " + ", ".join(parts))
+    if (validation := status.get("validation") or {}).get("loss") is not None:
+        on = "held-out clips" if validation.get("heldOut") else "training windows"
+        lines.append(f"  validation loss: {validation['loss']:.4f} at step "
+                     f"{validation.get('step')} ({on}), best {validation.get('bestLoss', 0):.4f} "
+                     f"at step {validation.get('bestStep')}")
     if billing := status.get("billing"):
         lines.append(f"  billed: {billing['units']} units (${billing.get('cost', '?')})")
     if model := (status.get("effective") or {}).get("model"):

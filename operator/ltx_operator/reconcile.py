@@ -381,6 +381,8 @@ def _add_artifacts(status: TrainingStatus, result: JobResult | None) -> None:
     status.artifacts = Artifacts(**merged) if merged else status.artifacts
     if result.model_version:  # the version the trainer read from the model's files
         status.model_version = result.model_version
+    if result.validation is not None:  # the final figures, whatever progress was last read
+        status.validation = result.validation
 
 
 def _suspend(observed: Observed, status: TrainingStatus, plan: Plan, stage: str,
@@ -551,6 +553,8 @@ def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> 
         if status.progress else None
     if old != new:  # written only when something changed
         status.progress = new.model_copy(update={"last_update_time": stamp(now)})
+    if report.validation is not None:
+        status.validation = report.validation
 
 
 def restart_counts(status: TrainingStatus) -> tuple[int, int]:

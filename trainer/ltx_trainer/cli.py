@@ -204,7 +204,8 @@ def _train_settings(args: argparse.Namespace) -> Any:
     from .training.trainer import TrainSettings
 
     values = {k: getattr(args, k) for k in ("checkpoint_every", "preview_every",
-                                           "preview_steps", "max_sequence_length", "seed",
+                                           "validation_every", "preview_steps",
+                                           "max_sequence_length", "seed",
                                            "low_memory", "checkpointed_blocks",
                                            "attention_backend", "compile_backend",
                                            "accumulate", "shard_base", "collective_timeout")
@@ -470,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{MODEL_CACHE_ENV}; default WORK/model-cache)")
         p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
         p.add_argument("--preview-every", type=int, help="steps between previews (0: end)")
+        p.add_argument("--validation-every", type=int,
+                       help="steps between validation losses (0, the default: at each "
+                       "checkpoint; always at the last step)")
         p.add_argument("--preview-steps", type=int, help="denoising steps of a preview")
         p.add_argument("--max-sequence-length", type=int, help="text tokens (default 1024)")
         p.add_argument("--seed", type=int)

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 DEFAULT_OUTPUT = "ltx-extend-output"
 TINY_MODEL_NOTICE = ("using the tiny random model (no --model and no spec.model): it trains "
                      "a LoRA of noise, for trying the pipeline only")
-_ARTIFACTS = (("LoRA", "lora_file"), ("config", "config_file"),
+_ARTIFACTS = (("LoRA", "lora_file"), ("best validation step's LoRA", "lora_best"),
+              ("config", "config_file"),
               ("validation reel", "video"), ("debug dataset", "debug_dataset"),
               ("loss chart", "loss_chart"), ("loss log", "loss_log"),
-              ("TensorBoard logs", "logs"))
+              ("validation loss log", "validation_log"), ("TensorBoard logs", "logs"))
 
 
 def default_work(output: str | None) -> Path:
@@ -89,6 +90,11 @@ def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> No
     for label, key in _ARTIFACTS:
         if (url := getattr(result.artifacts, key)) is not None:
             print(f"{label}: {url}")
+    if (figures := result.validation) is not None:
+        on = "held-out clips" if figures.held_out else "the training windows (none held out)"
+        print(f"validation loss: {figures.loss:.4f} at step {figures.step}, best "
+              f"{figures.best_loss:.4f} at step {figures.best_step}, on {figures.windows} "
+              f"window(s) of {on}")
     print(f"billable units: {result.billable_units} (${cost(result.billable_units)}){billed}")
 
 

@@ -3,7 +3,10 @@
 Every optimizer step's report goes to TensorBoard event files (`logs/`: loss and sigma
 per modality, learning rate, gradient norm, steps/s) and to `loss.csv`; the previews
 rendered along the way go to TensorBoard as frame strips; when training ends,
-`loss.png` charts the losses, raw and smoothed. A run resumed from a checkpoint redoes
+`loss.png` charts the losses, raw and smoothed, and the validation loss. Each validation
+loss goes to TensorBoard (`validation/…`) and `validation.csv`, which is written again from
+the run's whole history each time (a resumed run's history comes from its checkpoint).
+A run resumed from a checkpoint redoes
 the steps after it: the rows of those steps are dropped from the CSV and TensorBoard is
 told to hide their events (`purge_step`), so every step appears once.
 """
@@ -18,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from .training.trainer import Progress
+from .training.validation import Evaluation
 
 LOGS, TABLE, CHART = "logs", "loss.csv", "loss.png"
+VALIDATION_TABLE = "validation.csv"
 #: Weight of the chart's exponential moving average (debiased, as TensorBoard smooths).
 SMOOTHING = 0.9
 #: Frames in a preview's strip, and their height in pixels.
@@ -40,6 +45,19 @@ def _row(progress: Progress) -> dict[str, float]:
                              "steps_per_second": progress.steps_per_second}
     row.update({f"loss_{m}": v for m, v in (progress.losses or {"total": progress.loss}).items()})
     row.update({f"sigma_{m}": v for m, v in progress.sigmas.items()})
+    return row
+
+
+def validation_row(evaluation: Evaluation, sigmas: tuple[float, ...]) -> dict[str, float]:
+    """`validation.csv`'s row of one evaluation: the loss per modality averaged over the
+    noise levels, then at each level."""
+    names = sorted(evaluation.losses, key=lambda m: (m != "total", m))
+    row: dict[str, float] = {"step": evaluation.step}
+    row.update({f"loss_{m}": round(evaluation.mean(m), 6) for m in names})
+    for m in names:
+        row.update({f"loss_{m}_sigma_{s:.2f}": v
+                    for s, v in zip(sigmas, evaluation.losses[m], strict=True)})
+    row.update(held_out=int(evaluation.held_out), windows=evaluation.windows)
     return row
 
 
@@ -68,6 +86,7 @@ class Logbook:
     def __init__(self, folder: Path):
         self.folder = folder
         self.logs, self.table, self.chart = folder / LOGS, folder / TABLE, folder / CHART
+        self.validation_table = folder / VALIDATION_TABLE
         self._writer: Any = None
         self._fields: list[str] | None = None
 
@@ -106,6 +125,24 @@ class Logbook:
         with self.table.open("a", newline="", encoding="utf-8") as f:
             csv.DictWriter(f, self._fields, extrasaction="ignore").writerow(_row(progress))
 
+    def record_validation(self, history: list[Evaluation], sigmas: tuple[float, ...]) -> None:
+        """A validation loss (the last of `history`, every one so far)."""
+        latest = history[-1]
+        if self._writer is not None:
+            for name in latest.losses:
+                self._writer.add_scalar(f"validation/{name}", latest.mean(name), latest.step)
+                for sigma, value in zip(sigmas, latest.losses[name], strict=True):
+                    self._writer.add_scalar(f"validation/{name}/sigma_{sigma:.2f}", value,
+                                            latest.step)
+        rows = [validation_row(e, sigmas) for e in history]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.validation_table.with_name(self.validation_table.name + ".part")
+        with partial.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, list(rows[-1]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        partial.replace(self.validation_table)
+
     def preview(self, step: int, reel: Path | None) -> None:
         """A rendered preview reel, as a strip of frames across it."""
         if reel is None or self._writer is None:
@@ -124,7 +161,7 @@ class Logbook:
             self._writer.close()
             self._writer = None
         rows = read_table(self.table)
-        return draw_chart(rows, self.chart) if rows else None
+        return draw_chart(rows, self.chart, read_table(self.validation_table)) if rows else None
 
 
 def frame_strip(video: Path, count: int = STRIP_FRAMES, height: int = STRIP_HEIGHT
@@ -141,8 +178,10 @@ def frame_strip(video: Path, count: int = STRIP_FRAMES, height: int = STRIP_HEIG
                            for i in picks], axis=1)
 
 
-def draw_chart(rows: list[dict[str, float]], dest: Path) -> Path:
-    """The losses per step, raw (thin) and smoothed (bold), as a PNG."""
+def draw_chart(rows: list[dict[str, float]], dest: Path,
+               validation: list[dict[str, float]] | None = None) -> Path:
+    """The losses per step, raw (thin) and smoothed (bold), and the validation loss at
+    each step it was computed (dashed, with points), as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -158,6 +197,11 @@ def draw_chart(rows: list[dict[str, float]], dest: Path) -> Path:
         raw = axes.plot(steps, values, linewidth=0.8, alpha=0.3, color=colour)[0]
         axes.plot(steps, smooth(values), linewidth=2, color=raw.get_color(),
                   label=name.removeprefix("loss_"))
+    if validation:
+        where = "held-out clips" if validation[-1].get("held_out") else "training windows"
+        axes.plot([r["step"] for r in validation], [r["loss_total"] for r in validation],
+                  linestyle="--", marker="o", markersize=4, linewidth=1.5, color="#2ca02c",
+                  label=f"validation ({where}, fixed noise)")
     last = smooth([r[names[0]] for r in rows])[-1]
     axes.set_title(f"Training loss over {steps[-1]} steps (smoothed {names[0][5:]}: {last:.4f})")
     axes.set_xlabel("step")

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ltx_contract.progress import ProgressReport
+from ltx_contract.resource import Validation
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class ProgressState:
         self._modality_loss = Gauge("ltx_extend_train_modality_loss",
                                     "Latest training loss of each trained modality",
                                     ["modality"], registry=self.registry)
+        self._validation = Gauge("ltx_extend_train_validation_loss",
+                                 "Latest validation loss (held-out clips, fixed noise)",
+                                 registry=self.registry)
         self._stages = Counter("ltx_extend_stage_changes", "Stage changes", ["stage"],
                                registry=self.registry)
 
@@ -65,6 +69,13 @@ class ProgressState:
         for modality, value in (losses or {}).items():
             if modality != "total":
                 self._modality_loss.labels(modality=modality).set(value)
+
+    def validation(self, figures: Validation) -> None:
+        """A validation loss was computed: the latest and the best so far."""
+        with self._lock:
+            self._report = self._report.model_copy(update={"validation": figures,
+                                                           "updated": time.time()})
+        self._validation.set(figures.loss)
 
     def snapshot(self) -> ProgressReport:
         with self._lock:

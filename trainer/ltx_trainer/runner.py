@@ -283,6 +283,9 @@ def _fetch_train_inputs(ctx: JobContext) -> Any:
     if latest is not None:
         ctx.store.get_tree(f"{ctx.run}/checkpoints/{latest}", work / "checkpoints" / latest)
         log.info("checkpoint %s downloaded", latest)
+        from .training.trainer import BEST  # the best validation step's LoRA, kept so far
+
+        ctx.store.get_tree(f"{ctx.run}/checkpoints/{BEST}", work / "checkpoints" / BEST)
     return model
 
 
@@ -290,7 +293,8 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
     """The train stage in this process: the one rank, or one of several (`world`)."""
     import torch
 
-    from .training.trainer import Trainer, TrainerHooks, TrainSettings
+    from .training.trainer import BEST, BEST_LORA, Trainer, TrainerHooks, TrainSettings
+    from .training.validation import SIGMAS, summary
 
     work = ctx.work_dir / "train"
 
@@ -304,6 +308,8 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
         # the curves first: a pod lost once the checkpoint is complete keeps them too (a
         # resume from an earlier checkpoint drops the rows after it)
         _mirror_logbook(ctx, logbook)
+        if (path.parent / BEST).is_dir():  # the best validation step's LoRA, kept so far
+            ctx.store.put_tree(path.parent / BEST, f"{ctx.run}/checkpoints/{BEST}")
         ctx.store.put_tree(path, f"{ctx.run}/checkpoints/{path.name}")
         if ctx.local_run:  # a crash from here on resumes from this step
             write_result(ctx, interrupted("train", int(path.name.removeprefix("step-"))))
@@ -317,8 +323,13 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
         ctx.progress.stage("training")
     from .preview.run import load_preview_models, render_reel
 
+    def validated(evaluation: Any, history: list[Any]) -> None:
+        logbook.record_validation(history, SIGMAS)
+        ctx.progress.validation(summary(history))
+
     settings = ctx.train_settings or TrainSettings()
-    hooks = TrainerHooks(upload_cache, upload_checkpoint) if world.is_main else TrainerHooks()
+    hooks = TrainerHooks(upload_cache, upload_checkpoint, validated=validated) \
+        if world.is_main else TrainerHooks()
     trainer = Trainer(ctx.spec, model, work, device, settings,
                       progress=report if world.is_main else None, hooks=hooks, world=world)
 
@@ -354,13 +365,23 @@ def _train_here(ctx: JobContext, model: Any, world: Any, device: Any) -> JobResu
     chart = logbook.close()
     ctx.progress.stage("uploading")
     units = billable_units(trained.steps, succeeded=True)
+    validation = summary(trained.validation)
+    message = f"trained {trained.steps} steps; final loss {trained.losses[-1]:.4f}"
+    if validation is not None:
+        on = "held-out clips" if validation.held_out else "training windows"
+        message += (f"; validation loss {validation.loss:.4f} ({on}), best "
+                    f"{validation.best_loss:.4f} at step {validation.best_step}")
     result = JobResult(
-        stage="train", outcome="Succeeded", reason="Succeeded",
-        message=f"trained {trained.steps} steps; final loss {trained.losses[-1]:.4f}",
+        stage="train", outcome="Succeeded", reason="Succeeded", message=message,
         exit_code=int(ExitCode.SUCCESS), steps_completed=trained.steps, billable_units=units,
-        model_version=trainer.profile.name)
+        model_version=trainer.profile.name, validation=validation)
     _publish(ctx, result, "lora_file", trained.lora_file, "lora.safetensors")
     _publish(ctx, result, "config_file", trained.config_file, "config.json")
+    if trained.best_lora is not None:
+        _publish(ctx, result, "lora_best", trained.best_lora, BEST_LORA)
+    if logbook.validation_table.is_file():
+        _publish(ctx, result, "validation_log", logbook.validation_table,
+                 logbook.validation_table.name)
     if reel is not None:
         _publish(ctx, result, "video", reel, "validation_reel.mp4")
     if chart is not None:

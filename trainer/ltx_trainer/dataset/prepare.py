@@ -32,10 +32,11 @@ from ltx_contract.manifest import (
     Skipped,
     SuffixRecord,
     ValidationClip,
+    held_out_sources,
     uncaptioned_warning,
 )
 from ltx_contract.outcomes import InvalidInput
-from ltx_contract.spec import TrainingSpec
+from ltx_contract.spec import MIN_CLIPS_TO_HOLD_OUT, TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
 from . import archive, media
@@ -356,6 +357,7 @@ def _prepare(spec: TrainingSpec, scratch: Path, out: Path, settings: PrepareSett
     uncaptioned = sum(not s.captioned for s in samples)
     if uncaptioned:
         warnings.append(uncaptioned_warning(uncaptioned, len(samples), spec.trigger_phrase))
+    _hold_out(spec, samples, warnings)
     if len(clips) < RECOMMENDED_CLIPS:
         warnings.append(f"only {len(clips)} clip(s); at least {RECOMMENDED_CLIPS} are "
                         "recommended")
@@ -376,6 +378,21 @@ def _prepare(spec: TrainingSpec, scratch: Path, out: Path, settings: PrepareSett
         warnings=warnings,
         uncaptioned_samples=uncaptioned,
     )
+
+
+def _hold_out(spec: TrainingSpec, samples: list[Sample], warnings: list[str]) -> None:
+    """Mark the windows of the held-out clips (`held_out_sources`); say so when the
+    dataset is too small to hold any out."""
+    sources = {s.source for s in samples}
+    held = held_out_sources(sources, spec.held_out_share)
+    for sample in samples:
+        sample.held_out = sample.source in held
+    if held:
+        log.info("held out of training for the validation loss: %s", ", ".join(sorted(held)))
+    elif spec.held_out_share > 0:
+        warnings.append(f"only {len(sources)} clip(s) gave samples: none is held out "
+                        f"(heldOutShare needs {MIN_CLIPS_TO_HOLD_OUT} or more), so the "
+                        "validation loss is computed on the training windows")
 
 
 def _write_debug_zip(dataset: Path, dest: Path) -> None:

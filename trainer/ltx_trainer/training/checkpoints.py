@@ -48,6 +48,8 @@ class TrainingState:
     rng: dict[str, Any] = field(default_factory=rng_state)
     #: per step, (rank, sample id) for each slot of its global batch: what each rank trained
     batches: list[list[tuple[int, str]]] = field(default_factory=list)
+    #: the validation losses so far (`validation.Evaluation.to_dict`)
+    validation: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         torch.save(asdict(self), path)

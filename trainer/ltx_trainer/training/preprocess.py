@@ -124,7 +124,8 @@ def _write_cache(cache_dir: Path, dataset_dir: Path, manifest: Manifest, with_au
         (cache_dir / "latents" / f"{sample_id}.safetensors").write_bytes(data)
     save_texts(cache_dir, {k: v for share in shares for k, v in share["texts"].items()})
     samples = [{"id": sample.id, "caption": text_key(sample.caption), "frames": sample.frames,
-                "frameRate": sample.frame_rate, "suffix": sample.suffix.to_dict()}
+                "frameRate": sample.frame_rate, "suffix": sample.suffix.to_dict(),
+                "heldOut": sample.held_out}
                for sample in manifest.samples]
     index = {"manifest": _manifest_hash(dataset_dir), "withAudio": with_audio,
              "maxSequenceLength": max_sequence_length, "samples": samples,

@@ -68,18 +68,22 @@ class SuffixStrategy:
         return "audio" in self.modalities
 
     def prepare(self, sample: dict[str, torch.Tensor], suffix: SuffixWindow,
-                generator: torch.Generator, device: torch.device | str = "cpu") -> StepInputs:
+                generator: torch.Generator, device: torch.device | str = "cpu",
+                sigma: float | None = None) -> StepInputs:
         """Noise one cached sample for a step; every tensor ends on `device` (the noise is
-        drawn on the CPU from `generator`, so a step is the same on any device)."""
+        drawn on the CPU from `generator`, so a step is the same on any device). `sigma`
+        fixes every trained stream's noise level instead of drawing it (the validation
+        loss)."""
         latents = sample["video"].unsqueeze(0)  # (1, C, F, H, W)
         _, _, frames, height, width = latents.shape
         video = self._noised(pack_video(latents).float(),
-                             video_keep_mask(suffix, frames, height, width), generator, device)
+                             video_keep_mask(suffix, frames, height, width), generator, device,
+                             sigma)
         if self.trains_audio:
             audio_clean = sample["audio"].unsqueeze(0).float()  # (1, L, D)
             audio_frames = audio_clean.shape[1]
             audio = self._noised(audio_clean, audio_keep_mask(suffix, audio_frames), generator,
-                                 device)
+                                 device, sigma)
         else:
             audio_frames = suffix.audio_latent_frames
             noise = torch.randn(1, audio_frames, self.audio_channels, generator=generator)
@@ -89,8 +93,9 @@ class SuffixStrategy:
         return StepInputs(video=video, audio=audio, geometry=geometry)
 
     def _noised(self, clean: torch.Tensor, keep: torch.Tensor, generator: torch.Generator,
-                device: torch.device | str) -> Stream:
-        sigma = self.sampler.sample(generator, clean.shape[1])
+                device: torch.device | str, sigma: float | None = None) -> Stream:
+        if sigma is None:
+            sigma = self.sampler.sample(generator, clean.shape[1])
         noise = torch.randn(clean.shape, generator=generator)
         noised = keep * clean + (1 - keep) * ((1 - sigma) * clean + sigma * noise)
         generated = 1 - keep[..., 0]

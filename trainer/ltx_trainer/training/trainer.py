@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -65,8 +66,13 @@ from .speed import (
     planned_checkpointing,
 )
 from .strategy import StepInputs, SuffixStrategy
+from .validation import Evaluation, Validator, windows
 
 log = logging.getLogger(__name__)
+
+#: the LoRA of the best validation step: `checkpoints/best/` while training, then this
+#: output beside `lora.safetensors` when that step is not the last
+BEST, BEST_STEP, BEST_LORA = "best", "step.json", "lora_best.safetensors"
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,9 @@ class TrainSettings:
     max_sequence_length: int = DEFAULT_TEXT_TOKENS
     log_every: int = 25
     preview_every: int = 0  # 0: previews only at the end
+    #: steps between validation losses (`validation.py`); 0: at every checkpoint. Always
+    #: at the last step too
+    validation_every: int = 0
     preview_steps: int = 30
     #: transformer blocks to checkpoint, the first ones; None: on a GPU the fewest whose
     #: planned peak fits its memory, on a CPU none
@@ -118,6 +127,10 @@ class TrainResult:
     config_file: Path | None
     steps: int
     losses: list[float] = field(default_factory=list)
+    #: the validation loss at each step it was computed, and the LoRA of the best one
+    #: when that is not the last step
+    validation: list[Evaluation] = field(default_factory=list)
+    best_lora: Path | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -131,6 +144,8 @@ class TrainerHooks:
     cache_ready: Callable[[Path], None] | None = None
     checkpoint_saved: Callable[[Path], None] | None = None
     preview: Callable[[int], None] | None = None  # every `preview_every` steps, with the step
+    #: each validation loss, with every one so far (the history, a resumed run's included)
+    validated: Callable[[Evaluation, list[Evaluation]], None] | None = None
 
 
 class Interrupted(Exception):
@@ -261,8 +276,8 @@ class Trainer:
         return self.strategy.loss({"video": video, "audio": audio}, inputs)
 
     def prepare(self, cached: dict[str, torch.Tensor], suffix: SuffixWindow,
-                generator: torch.Generator) -> StepInputs:
-        return self.strategy.prepare(cached, suffix, generator, self.device)
+                generator: torch.Generator, sigma: float | None = None) -> StepInputs:
+        return self.strategy.prepare(cached, suffix, generator, self.device, sigma)
 
     def backward(self, inputs: StepInputs, text: torch.Tensor | TextContext
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -357,6 +372,8 @@ class Trainer:
             self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         restore_rng_state(state.rng)
+        if getattr(self, "validator", None) is not None:
+            self.validator.history = [Evaluation.from_dict(e) for e in state.validation]
         kept = [[tuple(slot) for slot in batch] for batch in state.batches[:state.step]]
         self.batches = kept + [[] for _ in range(state.step - len(kept))]
         if latest is not None:
@@ -389,9 +406,12 @@ class Trainer:
             optimizer = full_optimizer_state(self.transformer, self.optimizer)
         if not self.world.is_main:
             return
+        validator = getattr(self, "validator", None)
         state = TrainingState(step=step, lora=lora, optimizer=optimizer,
                               scheduler=self.scheduler.state_dict(), losses=losses,
-                              batches=self.batches)
+                              batches=self.batches,
+                              validation=[e.to_dict() for e in validator.history]
+                              if validator is not None else [])
         path = self.checkpoints.save(state, lora_file)
         log.info("checkpoint %s", path.name)
         if self.hooks.checkpoint_saved is not None:
@@ -403,7 +423,9 @@ class Trainer:
         index = self._encode(dataset_dir)
         if self.hooks.cache_ready is not None:
             self.hooks.cache_ready(self.work_dir / "cache")
-        samples = index["samples"]
+        # held-out windows are in the cache but never drawn for a step
+        samples = [s for s in index["samples"] if not s.get("heldOut")]
+        self.validator = Validator(*windows(index["samples"]), self.work_dir / "cache")
         self._load()
         start, losses = self._resume()
         total = spec.number_of_steps
@@ -441,6 +463,8 @@ class Trainer:
                 step + 1, total, losses[-1], rate, (total - step - 1) / max(rate, 1e-9),
                 losses=reported, learning_rate=learning_rate, grad_norm=grad_norm,
                 sigmas={m: inputs.streams[m].state.sigma for m in self.strategy.modalities}))
+            if self._validation_due(step + 1, total):
+                self._validate(step + 1, total)
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total:
                 self._gather_batches(start)
                 self._checkpoint(step + 1, losses)
@@ -452,6 +476,55 @@ class Trainer:
                 raise Interrupted(f"stopped after step {step + 1}")
         bar.close()
         return self._write_outputs(total, losses)
+
+    # -- the validation loss ---------------------------------------------------------------
+    def _validation_due(self, step: int, total: int) -> bool:
+        every = self.settings.validation_every or self.settings.checkpoint_every
+        return step % every == 0 or step == total
+
+    def _validate(self, step: int, total: int) -> None:
+        """The validation loss at `step`; a new best before the last step keeps its LoRA
+        (`checkpoints/best/`, mirrored with the next checkpoint). Every rank computes it
+        (a sharded base needs them all in each forward); the main rank's figure decides."""
+        evaluation = distributed.broadcast_object(self.world, self.validator.evaluate(self, step))
+        self.validator.record(evaluation)
+        if self.validator.best is evaluation and step < total:
+            self._keep_best(step)
+        if not self.world.is_main:
+            return
+        best = self.validator.best
+        log.info("validation loss at step %d: %.4f on %d %s window(s); best %.4f at step %d",
+                 step, evaluation.loss, evaluation.windows,
+                 "held-out" if evaluation.held_out else "training", best.loss, best.step)
+        if self.hooks.validated is not None:
+            self.hooks.validated(evaluation, list(self.validator.history))
+
+    def _keep_best(self, step: int) -> None:
+        sharded = self._lora()[1] if self.settings.shard_base else None  # a collective
+        if not self.world.is_main:
+            return
+        folder = self.work_dir / "checkpoints" / BEST
+        partial = folder.with_name(f".partial-{BEST}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        config = {**self._config(), "steps": step}
+        write_lora_file(self.transformer, config, partial / "lora.safetensors", sharded)
+        (partial / BEST_STEP).write_text(json.dumps({"step": step}))
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+
+    def _best_lora(self, last: int) -> Path | None:
+        """The kept LoRA of the best validation step, when that is not the last step."""
+        best = self.validator.best if getattr(self, "validator", None) else None
+        folder = self.work_dir / "checkpoints" / BEST
+        if best is None or best.step == last or not (folder / BEST_STEP).is_file():
+            return None
+        kept = json.loads((folder / BEST_STEP).read_text())["step"]
+        if kept != best.step:  # cannot happen with deterministic steps; never mislabel one
+            log.warning("the kept best LoRA is of step %d, not %d: not published", kept,
+                        best.step)
+            return None
+        return folder / "lora.safetensors"
 
     def _gather_batches(self, start: int) -> None:
         """Merge the slots every rank trained since the last gather into `batches` (each
@@ -490,19 +563,30 @@ class Trainer:
             return TrainResult(None, None, steps, losses)
         out = self.work_dir / "outputs"
         out.mkdir(parents=True, exist_ok=True)
+        config = self._config()
+        lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors", sharded)
+        config_file = out / "config.json"
+        config_file.write_text(json.dumps(config, indent=2))
+        best = self._best_lora(steps)
+        if best is not None:
+            best = Path(shutil.copyfile(best, out / BEST_LORA))
+        history = list(self.validator.history) if getattr(self, "validator", None) else []
+        return TrainResult(lora_file, config_file, steps, losses, history, best)
+
+    def _config(self) -> dict[str, Any]:
         config = training_config(self.spec, self.model_dir, version=self.profile.version,
                                  max_sequence_length=self.settings.max_sequence_length,
                                  seed=self.settings.seed)
         # each step averages the gradients of `globalBatch` samples: one per rank (times
         # the samples a rank accumulates)
         config.update(ranks=self.world.size, globalBatch=self.global_batch)
-        lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors", sharded)
-        config_file = out / "config.json"
-        config_file.write_text(json.dumps(config, indent=2))
-        return TrainResult(lora_file, config_file, steps, losses)
+        return config
 
 
 def _check_settings(settings: TrainSettings, depth: int, world: World) -> None:
+    if settings.validation_every < 0:
+        raise InvalidInput(f"--validation-every must be 0 (at each checkpoint) or more steps, "
+                           f"not {settings.validation_every}")
     if settings.accumulate < 1:
         raise InvalidInput(f"accumulate must be 1 or more samples per step, not "
                            f"{settings.accumulate}")
