@@ -130,24 +130,25 @@ def test_examples_are_admitted_by_the_crd_and_the_model(admission, example):
         parse_resource(doc)
 
 
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ({"conditioningFrames": 12},
-         ".spec.conditioningFrames: conditioningFrames (12) must be a multiple of 8 "
-         "(8, 16, 24, …)"),
-        ({"conditioningFrames": 96, "numberOfFrames": 96, "validationNumberOfFrames": 121},
-         ".spec.conditioningFrames: conditioningFrames (96) must be smaller than numberOfFrames "
-         "(89, snapped down from 96): the suffix may not cover the whole clip, there must be a "
-         "lead-in left to generate"),
-        ({"trainingDataUrl": "ftp://x/y.zip"},
-         ".spec.trainingDataUrl: trainingDataUrl must be an http://, https://, s3:// or file:// "
-         "URL"),
-        ({"model": {"claimName": "a", "url": "s3://b/c"}},
-         ".spec.model.claimName: exactly one of claimName (a PVC) or url (a store prefix) must "
-         "be set"),
-    ],
-)
+#: specs each refused by one rule, with the message the API server gives
+REFUSALS = [
+    ({"conditioningFrames": 12},
+     ".spec.conditioningFrames: conditioningFrames (12) must be a multiple of 8 "
+     "(8, 16, 24, …)"),
+    ({"conditioningFrames": 96, "numberOfFrames": 96, "validationNumberOfFrames": 121},
+     ".spec.conditioningFrames: conditioningFrames (96) must be smaller than numberOfFrames "
+     "(89, snapped down from 96): the suffix may not cover the whole clip, there must be a "
+     "lead-in left to generate"),
+    ({"trainingDataUrl": "ftp://x/y.zip"},
+     ".spec.trainingDataUrl: trainingDataUrl must be an http://, https://, s3:// or file:// "
+     "URL"),
+    ({"model": {"claimName": "a", "url": "s3://b/c"}},
+     ".spec.model.claimName: exactly one of claimName (a PVC) or url (a store prefix) must "
+     "be set"),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), REFUSALS)
 def test_api_server_gives_the_models_message(admission, spec, expected):
     full = {"trainingDataUrl": URL, **spec}
     assert admission.admit(resource(full)) == [expected]

@@ -137,24 +137,7 @@ def test_kubectl_apply_refuses_an_invalid_training_naming_the_field_and_the_rule
     assert "conditioningFrames (12) must be a multiple of 8" in answer.stderr, answer.stderr
     assert plane.get(f"{TRAININGS}/refused") is None  # nothing stored
 
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ({"conditioningFrames": 12},
-         ".spec.conditioningFrames: conditioningFrames (12) must be a multiple of 8 "
-         "(8, 16, 24, …)"),
-        ({"conditioningFrames": 96, "numberOfFrames": 96, "validationNumberOfFrames": 121},
-         ".spec.conditioningFrames: conditioningFrames (96) must be smaller than numberOfFrames "
-         "(89, snapped down from 96): the suffix may not cover the whole clip, there must be a "
-         "lead-in left to generate"),
-        ({"trainingDataUrl": "ftp://x/y.zip"},
-         ".spec.trainingDataUrl: trainingDataUrl must be an http://, https://, s3:// or file:// "
-         "URL"),
-        ({"model": {"claimName": "a", "url": "s3://b/c"}},
-         ".spec.model.claimName: exactly one of claimName (a PVC) or url (a store prefix) must "
-         "be set"),
-    ],
-)
+@pytest.mark.parametrize(("spec", "expected"), test_crd.REFUSALS)
 def test_the_server_refuses_with_the_models_message(plane, admission, spec, expected):
     obj = resource({"trainingDataUrl": URL, **spec})
     assert server_admit(plane, obj) == [expected] == admission.admit(obj)

@@ -133,6 +133,19 @@ async def finished(cluster: Cluster, name: str, kubelet: NodeKubelet) -> dict[st
                              ) from None
 
 
+async def until_checkpointed(cluster: Cluster, s3_server, name: str) -> None:
+    """Wait until the training's step-40 checkpoint is complete in the store."""
+    client = s3_server.client()
+
+    async def checkpointed() -> bool:
+        uid = (await cluster.training(name))["metadata"]["uid"]
+        prefix = f"trainings/{NAMESPACE}/{name}/{uid}/checkpoints/step-000040/"
+        return any(o.object_name.endswith("state.pt")
+                   for o in client.list_objects("runs", prefix=prefix, recursive=True))
+
+    await cluster.until(checkpointed, timeout=DEADLINE)
+
+
 def conditions(training: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in training["status"]["conditions"]}
 
@@ -243,16 +256,7 @@ async def test_with_audio_and_a_silent_clip_is_refused_in_prepare(cluster, kubel
 async def test_a_preempted_train_pod_resumes_and_bills_once(cluster, kubelet, s3_server,
                                                             tiny_model, tmp_path):
     await cluster.apply("preempted", spec("clips.zip", closing=1))
-    client = s3_server.client()
-
-    async def checkpointed() -> bool:
-        training = await cluster.training("preempted")
-        uid = training["metadata"]["uid"]
-        prefix = f"trainings/{NAMESPACE}/preempted/{uid}/checkpoints/step-000040/"
-        return any(o.object_name.endswith("state.pt")
-                   for o in client.list_objects("runs", prefix=prefix, recursive=True))
-
-    await cluster.until(checkpointed, timeout=DEADLINE)
+    await until_checkpointed(cluster, s3_server, "preempted")
     await kubelet.preempt("preempted-train")
     training = await finished(cluster, "preempted", kubelet)
     await assert_succeeded(cluster, "preempted", training, s3_server, tiny_model, tmp_path,
@@ -316,15 +320,7 @@ async def test_suspend_mid_training_and_resume_from_the_checkpoint(
     pod, the training is `Suspended`; resumed, a new pod goes on from the checkpoint;
     billed once."""
     await cluster.apply("paused", spec("clips.zip", closing=1, with_audio=False))
-    client = s3_server.client()
-
-    async def checkpointed() -> bool:
-        uid = (await cluster.training("paused"))["metadata"]["uid"]
-        prefix = f"trainings/{NAMESPACE}/paused/{uid}/checkpoints/step-000040/"
-        return any(o.object_name.endswith("state.pt")
-                   for o in client.list_objects("runs", prefix=prefix, recursive=True))
-
-    await cluster.until(checkpointed, timeout=DEADLINE)
+    await until_checkpointed(cluster, s3_server, "paused")
     await cluster.request("PATCH", f"{TRAININGS}/paused", {"spec": {"suspend": True}})
     await cluster.until(lambda: cluster.phase("paused", "Suspended"), timeout=60)
     (first,) = kubelet.pods("paused-train")

@@ -27,6 +27,7 @@ from test_e2e import (  # noqa: F401  (fixtures)
     finished,
     kubelet,
     spec,
+    until_checkpointed,
 )
 
 from ltx_contract.result import JobResult
@@ -287,15 +288,7 @@ async def test_a_lost_node_restarts_the_gang_from_its_checkpoint_and_preemption_
     (one restart counted). Then the new leader is preempted: the gang starts again, not
     counted. Succeeded, billed once."""
     await cluster.apply("lost", spec("clips.zip", closing=1, with_audio=False, nodes=2))
-    client = s3_server.client()
-
-    async def checkpointed() -> bool:
-        uid = (await cluster.training("lost"))["metadata"]["uid"]
-        prefix = f"trainings/{NAMESPACE}/lost/{uid}/checkpoints/step-000040/"
-        return any(o.object_name.endswith("state.pt")
-                   for o in client.list_objects("runs", prefix=prefix, recursive=True))
-
-    await cluster.until(checkpointed, timeout=DEADLINE)
+    await until_checkpointed(cluster, s3_server, "lost")
     first = (await cluster.jobs())["lost-train"]["metadata"]["uid"]
     lost = await kubelet.kill("lost-train", index=1)
 
