@@ -158,7 +158,7 @@ async def assert_succeeded(cluster: Cluster, name: str, training: dict[str, Any]
     assert conditions(training) == {
         "Validated": ("True", "Valid"), "DatasetReady": ("True", "DatasetReady"),
         "Training": ("False", "Completed"), "Succeeded": ("True", "Succeeded"),
-        **more_conditions}
+        "CaptionsComplete": ("True", "AllCaptioned"), **more_conditions}
     assert status["billing"]["units"] == 100 and status["billing"]["steps"] == 100
     assert status["progress"]["summary"] == "100/100"
     expected = ("PrepareStarted", "TrainingStarted", "Billed", "Succeeded")

@@ -14,7 +14,7 @@ kube="-s -w -X k8s.io/component-base/version.gitVersion=$version \
  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
  -X k8s.io/component-base/version.gitTreeState=clean"
 for tool in kube-apiserver kube-controller-manager kubectl; do
-  go build -trimpath -ldflags "$kube" -o "$dest/$tool" "k8s.io/kubernetes/cmd/$tool"
+  go build -trimpath -buildvcs=false -ldflags "$kube" -o "$dest/$tool" "k8s.io/kubernetes/cmd/$tool"
 done
-go build -trimpath -ldflags "-s -w" -o "$dest/etcd" go.etcd.io/etcd/server/v3
+go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$dest/etcd" go.etcd.io/etcd/server/v3
 "$dest/kube-apiserver" --version
