@@ -641,8 +641,6 @@ class NodeKubelet(Kubelet):
         _signal(running, signal.SIGKILL)  # the container ended: its other processes too
         code = running.process.returncode
         code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
-        if (stray := running.stray_writes()) and not running.reported:
-            self.errors.append(f"pod {running.name} wrote outside its volumes: {stray[:20]}")
         conditions = [{"type": t, "status": "False", "lastTransitionTime": _now()}
                       for t in ("ContainersReady", "Ready")]
         if running.disrupted:
@@ -660,6 +658,8 @@ class NodeKubelet(Kubelet):
                     "reason": "Completed" if code == 0 else "Error",
                     "startedAt": _now(), "finishedAt": _now()}}}]})
         running.reported = written.get("kind") == "Pod"
+        if running.reported and (stray := running.stray_writes()):
+            self.errors.append(f"pod {running.name} wrote outside its volumes: {stray[:20]}")
 
     async def _confirm_deletion(self, pod: dict[str, Any]) -> None:
         """A pod marked for deletion: stop its container, report it, delete it for good."""
