@@ -352,7 +352,11 @@ class Kubelet:
         # the image's files are read-only: no bytecode written next to the sources
         env = {"PATH": os.environ["PATH"], "HOME": str(root / "home"),
                "PYTHONUNBUFFERED": "1", TERMINATION_LOG_ENV: str(root / "termination-log"),
-               "PYTHONPATH": str(guard), "PYTHONDONTWRITEBYTECODE": "1",
+               # the tests' own import path after the guard: a checkout's sources, not
+               # the installed copy, are what its pods run
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(guard),
+                                                           os.environ.get("PYTHONPATH")])),
+               "PYTHONDONTWRITEBYTECODE": "1",
                WRITE_LOG_ENV: str(root / "writes.log"), POD_IP_ENV: ip}
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
