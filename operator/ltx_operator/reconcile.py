@@ -34,7 +34,7 @@ from ltx_contract.resource import (
 from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
-from .jobs import build_job, build_service, model_in_use
+from .jobs import build_job, build_service, model_source
 from .observed import IMAGE_PULL_REASONS, JobView, PodView
 from .settings import OperatorSettings
 from .status import (
@@ -160,7 +160,8 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
         return plan
     set_condition(status, "Validated", True, "Valid", "the spec is valid", generation, now)
     status.observed_generation = generation
-    model = model_in_use(spec, settings)
+    source = model_source(spec, settings)
+    model = source.uri if source is not None else None
     status.effective = Effective(number_of_frames=spec.number_of_frames,
                                  validation_number_of_frames=spec.validation_number_of_frames,
                                  model=model)
