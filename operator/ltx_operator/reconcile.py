@@ -1,17 +1,17 @@
 """The one reconcile: from what is observed of a training (the resource, its Jobs and
 their pods) to what should be (the Jobs to create or change, and its status).
 
-Pure: no API calls, no clock of its own. The handlers observe, call `reconcile`, carry
-out the plan, feed the API's answers back (`Effects`) and call it again; the status
-they write is the plan's. The status is the training's memory across restarts: a
-prepare that finished (`DatasetReady`), the bill (written once), refused creations
-being retried.
+Pure: no API calls, no clock of its own. The controller observes everything first
+(`observe`), calls `reconcile`, carries out the plan and, with the API's answers
+(`Effects`) in the observation, calls it once more for the status it writes. The
+status is the training's memory across restarts: a prepare that finished
+(`DatasetReady`), the bill (written once), refused creations being retried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,10 +35,9 @@ from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
 from .jobs import build_job, build_service, model_source
-from .observed import IMAGE_PULL_REASONS, JobView, PodView
+from .observed import IMAGE_PULL_REASONS, JobView, Observed, PodView, ended, newest
 from .settings import OperatorSettings
 from .status import (
-    condition,
     drop_condition,
     is_finished,
     is_true,
@@ -53,67 +52,6 @@ NO_MODEL = ("no base model to train: set spec.model (a claim or a store URL) or 
             "operator's default, the chart's model.claimName or model.url")
 #: The Jobs' failure reasons a restart of the gang cannot help.
 FINAL_JOB_REASONS = ("DeadlineExceeded",)
-#: Waiting reasons that are worth an Event (the rest show in the status only).
-NOTABLE_WAITS = {"Queued": "Normal", "Unschedulable": "Warning", "Preempted": "Warning",
-                 **{reason: "Warning" for reason in IMAGE_PULL_REASONS}}
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """The API's refusal to create a stage's Job."""
-
-    stage: str
-    code: int
-    reason: str
-    message: str
-    retry_after: float | None = None  # the API's Retry-After, in seconds
-
-    @property
-    def transient(self) -> bool:
-        """The API server's own trouble (overloaded, restarting): not a refusal of the
-        Job; tried again soon, without a condition or an Event."""
-        return self.code == 429 or self.code >= 500
-
-    @property
-    def final(self) -> bool:
-        """Invalid or malformed: the same Job is refused again, whatever the wait."""
-        return self.code in (400, 422)
-
-    @property
-    def quota(self) -> bool:
-        return self.code == 403 and "exceeded quota" in self.message
-
-
-@dataclass(frozen=True)
-class Effects:
-    """What the API answered to the last plan."""
-
-    created: Mapping[str, JobView] = field(default_factory=dict)
-    refusal: Refusal | None = None
-    #: Kueue-managed Jobs whose Workload was not found (Kueue has not made it yet)
-    no_workload: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Observed:
-    training: dict[str, Any]
-    jobs: Mapping[str, JobView]  # by stage
-    pods: Sequence[PodView]
-    now: datetime
-    progress: ProgressReport | None = None
-    effects: Effects = field(default_factory=Effects)
-    #: Jobs whose pods were listed from the API (not only taken from the index)
-    listed: frozenset[str] = frozenset()
-
-    def with_effects(self, effects: Effects) -> Observed:
-        return replace(self, jobs={**self.jobs, **effects.created}, effects=effects)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -128,10 +66,9 @@ class Plan:
     activate: dict[str, bool] = field(default_factory=dict)
     #: Job name → uid: failed gangs' Jobs to delete with their pods (foreground)
     delete: dict[str, str] = field(default_factory=dict)
-    #: Jobs that finished before their pod's end was observed: list their pods
-    missing_results: list[str] = field(default_factory=list)
-    #: the pod address whose /progress to read
-    progress_from: str | None = None
+    #: Jobs whose end needs their pods listed, which this observation lacks: nothing is
+    #: decided on them (`observe` lists them; only an observation made by hand lacks them)
+    unobserved: list[str] = field(default_factory=list)
     #: run again after this many seconds (a retry that is due)
     requeue_after: float | None = None
 
@@ -173,7 +110,7 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
     job = observed.jobs.get(stage)
     if stage == "prepare" and job is not None and job.finished:
         result = _result(observed, job, plan)
-        if job.name in plan.missing_results:
+        if job.name in plan.unobserved:
             return plan
         if job.finished[0] == "Failed":
             _fail_job(observed, status, job, result, generation)
@@ -186,13 +123,12 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
     restarts = status.restarts
     if restarts and restarts.replacing and job is not None and job.uid != restarts.replacing:
         status.restarts = restarts.model_copy(update={"replacing": None})  # its successor
-    if stage == "train" and job is not None and spec.nodes > 1 and (
-            job.failing or (job.finished and job.finished[0] == "Failed")) \
+    if stage == "train" and job is not None and spec.nodes > 1 and job.failed \
             and _restart_gang(observed, spec, status, plan, job):
         return plan
     if stage == "train" and job is not None and job.finished:
         result = _result(observed, job, plan)
-        if job.name in plan.missing_results:
+        if job.name in plan.unobserved:
             return plan
         if job.finished[0] == "Failed":
             _fail_job(observed, status, job, result, generation)
@@ -233,31 +169,13 @@ def _fail(status: TrainingStatus, reason: str, message: str, generation: int | N
                                                billed_time=stamp(now))
 
 
-def _ended(observed: Observed, job: JobView) -> PodView | None:
-    """The pod whose end decided the Job: for a completed Job rank 0's that succeeded
-    (an earlier, preempted pod may be the only end the index has seen yet; the other
-    nodes' pods report no result); for a failed Job of many pods, one that left a result
-    (the rank that knew why) before the ones stopped with it."""
-    ended = [p for p in observed.pods if job.owns(p) and p.terminated is not None]
-    if job.finished is not None and job.finished[0] == "Complete":
-        ended = [p for p in ended if p.terminated[0] == 0 and p.leader]
-        return max(ended, key=lambda p: p.created) if ended else None
-    if any(p.index is not None for p in ended):
-        def weight(pod: PodView) -> tuple[bool, bool, str]:
-            result = JobResult.from_termination_message(pod.terminated[2])
-            return (result is not None and not result.succeeded, pod.terminated[0] != 0,
-                    pod.created)
-        return max(ended, key=weight) if ended else None
-    return max(ended, key=lambda p: p.created) if ended else None
-
-
 def _result(observed: Observed, job: JobView, plan: Plan) -> JobResult | None:
     """The stage's result, from the newest ended pod's termination message. A finished
     Job whose pod's end the watch has not brought yet: its pods are listed first."""
-    pod = _ended(observed, job)
+    pod = ended(job, observed.pods)
     if pod is None:
         if job.name not in observed.listed:
-            plan.missing_results.append(job.name)
+            plan.unobserved.append(job.name)
         return None
     return JobResult.from_termination_message(pod.terminated[2])
 
@@ -265,7 +183,7 @@ def _result(observed: Observed, job: JobView, plan: Plan) -> JobResult | None:
 def _fail_job(observed: Observed, status: TrainingStatus, job: JobView, result: JobResult | None,
               generation: int | None) -> None:
     _, job_reason, _ = job.finished
-    pod = _ended(observed, job)
+    pod = ended(job, observed.pods)
     reason = (result and result.reason) or (
         "OOMKilled" if pod is not None and pod.terminated[1] == "OOMKilled" else job_reason)
     message = (result and result.message) or f"the {job.stage} Job failed: {job_reason}"
@@ -297,7 +215,7 @@ def _restart_gang(observed: Observed, spec: TrainingSpec, status: TrainingStatus
         status.phase = "Pending"
         return True
     if job.name not in observed.listed:  # decided on the pods as the API has them now
-        plan.missing_results.append(job.name)
+        plan.unobserved.append(job.name)
         return True
     reason = job.finished[1] if job.finished else job.failing[0]
     if reason in FINAL_JOB_REASONS or any(
@@ -306,7 +224,7 @@ def _restart_gang(observed: Observed, spec: TrainingSpec, status: TrainingStatus
     disrupted = next((p for p in mine if p.disrupted is not None), None)
     if disrupted is None and restarts.failures >= spec.backoff_limit:
         return False
-    failed = _ended(observed, job)
+    failed = ended(job, observed.pods)
     again = f"the {spec.nodes} pods start again from the last checkpoint"
     if disrupted is not None:
         why, detail = disrupted.disrupted
@@ -486,11 +404,9 @@ def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: 
     set_condition(status, "Running", running, reason, message, generation, now)
     # Pending until a pod of the stage runs: `kubectl get ltxt` tells waiting from working
     status.phase = ("Training" if stage == "train" else "Preparing") if running else "Pending"
-    pod = _newest(job, [p for p in observed.pods if p.leader])
-    if stage == "train" and pod is not None and pod.running:
-        plan.progress_from = pod.ip
-        if observed.progress is not None:
-            _progress(status, observed.progress, now)
+    pod = newest(job, [p for p in observed.pods if p.leader])
+    if stage == "train" and pod is not None and pod.running and observed.progress is not None:
+        _progress(status, observed.progress, now)
 
 
 def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
@@ -508,7 +424,7 @@ def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
             ((i or 0, max(group, key=lambda p: p.created)) for i, group in by_index.items()),
             key=lambda item: item[0])]
         return next((state for state in states if not state[0]), states[0])
-    return _pod_state(job, _newest(job, pods))
+    return _pod_state(job, newest(job, pods))
 
 
 def _pod_state(job: JobView, pod: PodView | None, gang: bool = False
@@ -537,11 +453,6 @@ def _pod_state(job: JobView, pod: PodView | None, gang: bool = False
     return False, "PodPending", f"pod {pod.name} is {pod.phase}"
 
 
-def _newest(job: JobView, pods: Sequence[PodView]) -> PodView | None:
-    mine = [p for p in pods if job.owns(p)]
-    return max(mine, key=lambda p: p.created) if mine else None
-
-
 def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> None:
     total, step = report.total_steps or 0, report.step
     eta = report.eta_seconds
@@ -556,50 +467,3 @@ def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> 
         status.progress = new.model_copy(update={"last_update_time": stamp(now)})
     if report.validation is not None:
         status.validation = report.validation
-
-
-def restart_counts(status: TrainingStatus) -> tuple[int, int]:
-    """(failures, disruptions): the gang's restarts so far."""
-    restarts = status.restarts or Restarts()
-    return restarts.failures, restarts.disruptions
-
-
-def events(old: TrainingStatus, new: TrainingStatus) -> list[Event]:
-    """The Events a status transition posts (each once: a transition is written once)."""
-    out = []
-    old_jobs, new_jobs = old.jobs or Jobs(), new.jobs or Jobs()
-    if new_jobs.prepare and not old_jobs.prepare:
-        out.append(Event("Normal", "PrepareStarted", f"Job {new_jobs.prepare} created"))
-    if new_jobs.train and not old_jobs.train:
-        out.append(Event("Normal", "TrainingStarted",
-                         f"dataset ready; Job {new_jobs.train} created"))
-    for type_ in ("Suspended", "JobCreated", "Running"):
-        before, after = condition(old, type_), condition(new, type_)
-        if after is None or (before is not None and (before.status, before.reason,
-                                                     before.message) ==
-                             (after.status, after.reason, after.message)):
-            continue
-        if type_ == "Suspended":
-            if before is None or before.status != after.status:
-                out.append(Event("Normal", after.reason, after.message))
-        elif type_ == "JobCreated":
-            out.append(Event("Warning" if after.status == "False" else "Normal",
-                             after.reason, after.message))
-        elif type_ == "Running" and after.reason in NOTABLE_WAITS and (
-                before is None or before.reason != after.reason):
-            out.append(Event(NOTABLE_WAITS[after.reason], after.reason, after.message))
-    captions, had = condition(new, "CaptionsComplete"), condition(old, "CaptionsComplete")
-    if captions is not None and captions.status == "False" and (
-            had is None or (had.status, had.message) != (captions.status, captions.message)):
-        out.append(Event("Warning", captions.reason, captions.message))
-    if restart_counts(new) != restart_counts(old):
-        out.append(Event("Warning", "GangRestarted", new.restarts.last_reason or ""))
-    if new.billing and not old.billing and new.billing.units:
-        out.append(Event("Normal", "Billed", f"{new.billing.units} billable units"))
-    if new.phase != old.phase and new.phase == "Succeeded":
-        out.append(Event("Normal", "Succeeded", "training succeeded"))
-    if new.phase != old.phase and new.phase == "Failed":
-        failed = condition(new, "Failed")
-        out.append(Event("Warning", failed.reason, failed.message))
-    return out
-
