@@ -19,6 +19,7 @@ from ltx_contract.resource import GROUP, PLURAL, VERSION
 from . import kube, metrics
 from .controller import log_about, run_reconcile
 from .jobs import service_name
+from .observe import snapshot
 from .observed import MANAGED_BY, JobView, PodView, training_key
 from .settings import OperatorSettings
 from .status import is_finished, seconds_since
@@ -117,10 +118,7 @@ async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
         while not stopped:
             wakeup.clear()
             # the indexes are read here, on the operator's loop, and handed over
-            # a Job being deleted gives way to a live one of its stage (a stale index entry)
-            jobs = {j.stage: j for j in sorted(
-                training_jobs[key] if key in training_jobs else (), key=lambda j: not j.deleting)}
-            pods = list(training_pods[key] if key in training_pods else ())
+            jobs, pods = snapshot(training_jobs.get(key, ()), training_pods.get(key, ()))
             try:
                 again = await asyncio.to_thread(run_reconcile, copy.deepcopy(dict(body)),
                                                 jobs, pods, periodic, current())

@@ -11,7 +11,7 @@ Job, through which every pod reaches rank 0's rendezvous at `<job>-0.<service>`.
 ranks' launcher settings are torchrun's own `PET_*` variables. Such a gang fails as one:
 any pod's failure fails its Job at once (no retry of one pod: a replacement cannot re-join
 the survivors' rendezvous reliably), and the operator restarts the whole gang as a new
-Job (reconcile: `_restart_gang`), counted against the spec's backoffLimit.
+Job (`reconcile._restart_gang`), counted against the spec's backoffLimit.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Observing a training, all before the reconcile decides: its Jobs and pods from the
-indexes, the pods of a Job whose end is being decided listed from the API (the watch
+indexes (a snapshot), the pods of a Job whose end is being decided listed from the API (the watch
 may not have brought them yet), and the train pod's progress from its leader."""
 
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,13 @@ from ltx_contract.spec import SpecError, parse_spec
 from . import kube
 from .observed import JobView, Observed, PodView, ended, newest
 from .status import is_finished, is_true, parse_status
+
+
+def snapshot(jobs: Iterable[JobView], pods: Iterable[PodView]
+             ) -> tuple[dict[str, JobView], list[PodView]]:
+    """A training's Jobs (by stage) and pods as the indexes hold them now. A Job being
+    deleted gives way to a live one of its stage (a stale index entry)."""
+    return {j.stage: j for j in sorted(jobs, key=lambda j: not j.deleting)}, list(pods)
 
 
 def observe(training: dict[str, Any], jobs: Mapping[str, JobView], pods: Sequence[PodView],

@@ -10,7 +10,6 @@ status is the training's memory across restarts: a prepare that finished
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,24 +17,22 @@ from typing import Any
 from ltx_contract.billing import billable_units, cost
 from ltx_contract.manifest import uncaptioned_warning
 from ltx_contract.outcomes import FINAL_EXIT_CODES
-from ltx_contract.progress import ProgressReport
 from ltx_contract.resource import (
     Artifacts,
     Billing,
     Effective,
-    Jobs,
     Progress,
     Restarts,
     Retry,
     TrainingStatus,
-    human_duration,
     name_problems,
 )
 from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
+from .follow import follow_pods
 from .jobs import build_job, build_service, model_source
-from .observed import IMAGE_PULL_REASONS, JobView, Observed, PodView, ended, newest
+from .observed import JobView, Observed, ended
 from .settings import OperatorSettings
 from .status import (
     drop_condition,
@@ -82,8 +79,29 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
     plan = Plan(status=status)
     if is_finished(status):
         return plan  # the outcome and the bill are final
-    meta = observed.training["metadata"]
-    generation, now = meta.get("generation"), observed.now
+    spec = _validate(observed, status, settings)
+    if spec is None:
+        return plan
+    stage = "train" if is_true(status, "DatasetReady") else "prepare"
+    job = observed.jobs.get(stage)
+    if stage == "prepare" and job is not None and job.finished:
+        if _end_prepare(observed, spec, status, plan, job):
+            return plan
+        stage, job = "train", observed.jobs.get("train")
+    restarts = status.restarts
+    if restarts and restarts.replacing and job is not None and job.uid != restarts.replacing:
+        status.restarts = restarts.model_copy(update={"replacing": None})  # its successor
+    if stage == "train" and job is not None and _end_train(observed, spec, status, plan, job,
+                                                           settings):
+        return plan
+    _run_stage(observed, spec, status, plan, stage, job, settings)
+    return plan
+
+
+def _validate(observed: Observed, status: TrainingStatus,
+              settings: OperatorSettings) -> TrainingSpec | None:
+    """The spec, or None when the training fails for it: invalid, or no base model."""
+    generation, now = observed.training["metadata"].get("generation"), observed.now
     # the CRD refuses these names at admission; a cluster with an older CRD fails them here
     problems = name_problems(observed.training)
     try:
@@ -94,7 +112,7 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
         message = "; ".join(problems)
         set_condition(status, "Validated", False, "InvalidSpec", message, generation, now)
         _fail(status, "InvalidSpec", message, generation, now)
-        return plan
+        return None
     set_condition(status, "Validated", True, "Valid", "the spec is valid", generation, now)
     status.observed_generation = generation
     source = model_source(spec, settings)
@@ -104,57 +122,70 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
                                  model=model)
     if model is None:  # nothing could train: no Job, no GPU, no bill
         _fail(status, "NoBaseModel", NO_MODEL, generation, now)
-        return plan
+        return None
+    return spec
 
-    stage = "train" if is_true(status, "DatasetReady") else "prepare"
-    job = observed.jobs.get(stage)
-    if stage == "prepare" and job is not None and job.finished:
-        result = _result(observed, job, plan)
-        if job.name in plan.unobserved:
-            return plan
-        if job.finished[0] == "Failed":
-            _fail_job(observed, status, job, result, generation)
-            return plan
-        set_condition(status, "DatasetReady", True, "DatasetReady",
-                      (result and result.message) or "dataset prepared", generation, now)
-        _note_captions(status, spec, result, generation, now)
-        _add_artifacts(status, result)
-        stage, job = "train", observed.jobs.get("train")
-    restarts = status.restarts
-    if restarts and restarts.replacing and job is not None and job.uid != restarts.replacing:
-        status.restarts = restarts.model_copy(update={"replacing": None})  # its successor
-    if stage == "train" and job is not None and spec.nodes > 1 and job.failed \
-            and _restart_gang(observed, spec, status, plan, job):
-        return plan
-    if stage == "train" and job is not None and job.finished:
-        result = _result(observed, job, plan)
-        if job.name in plan.unobserved:
-            return plan
-        if job.finished[0] == "Failed":
-            _fail_job(observed, status, job, result, generation)
-        else:
-            _succeed(status, spec, result, generation, now, settings)
-        return plan
 
+def _end_prepare(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
+                 job: JobView) -> bool:
+    """The finished prepare Job: the training fails with it, or its dataset is ready.
+    True when the training goes no further on this pass."""
+    generation = observed.training["metadata"].get("generation")
+    result = _result(observed, job, plan)
+    if job.name in plan.unobserved:
+        return True
+    if job.finished[0] == "Failed":
+        _fail_job(observed, status, job, result, generation)
+        return True
+    set_condition(status, "DatasetReady", True, "DatasetReady",
+                  (result and result.message) or "dataset prepared", generation, observed.now)
+    _note_captions(status, spec, result, generation, observed.now)
+    _add_artifacts(status, result)
+    return False
+
+
+def _end_train(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
+               job: JobView, settings: OperatorSettings) -> bool:
+    """A failed gang starts again; a finished train Job ends the training. True when
+    decided here."""
+    if spec.nodes > 1 and job.failed and _restart_gang(observed, spec, status, plan, job):
+        return True
+    if not job.finished:
+        return False
+    result = _result(observed, job, plan)
+    if job.name in plan.unobserved:
+        return True
+    generation = observed.training["metadata"].get("generation")
+    if job.finished[0] == "Failed":
+        _fail_job(observed, status, job, result, generation)
+    else:
+        _succeed(status, spec, result, generation, observed.now, settings)
+    return True
+
+
+def _run_stage(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
+               stage: str, job: JobView | None, settings: OperatorSettings) -> None:
+    """The stage in progress: suspended or resumed, its Job asked for, or its pods
+    followed."""
+    generation = observed.training["metadata"].get("generation")
     if spec.suspend:
         _suspend(observed, status, plan, stage, job, generation)
-        return plan
+        return
     if is_true(status, "Suspended"):
         _resume(observed, status, plan, job, generation)
     if job is None:
         _create(observed, spec, status, plan, stage, settings)
         if not is_finished(status):
             status.phase = "Pending"  # until the Job exists
-        return plan
+        return
     if job.suspended and not job.queue:
         plan.suspend[job.name] = False  # not Kueue's: nothing else resumes it
     if status.retry is not None and status.retry.stage == stage:
         set_condition(status, "JobCreated", True, "Created",
                       f"Job {job.name} created after {status.retry.attempts} refusal(s)",
-                      generation, now)
+                      generation, observed.now)
         status.retry = None
-    _follow_pods(observed, status, plan, stage, job, spec, generation)
-    return plan
+    follow_pods(observed, status, stage, job, spec, generation)
 
 
 def _fail(status: TrainingStatus, reason: str, message: str, generation: int | None,
@@ -384,86 +415,3 @@ def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan
     if stage == "train" and spec.nodes > 1:
         plan.services.append(build_service(observed.training, settings))
     plan.create.append(build_job(stage, observed.training, spec, settings, deadline_left))
-
-
-def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: str, job: JobView,
-                 spec: TrainingSpec, generation: int | None) -> None:
-    """Phase and conditions of an active stage, and its progress."""
-    now = observed.now
-    jobs = status.jobs.model_copy() if status.jobs else Jobs()
-    if getattr(jobs, stage) != job.name:
-        setattr(jobs, stage, job.name)
-        status.jobs = jobs
-    status.start_time = status.start_time or stamp(now)
-    if stage == "train" and not is_true(status, "Training"):
-        set_condition(status, "Training", True, "Started", "training started", generation, now)
-        status.progress = Progress(step=0, total_steps=spec.number_of_steps, percent=0.0,
-                                   summary=f"0/{spec.number_of_steps}",
-                                   last_update_time=stamp(now))
-    running, reason, message = pod_state(job, observed.pods)
-    set_condition(status, "Running", running, reason, message, generation, now)
-    # Pending until a pod of the stage runs: `kubectl get ltxt` tells waiting from working
-    status.phase = ("Training" if stage == "train" else "Preparing") if running else "Pending"
-    pod = newest(job, [p for p in observed.pods if p.leader])
-    if stage == "train" and pod is not None and pod.running and observed.progress is not None:
-        _progress(status, observed.progress, now)
-
-
-def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
-    """(a pod of the Job runs, reason, message): what `kubectl get ltxt` shows while the
-    stage waits — queued by Kueue, unschedulable, image pull failures, preempted."""
-    if job.suspended and job.queue:
-        return False, "Queued", (f"Job {job.name} waits for Kueue to admit it "
-                                 f"(queue {job.queue})")
-    by_index: dict[int | None, list[PodView]] = {}
-    for pod in pods:
-        if job.owns(pod):
-            by_index.setdefault(pod.index, []).append(pod)
-    if len(by_index) > 1:  # a gang works when each of its pods does: the first that waits
-        states = [_pod_state(job, newest, gang=True) for _, newest in sorted(
-            ((i or 0, max(group, key=lambda p: p.created)) for i, group in by_index.items()),
-            key=lambda item: item[0])]
-        return next((state for state in states if not state[0]), states[0])
-    return _pod_state(job, newest(job, pods))
-
-
-def _pod_state(job: JobView, pod: PodView | None, gang: bool = False
-               ) -> tuple[bool, str, str]:
-    if pod is None:
-        return False, "JobPending", f"Job {job.name} has no pod yet"
-    if pod.running:
-        return True, "Running", f"pod {pod.name} is running"
-    if pod.terminated is not None or pod.phase in ("Succeeded", "Failed"):
-        if pod.phase == "Succeeded":
-            return True, "Completed", f"pod {pod.name} succeeded"
-        then = ("the gang starts again from the last checkpoint" if gang else
-                "the Job starts another, which resumes from the last checkpoint")
-        if pod.disrupted is not None:
-            why, detail = pod.disrupted
-            return False, "Preempted", f"pod {pod.name} was stopped ({why}: {detail}); {then}"
-        code = pod.terminated[0] if pod.terminated else None
-        retry = "the gang starts again" if gang else "the Job retries"
-        return False, "Restarting", f"pod {pod.name} failed (exit code {code}); {retry}"
-    if pod.unschedulable is not None:
-        return False, "Unschedulable", pod.unschedulable[1] or pod.unschedulable[0]
-    if pod.waiting is not None and pod.waiting[0] in IMAGE_PULL_REASONS:
-        return False, pod.waiting[0], pod.waiting[1] or f"cannot pull the image of {pod.name}"
-    if pod.waiting is not None:
-        return False, "PodPending", f"pod {pod.name}: {pod.waiting[0]} {pod.waiting[1]}".strip()
-    return False, "PodPending", f"pod {pod.name} is {pod.phase}"
-
-
-def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> None:
-    total, step = report.total_steps or 0, report.step
-    eta = report.eta_seconds
-    new = Progress(stage=report.stage, step=step, total_steps=total, loss=report.loss,
-                   eta_seconds=eta, eta=None if eta is None else human_duration(eta),
-                   steps_per_second=report.steps_per_second,
-                   percent=round(100 * step / total, 1) if total else None,
-                   summary=f"{step}/{total}")
-    old = status.progress.model_copy(update={"last_update_time": None}) \
-        if status.progress else None
-    if old != new:  # written only when something changed
-        status.progress = new.model_copy(update={"last_update_time": stamp(now)})
-    if report.validation is not None:
-        status.validation = report.validation
