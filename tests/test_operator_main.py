@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ltx_operator import handlers
+from ltx_operator import controller
 
 
 def test_json_logs_name_the_resource(capsys):
@@ -18,8 +18,8 @@ def test_json_logs_name_the_resource(capsys):
     saved = (root.handlers[:], root.level)
     try:
         configure_logging("json")
-        handlers._log({"metadata": {"namespace": "team", "name": "door", "uid": "u-1"}},
-                      "train Job %s created", "door-train")
+        controller.log_about({"metadata": {"namespace": "team", "name": "door", "uid": "u-1"}},
+                             "train Job %s created", "door-train")
         line = capsys.readouterr().err.strip().splitlines()[-1]
     finally:
         root.handlers[:], _ = saved

@@ -6,10 +6,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from ltx_contract.progress import ProgressReport
-from ltx_operator.observed import JobView, PodView
-from ltx_operator.reconcile import Effects, Observed, Refusal, events, reconcile
+from ltx_operator.observe import pods_to_list, progress_source
+from ltx_operator.observed import Effects, JobView, Observed, PodView, Refusal
+from ltx_operator.reconcile import reconcile
 from ltx_operator.settings import OperatorSettings
 from ltx_operator.status import dump_status, parse_status
+from ltx_operator.transitions import transitions
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings(store_url="s3://runs", model_claim_name="models", metrics_port=0,
@@ -70,7 +72,8 @@ def test_a_new_training_asks_for_its_prepare_job_and_is_pending_until_it_exists(
     assert not plan.create
     assert plan.status.phase == "Pending" and plan.status.jobs.prepare == "door-prepare"
     assert conditions(plan)["Running"] == ("False", "JobPending")
-    assert [e.reason for e in events(run(training()).status, plan.status)] == ["PrepareStarted"]
+    assert [e.reason for e in transitions(run(training()).status, plan.status)] == [
+        "PrepareStarted"]
     running = run(training(written(plan)), {"prepare": job("prepare")}, [pod("prepare")])
     assert running.status.phase == "Preparing"
     assert conditions(running)["Running"] == ("True", "Running")
@@ -132,7 +135,7 @@ def test_uncaptioned_samples_are_a_condition_and_a_warning_event_naming_how_many
     (captions,) = [c for c in plan.status.conditions if c.type == "CaptionsComplete"]
     assert captions.message.startswith("3 of 12 training samples have no caption")
     assert "'LEADIN' alone" in captions.message
-    warned = [e for e in events(parse_status(preparing()), plan.status)
+    warned = [e for e in transitions(parse_status(preparing()), plan.status)
               if e.reason == "UncaptionedSamples"]
     assert len(warned) == 1 and warned[0].type == "Warning"
     assert warned[0].message == captions.message
@@ -140,14 +143,15 @@ def test_uncaptioned_samples_are_a_condition_and_a_warning_event_naming_how_many
     result.update(uncaptionedSamples=0)
     plan = run(body, {"prepare": done}, [pod("prepare", "Succeeded", result)])
     assert conditions(plan)["CaptionsComplete"] == ("True", "AllCaptioned")
-    assert not [e for e in events(parse_status(preparing()), plan.status)
+    assert not [e for e in transitions(parse_status(preparing()), plan.status)
                 if e.reason == "UncaptionedSamples"]
 
 
 def test_a_finished_job_whose_pod_was_not_seen_lists_its_pods_first():
     done = job("prepare", finished=("Complete", "Completed", ""))
+    assert pods_to_list(training(preparing()), {"prepare": done}, []) == ["door-prepare"]
     plan = run(training(preparing()), {"prepare": done})
-    assert plan.missing_results == ["door-prepare"] and not plan.create
+    assert plan.unobserved == ["door-prepare"] and not plan.create
     plan = run(training(preparing()), {"prepare": done}, listed=frozenset({"door-prepare"}))
     assert [m["metadata"]["name"] for m in plan.create] == ["door-train"]  # no result: go on
 
@@ -176,7 +180,7 @@ def test_success_bills_once_whatever_replays():
     assert status.billing.cost == "1.83" and status.progress.summary == "300/300"
     assert status.artifacts.lora_file.endswith("lora.safetensors")
     assert status.result_url == "https://s/r.json" and status.model_version == "ltx-2.5"
-    assert [e.reason for e in events(run(before).status, status)] == ["Billed", "Succeeded"]
+    assert [e.reason for e in transitions(run(before).status, status)] == ["Billed", "Succeeded"]
     # replayed with another result: the finished status and its bill stay as they are
     again = run(training(written(plan)), jobs,
                 [pod("train", "Succeeded", {**result, "stepsCompleted": 50})])
@@ -194,8 +198,7 @@ def test_a_failed_train_job_fails_with_the_container_reason_and_bills_nothing():
 def test_progress_is_written_only_when_it_changed():
     body = training(training_status())
     jobs = {"train": job("train")}
-    plan = run(body, jobs, [pod("train")])
-    assert plan.progress_from == "10.0.0.9"
+    assert progress_source(jobs, [pod("train")]) == "10.0.0.9"
     report = ProgressReport(stage="training", step=150, total_steps=300, loss=0.1)
     plan = run(body, jobs, [pod("train")], progress=report)
     assert (plan.status.progress.summary, plan.status.progress.percent) == ("150/300", 50.0)
@@ -215,7 +218,7 @@ def test_a_refused_job_waits_longer_each_time_and_an_invalid_one_fails():
     assert "exceeded quota" in created.message and first.requeue_after == 10
     assert (first.status.retry.attempts, first.status.retry.next_attempt_time) == (
         1, "2026-01-01T12:00:10.000000Z")
-    assert [e.reason for e in events(run(training()).status, first.status)] == [
+    assert [e.reason for e in transitions(run(training()).status, first.status)] == [
         "QuotaExceeded"]
     waiting = run(training(written(first)), now=NOW + timedelta(seconds=5))
     assert not waiting.create and waiting.requeue_after == 5  # not in a hot loop
@@ -287,7 +290,7 @@ def test_the_phase_says_why_a_stage_waits():
     assert plan.status.phase == "Pending" and not plan.suspend  # Kueue's to resume
     assert conditions(plan)["Running"] == ("False", "Queued")
     before = run(training(preparing()), {"prepare": job("prepare")}).status
-    assert [(e.type, e.reason) for e in events(before, plan.status)] == [("Normal", "Queued")]
+    assert [(e.type, e.reason) for e in transitions(before, plan.status)] == [("Normal", "Queued")]
 
 
 GANG = {**SPEC, "gpus": 2, "nodes": 2}
@@ -327,7 +330,7 @@ def test_a_gang_gets_its_headless_service_with_its_indexed_train_job():
 def test_a_gang_reports_from_index_0_and_waits_for_every_pod():
     body, jobs = training(gang_status(), spec=GANG), {"train": job("train")}
     plan = run(body, jobs, [gang_pod(1), gang_pod(0)])
-    assert plan.progress_from == "10.0.0.10"  # rank 0's /progress only
+    assert progress_source(jobs, [gang_pod(1), gang_pod(0)]) == "10.0.0.10"  # rank 0's only
     assert conditions(plan)["Running"] == ("True", "Running") and plan.status.phase == "Training"
     pending = PodView(name="door-train-1-y", job="door-train", stage="train",
                       created="2026-01-01T11:31:00Z", phase="Pending", index=1,
@@ -348,8 +351,9 @@ def test_a_gang_takes_its_result_from_index_0_and_bills_once():
     assert plan.status.phase == "Succeeded" and plan.status.billing.units == 300
     assert plan.status.artifacts.lora_file.endswith("lora.safetensors")
     # index 0's end not seen yet (only the other node's): its pods are listed first
+    assert pods_to_list(body, jobs, [gang_pod(1, "Succeeded", worker)]) == ["door-train"]
     plan = run(body, jobs, [gang_pod(1, "Succeeded", worker)])
-    assert plan.missing_results == ["door-train"] and plan.status.billing is None
+    assert plan.unobserved == ["door-train"] and plan.status.billing is None
 
 
 def test_a_gang_fails_with_the_reason_of_the_pod_that_knew_it():
@@ -380,8 +384,10 @@ def test_a_gang_whose_pod_failed_restarts_as_a_whole_and_counts_it():
     body = training(gang_status(), spec=GANG)
     lost = gang_pod(1, "Failed", None, code=137)
     # decided on the pods as the API has them, not on a watch that may lag
+    assert pods_to_list(body, failed_gang(body), [gang_pod(0, "Running"), lost]) == [
+        "door-train"]
     plan = run(body, failed_gang(body), [gang_pod(0, "Running"), lost])
-    assert plan.missing_results == ["door-train"] and plan.status.restarts is None
+    assert plan.unobserved == ["door-train"] and plan.status.restarts is None
     plan = run(body, failed_gang(body), [gang_pod(0, "Running"), lost], listed=LISTED)
     assert not plan.delete and not plan.create  # written first: deleted on the next pass
     assert plan.requeue_after == 0.1
@@ -392,14 +398,14 @@ def test_a_gang_whose_pod_failed_restarts_as_a_whole_and_counts_it():
     assert conditions(plan)["Running"] == ("False", "Restarting")
     assert restarts.last_reason == (f"pod {lost.name} failed (exit code 137); the 2 pods start "
                                     "again from the last checkpoint (restart 1 of 3)")
-    assert [(e.type, e.reason) for e in events(parse(body), plan.status)] == [
+    assert [(e.type, e.reason) for e in transitions(parse(body), plan.status)] == [
         ("Warning", "GangRestarted")]
 
     # the next pass deletes it; while it goes (foreground): counted once, not deleted twice
     again = training(written(plan), spec=GANG)
     plan = run(again, failed_gang(again), [lost])
     assert plan.delete == {"door-train": "uid-train"} and plan.status.restarts.failures == 1
-    assert not events(parse(again), plan.status)
+    assert not transitions(parse(again), plan.status)
     plan = run(again, failed_gang(again, deleting=True), [lost, gang_pod(0, "Running")])
     assert plan.status.restarts.failures == 1 and not plan.delete and not plan.create
     message = next(c.message for c in plan.status.conditions if c.type == "Running")
@@ -420,7 +426,8 @@ def test_a_gang_whose_pod_failed_restarts_as_a_whole_and_counts_it():
     plan = run(again, successor, [*old, *new_pods])
     assert plan.status.restarts.replacing is None and plan.status.restarts.failures == 1
     assert conditions(plan)["Running"] == ("True", "Running")
-    assert plan.status.phase == "Training" and plan.progress_from == "10.0.0.10"
+    assert plan.status.phase == "Training"
+    assert progress_source(successor, [*old, *new_pods]) == "10.0.0.10"
 
 
 def replace_uid(view: PodView, uid: str) -> PodView:

@@ -7,6 +7,8 @@ from dataclasses import replace
 
 from test_reconcile import job, pod, run, training, training_status
 
+from ltx_operator.observe import pods_to_list
+
 RESULT = {"outcome": "Succeeded", "stepsCompleted": 100, "resultUrl": "https://s/r.json",
           "artifacts": {"loraFile": "s3://runs/x/lora.safetensors"}}
 
@@ -21,8 +23,9 @@ def test_a_completed_job_takes_its_result_from_the_pod_that_succeeded():
                         disrupted=("PreemptionByScheduler", ""))
     succeeded = replace(pod("train", "Succeeded", RESULT), name="door-train-b",
                         created="2026-01-01T11:40:00Z")
+    assert pods_to_list(training(training_status()), jobs, [preempted]) == ["door-train"]
     stale = run(training(training_status()), jobs, [preempted])
-    assert stale.missing_results == ["door-train"] and stale.status.phase != "Succeeded"
+    assert stale.unobserved == ["door-train"] and stale.status.phase != "Succeeded"
     plan = run(training(training_status()), jobs, [preempted, succeeded],
                listed=frozenset({"door-train"}))
     assert plan.status.phase == "Succeeded" and plan.status.result_url == "https://s/r.json"

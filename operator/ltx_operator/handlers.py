@@ -1,34 +1,28 @@
 """Kopf wiring. Indexes hold each training's Jobs and pods (from watches); every
 trigger — the training, one of its Jobs or pods changing, or the resync interval —
-wakes the training's one reconcile loop, which observes, calls the pure `reconcile`
-and carries out its plan. One loop per training, so no locks; the state lives in the
-training's status and its Jobs, never in memory, so a restarted operator carries on
-where it was. Status writes name the resourceVersion they were computed from: a write
-based on a stale read is refused and recomputed, so a transition (and its bill) is
-written once."""
+wakes the training's one reconcile loop, which runs a pass of the controller
+(`controller.run_reconcile`: observe, decide, act, write the status). One loop per
+training, so no locks. A finished training's TTL and a deleted one's Jobs are handled
+here too."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import logging
-import urllib.request
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
 
-from ltx_contract.progress import ProgressReport
-from ltx_contract.resource import GROUP, KIND, PLURAL, VERSION
+from ltx_contract.resource import GROUP, PLURAL, VERSION
 
 from . import kube, metrics
+from .controller import log_about, run_reconcile
 from .jobs import service_name
-from .observed import MANAGED_BY, STAGE_LABEL, JobView, PodView, training_key
-from .reconcile import Effects, Observed, Plan, Refusal, events, reconcile, restart_counts
+from .observe import snapshot
+from .observed import MANAGED_BY, JobView, PodView, training_key
 from .settings import OperatorSettings
-from .status import dump_status, is_finished, merge_patch, parse_status, seconds_since
+from .status import is_finished, seconds_since
 
 log = logging.getLogger(__name__)
 _settings: OperatorSettings | None = None
@@ -45,15 +39,6 @@ def current() -> OperatorSettings:
     if _settings is None:
         _settings = OperatorSettings.from_env()
     return _settings
-
-
-def _log(training: Any, message: str, *args: Any, level: int = logging.INFO) -> None:
-    """A log line about one training: JSON logs carry its namespace/name under
-    `object`, text logs start with them."""
-    meta = training["metadata"]
-    log.log(level, message, *args, extra={"k8s_ref": {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "namespace": meta.get("namespace"),
-        "name": meta.get("name"), "uid": meta.get("uid")}})
 
 
 @kopf.on.startup()
@@ -133,13 +118,10 @@ async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
         while not stopped:
             wakeup.clear()
             # the indexes are read here, on the operator's loop, and handed over
-            # a Job being deleted gives way to a live one of its stage (a stale index entry)
-            jobs = {j.stage: j for j in sorted(
-                training_jobs[key] if key in training_jobs else (), key=lambda j: not j.deleting)}
-            pods = list(training_pods[key] if key in training_pods else ())
+            jobs, pods = snapshot(training_jobs.get(key, ()), training_pods.get(key, ()))
             try:
                 again = await asyncio.to_thread(run_reconcile, copy.deepcopy(dict(body)),
-                                                jobs, pods, periodic)
+                                                jobs, pods, periodic, current())
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(handler="reconcile").inc()
                 log.exception("reconcile of %s/%s failed", *key)
@@ -164,176 +146,6 @@ async def _woken(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, timeout: fl
     return bool(done)
 
 
-def run_reconcile(training: dict[str, Any], jobs: dict[str, JobView], pods: list[PodView],
-                  periodic: bool) -> float | None:
-    """Observe, reconcile, act, write the status; returns when to run again (None:
-    at the next interval). Runs in a worker thread.
-
-    The watch's copy of the training may lag behind the last write: a transition (a
-    Job to make, a condition to change, a bill) is decided on the object read afresh,
-    and its actions are carried out once even when the write has to be recomputed."""
-    own = current()
-    meta = training["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    progress: ProgressReport | None = None
-    effects: Effects | None = None
-    listed: list[PodView] = []
-    fresh = False
-    for _ in range(4):
-        observed = Observed(training, jobs, [*pods, *listed], datetime.now(UTC), progress,
-                            listed=frozenset(p.job for p in listed))
-        plan = reconcile(observed, own)
-        if plan.missing_results and not listed:  # a finished Job's pod not seen by the watch
-            listed = [PodView.of(p) for job in plan.missing_results
-                      for p in kube.job_pods(namespace, job)]
-            observed = replace(observed, pods=[*pods, *listed],
-                               listed=frozenset(plan.missing_results))
-            plan = reconcile(observed, own)
-        if plan.progress_from and periodic and progress is None:
-            progress = _pull_progress(plan.progress_from, own.progress_port)
-            if progress is not None:
-                observed = replace(observed, progress=progress)
-                plan = reconcile(observed, own)
-        if effects is not None:  # carried out already: their answers, not a second try
-            observed = observed.with_effects(effects)
-            plan = reconcile(observed, own)
-        old = parse_status(training.get("status"))
-        new = dump_status(plan.status)
-        if new == dump_status(old) and (effects is not None or not plan.actions):
-            return plan.requeue_after
-        if not fresh and (plan.actions or _transition(old, plan.status)):
-            training, fresh = kube.get_training(namespace, name), True
-            if training is None:
-                return None
-            continue
-        if effects is None and plan.actions:
-            effects = _act(plan, training, jobs, own)
-            jobs = {**jobs, **effects.created}
-            plan = reconcile(observed.with_effects(effects), own)
-            new = dump_status(plan.status)
-        try:
-            written = kube.patch_training_status(
-                namespace, name, merge_patch(training.get("status") or {}, new),
-                training["metadata"].get("resourceVersion"))
-        except kube.Conflict:  # computed from a stale read: read again, compute again
-            training, fresh = kube.get_training(namespace, name), True
-            if training is None:
-                return None
-            continue
-        if written is not None:
-            _announce(training, old, plan)
-        return plan.requeue_after
-    return 1.0
-
-
-def _transition(old: Any, new: Any) -> bool:
-    """More than progress changed: a transition, decided on a fresh read."""
-    return old.model_copy(update={"progress": None}) != new.model_copy(update={"progress": None})
-
-
-def _act(plan: Plan, training: dict[str, Any], jobs: dict[str, JobView],
-         own: OperatorSettings) -> Effects:
-    namespace = training["metadata"]["namespace"]
-    created: dict[str, JobView] = {}
-    refusal = None
-    refused_stages = set()
-    for service in plan.services:  # before its Job: the pods' names resolve from the start
-        kopf.adopt(service, owner=training)
-        stage = service["metadata"]["labels"][STAGE_LABEL]
-        try:
-            if kube.create_service(service):
-                _log(training, "Service %s created", service["metadata"]["name"])
-        except ApiException as exc:
-            refusal = Refusal(stage, exc.status or 0, exc.reason or "", kube.api_message(exc),
-                              kube.retry_after(exc))
-            refused_stages.add(stage)
-            _log(training, "the API refused the Service of the %s Job (%s): %s", stage,
-                 exc.status, refusal.message, level=logging.WARNING)
-    for manifest in plan.create:
-        kopf.adopt(manifest, owner=training)
-        stage = manifest["metadata"]["labels"][STAGE_LABEL]
-        if stage in refused_stages:
-            continue
-        try:
-            job = kube.create_job(manifest)
-        except ApiException as exc:  # quota, an admission webhook, an invalid object
-            refusal = Refusal(stage, exc.status or 0, exc.reason or "", kube.api_message(exc),
-                              kube.retry_after(exc))
-            _log(training, "the API refused the %s Job (%s): %s", stage, exc.status,
-                 refusal.message, level=logging.WARNING)
-            continue
-        if job is None:  # made by an earlier try
-            job = kube.get_job(namespace, manifest["metadata"]["name"]) or manifest
-        else:
-            metrics.JOBS_CREATED.labels(stage=stage).inc()
-            _log(training, "%s Job %s created", stage, manifest["metadata"]["name"])
-        created[stage] = JobView.of(job)
-    for name, uid in plan.delete.items():  # a failed gang: its pods go before its successor
-        if kube.delete_job(namespace, name, uid=uid, foreground=True):
-            _log(training, "Job %s deleted with its pods: the gang restarts", name)
-    for name, suspend in plan.suspend.items():
-        kube.patch_job(namespace, name, {"spec": {"suspend": suspend}})
-        _log(training, "Job %s %s", name, "suspended" if suspend else "resumed")
-    missing = set()
-    by_name = {j.name: j for j in jobs.values()}
-    for name, active in plan.activate.items():
-        job = by_name.get(name)
-        if job is None or not kube.set_workload_active(namespace, job.uid, active,
-                                                       own.kueue_api_version):
-            missing.add(name)
-        else:
-            _log(training, "Kueue Workload of Job %s %s", name,
-                 "activated" if active else "deactivated")
-    return Effects(created=created, refusal=refusal, no_workload=frozenset(missing))
-
-
-def _announce(training: dict[str, Any], old: Any, plan: Plan) -> None:
-    """Events, metrics and logs of a written transition."""
-    new = plan.status
-    for event in events(old, new):
-        kopf.event(training, type=event.type, reason=event.reason, message=event.message)
-    age = _age(training)
-    if (new.jobs and new.jobs.train) and not (old.jobs and old.jobs.train):
-        _log(training, "dataset ready; train Job %s created", new.jobs.train)
-        if age is not None:
-            metrics.TIME_TO_TRAIN_JOB.observe(age)
-    (failures, disruptions), (old_failures, old_disruptions) = (restart_counts(new),
-                                                                 restart_counts(old))
-    if (failures, disruptions) != (old_failures, old_disruptions):
-        counted = failures > old_failures
-        metrics.GANG_RESTARTS.labels(cause="failure" if counted else "disruption").inc()
-        _log(training, "gang restart: %s", new.restarts.last_reason, level=logging.WARNING)
-    if new.billing and not old.billing and new.billing.units:
-        metrics.BILLABLE_UNITS.inc(new.billing.units)
-        metrics.STEPS_TRAINED.inc(new.billing.steps)
-        _log(training, "succeeded after %d steps; billed %d units", new.billing.steps,
-             new.billing.units)
-    if is_finished(new) and not is_finished(old):
-        reason = "Succeeded" if new.phase == "Succeeded" else next(
-            c.reason for c in new.conditions if c.type == "Failed")
-        metrics.OUTCOMES.labels(reason=reason).inc()
-        if age is not None:
-            metrics.TIME_TO_FINISH.labels(outcome=new.phase).observe(age)
-        if new.phase == "Failed":
-            failed = next(c for c in new.conditions if c.type == "Failed")
-            _log(training, "failed (%s): %s; billed 0 units", failed.reason, failed.message,
-                 level=logging.WARNING)
-
-
-def _age(training: dict[str, Any]) -> float | None:
-    created = training["metadata"].get("creationTimestamp")
-    return seconds_since(created) if created else None
-
-
-def _pull_progress(address: str, port: int) -> ProgressReport | None:
-    """/progress of the train pod (no API credentials in the pod)."""
-    try:
-        with urllib.request.urlopen(f"http://{address}:{port}/progress", timeout=3) as response:
-            return ProgressReport.model_validate_json(response.read())
-    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
-        return None
-
-
 def _finished_with_ttl(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
     return spec.get("ttlSecondsAfterFinished") is not None and is_finished(dict(status)) \
         and bool(status.get("completionTime"))
@@ -349,7 +161,7 @@ async def delete_after_ttl(stopped: kopf.DaemonStopped, spec: kopf.Spec, status:
             return
         remaining = ttl - seconds_since(done)
         if remaining <= 0:
-            _log({"metadata": meta}, "TTL after finish reached: deleting")
+            log_about({"metadata": meta}, "TTL after finish reached: deleting")
             await asyncio.to_thread(kube.delete_training, meta["namespace"], meta["name"])
             return
         await stopped.wait(min(remaining, current().ttl_interval))
@@ -362,9 +174,9 @@ def stop_jobs(meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any) -
     run has billed nothing and bills nothing."""
     for job in (status.get("jobs") or {}).values():
         if kube.delete_job(meta["namespace"], job):
-            _log({"metadata": meta}, "deleted: Job %s stopped", job)
+            log_about({"metadata": meta}, "deleted: Job %s stopped", job)
     service = service_name(meta["name"])
     if int(spec.get("nodes") or 1) > 1 and kube.delete_service(meta["namespace"], service):
-        _log({"metadata": meta}, "deleted: Service %s removed", service)
+        log_about({"metadata": meta}, "deleted: Service %s removed", service)
     if not is_finished(dict(status)):
         metrics.OUTCOMES.labels(reason="Deleted").inc()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -13,6 +14,7 @@ from ltx_contract.resource import GROUP, PLURAL, VERSION
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 _api: client.ApiClient | None = None
+T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -54,60 +56,45 @@ def retry_after(exc: ApiException) -> float | None:
         return None
 
 
+def _call(call: Callable[[], T], *codes: int, absent: Any = None) -> T | Any:
+    """`call`'s answer, or `absent` when the API answers with one of `codes` (404: not
+    there; 409: there already, or no longer the object named)."""
+    try:
+        return call()
+    except ApiException as exc:
+        if exc.status in codes:
+            return absent
+        raise
+
+
 def create_job(job: dict[str, Any]) -> dict[str, Any] | None:
     """Create the Job and return it as stored; None when it exists already. A refusal
     (quota, admission webhook, invalid) raises ApiException."""
-    try:
-        created = client.BatchV1Api(api()).create_namespaced_job(
-            job["metadata"]["namespace"], job)
-    except ApiException as exc:
-        if exc.status == 409:
-            return None
-        raise
-    return api().sanitize_for_serialization(created)
+    created = _call(lambda: client.BatchV1Api(api()).create_namespaced_job(
+        job["metadata"]["namespace"], job), 409)
+    return None if created is None else api().sanitize_for_serialization(created)
 
 
 def create_service(service: dict[str, Any]) -> bool:
     """Create the Service; False when it exists already. A refusal raises ApiException."""
-    try:
-        client.CoreV1Api(api()).create_namespaced_service(service["metadata"]["namespace"],
-                                                          service)
-    except ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
-    return True
+    return _call(lambda: client.CoreV1Api(api()).create_namespaced_service(
+        service["metadata"]["namespace"], service), 409, absent=False) is not False
 
 
 def delete_service(namespace: str, name: str) -> bool:
     """Delete a Service; False when there is none (a training on one node has none)."""
-    try:
-        client.CoreV1Api(api()).delete_namespaced_service(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
+    return _call(lambda: client.CoreV1Api(api()).delete_namespaced_service(name, namespace),
+                 404, absent=False) is not False
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        job = client.BatchV1Api(api()).read_namespaced_job(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return api().sanitize_for_serialization(job)
+    job = _call(lambda: client.BatchV1Api(api()).read_namespaced_job(name, namespace), 404)
+    return None if job is None else api().sanitize_for_serialization(job)
 
 
 def get_training(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return client.CustomObjectsApi(api()).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return _call(lambda: client.CustomObjectsApi(api()).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name), 404)
 
 
 def patch_training_status(namespace: str, name: str, patch: dict[str, Any],
@@ -118,13 +105,11 @@ def patch_training_status(namespace: str, name: str, patch: dict[str, Any],
     if resource_version:
         body["metadata"] = {"resourceVersion": resource_version}
     try:
-        return client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, body)
+        return _call(lambda: client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, body), 404)
     except ApiException as exc:
         if exc.status == 409:
             raise Conflict(api_message(exc)) from None
-        if exc.status == 404:
-            return None
         raise
 
 
@@ -136,13 +121,8 @@ def job_pods(namespace: str, job: str) -> list[dict[str, Any]]:
 
 
 def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> bool:
-    try:
-        client.BatchV1Api(api()).patch_namespaced_job(name, namespace, patch)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
+    return _call(lambda: client.BatchV1Api(api()).patch_namespaced_job(name, namespace, patch),
+                 404, absent=False) is not False
 
 
 def set_workload_active(namespace: str, job_uid: str, active: bool,
@@ -165,13 +145,9 @@ def set_workload_active(namespace: str, job_uid: str, active: bool,
 
 def delete_training(namespace: str, name: str) -> None:
     """Delete the resource; its Jobs and pods follow through their owner references."""
-    try:
-        client.CustomObjectsApi(api()).delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name,
-            body=client.V1DeleteOptions(propagation_policy="Background"))
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    _call(lambda: client.CustomObjectsApi(api()).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name,
+        body=client.V1DeleteOptions(propagation_policy="Background")), 404)
 
 
 def delete_job(namespace: str, name: str, uid: str | None = None,
@@ -179,13 +155,9 @@ def delete_job(namespace: str, name: str, uid: str | None = None,
     """Delete a Job and its pods now; False when it is gone already. `uid`: only that
     Job, not a successor of the same name. `foreground`: the Job stays (being deleted)
     until its pods are gone."""
-    try:
-        client.BatchV1Api(api()).delete_namespaced_job(
-            name, namespace, body=client.V1DeleteOptions(
-                propagation_policy="Foreground" if foreground else "Background",
-                preconditions=client.V1Preconditions(uid=uid) if uid else None))
-    except ApiException as exc:
-        if exc.status == 404 or (uid and exc.status == 409):  # 409: another Job's now
-            return False
-        raise
-    return True
+    gone = (404, 409) if uid else (404,)  # 409: the name is another Job's now
+    return _call(lambda: client.BatchV1Api(api()).delete_namespaced_job(
+        name, namespace, body=client.V1DeleteOptions(
+            propagation_policy="Foreground" if foreground else "Background",
+            preconditions=client.V1Preconditions(uid=uid) if uid else None)),
+        *gone, absent=False) is not False

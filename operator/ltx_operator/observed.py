@@ -1,13 +1,19 @@
-"""What the operator observes of a training's Jobs and pods: small, immutable views
-of the API objects, kept in Kopf's indexes (so a training's children are looked up in
-memory, never listed per training) and handed to the reconcile."""
+"""What the operator observes of a training: small, immutable views of its Jobs and
+pods, kept in Kopf's indexes (so a training's children are looked up in memory, never
+listed per training), and the `Observed` snapshot the reconcile decides on: the
+resource, those views, the train pod's progress and the API's answers to the last
+plan carried out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
+from ltx_contract.progress import ProgressReport
 from ltx_contract.resource import GROUP
+from ltx_contract.result import JobResult
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ltx-extend"}
 TRAINING_LABEL = f"{GROUP}/training"
@@ -42,6 +48,12 @@ class JobView:
     start_time: str | None = None
     #: when it failed or began to (its FailureTarget's or Failed's transition time)
     failed_at: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Failed, or failing while its pods stop."""
+        return self.failing is not None or (self.finished is not None
+                                            and self.finished[0] == "Failed")
 
     def owns(self, pod: PodView) -> bool:
         """The pod is this Job's, not an earlier Job's of the same name (a gang
@@ -143,3 +155,81 @@ def training_key(body: dict[str, Any]) -> tuple[str, str] | None:
     meta = body["metadata"]
     name = (meta.get("labels") or {}).get(TRAINING_LABEL)
     return (meta.get("namespace") or "", name) if name else None
+
+
+def newest(job: JobView, pods: Sequence[PodView]) -> PodView | None:
+    """The Job's newest pod (a retried Job's replacement)."""
+    mine = [p for p in pods if job.owns(p)]
+    return max(mine, key=lambda p: p.created) if mine else None
+
+
+def ended(job: JobView, pods: Sequence[PodView]) -> PodView | None:
+    """The pod whose end decided the Job: for a completed Job rank 0's that succeeded
+    (an earlier, preempted pod may be the only end the index has seen yet; the other
+    nodes' pods report no result); for a failed Job of many pods, one that left a result
+    (the rank that knew why) before the ones stopped with it."""
+    over = [p for p in pods if job.owns(p) and p.terminated is not None]
+    if job.finished is not None and job.finished[0] == "Complete":
+        over = [p for p in over if p.terminated[0] == 0 and p.leader]
+        return max(over, key=lambda p: p.created) if over else None
+    if any(p.index is not None for p in over):
+        def weight(pod: PodView) -> tuple[bool, bool, str]:
+            result = JobResult.from_termination_message(pod.terminated[2])
+            return (result is not None and not result.succeeded, pod.terminated[0] != 0,
+                    pod.created)
+        return max(over, key=weight) if over else None
+    return max(over, key=lambda p: p.created) if over else None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API's refusal to create a stage's Job."""
+
+    stage: str
+    code: int
+    reason: str
+    message: str
+    retry_after: float | None = None  # the API's Retry-After, in seconds
+
+    @property
+    def transient(self) -> bool:
+        """The API server's own trouble (overloaded, restarting): not a refusal of the
+        Job; tried again soon, without a condition or an Event."""
+        return self.code == 429 or self.code >= 500
+
+    @property
+    def final(self) -> bool:
+        """Invalid or malformed: the same Job is refused again, whatever the wait."""
+        return self.code in (400, 422)
+
+    @property
+    def quota(self) -> bool:
+        return self.code == 403 and "exceeded quota" in self.message
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What the API answered to the plan carried out."""
+
+    created: Mapping[str, JobView] = field(default_factory=dict)
+    refusal: Refusal | None = None
+    #: Kueue-managed Jobs whose Workload was not found (Kueue has not made it yet)
+    no_workload: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """All the reconcile decides on, gathered before it runs (`observe.observe`)."""
+
+    training: dict[str, Any]
+    jobs: Mapping[str, JobView]  # by stage
+    pods: Sequence[PodView]
+    now: datetime
+    #: the train pod's last report (read at the progress interval)
+    progress: ProgressReport | None = None
+    effects: Effects = field(default_factory=Effects)
+    #: Jobs whose pods were listed from the API (not only taken from the index)
+    listed: frozenset[str] = frozenset()
+
+    def with_effects(self, effects: Effects) -> Observed:
+        return replace(self, jobs={**self.jobs, **effects.created}, effects=effects)

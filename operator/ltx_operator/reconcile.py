@@ -1,44 +1,40 @@
 """The one reconcile: from what is observed of a training (the resource, its Jobs and
 their pods) to what should be (the Jobs to create or change, and its status).
 
-Pure: no API calls, no clock of its own. The handlers observe, call `reconcile`, carry
-out the plan, feed the API's answers back (`Effects`) and call it again; the status
-they write is the plan's. The status is the training's memory across restarts: a
-prepare that finished (`DatasetReady`), the bill (written once), refused creations
-being retried.
+Pure: no API calls, no clock of its own. The controller observes everything first
+(`observe`), calls `reconcile`, carries out the plan and, with the API's answers
+(`Effects`) in the observation, calls it once more for the status it writes. The
+status is the training's memory across restarts: a prepare that finished
+(`DatasetReady`), the bill (written once), refused creations being retried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ltx_contract.billing import billable_units, cost
 from ltx_contract.manifest import uncaptioned_warning
 from ltx_contract.outcomes import FINAL_EXIT_CODES
-from ltx_contract.progress import ProgressReport
 from ltx_contract.resource import (
     Artifacts,
     Billing,
     Effective,
-    Jobs,
     Progress,
     Restarts,
     Retry,
     TrainingStatus,
-    human_duration,
     name_problems,
 )
 from ltx_contract.result import JobResult
 from ltx_contract.spec import SpecError, TrainingSpec, parse_spec
 
-from .jobs import build_job, build_service, model_in_use
-from .observed import IMAGE_PULL_REASONS, JobView, PodView
+from .follow import follow_pods
+from .jobs import build_job, build_service, model_source
+from .observed import JobView, Observed, ended
 from .settings import OperatorSettings
 from .status import (
-    condition,
     drop_condition,
     is_finished,
     is_true,
@@ -53,67 +49,6 @@ NO_MODEL = ("no base model to train: set spec.model (a claim or a store URL) or 
             "operator's default, the chart's model.claimName or model.url")
 #: The Jobs' failure reasons a restart of the gang cannot help.
 FINAL_JOB_REASONS = ("DeadlineExceeded",)
-#: Waiting reasons that are worth an Event (the rest show in the status only).
-NOTABLE_WAITS = {"Queued": "Normal", "Unschedulable": "Warning", "Preempted": "Warning",
-                 **{reason: "Warning" for reason in IMAGE_PULL_REASONS}}
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """The API's refusal to create a stage's Job."""
-
-    stage: str
-    code: int
-    reason: str
-    message: str
-    retry_after: float | None = None  # the API's Retry-After, in seconds
-
-    @property
-    def transient(self) -> bool:
-        """The API server's own trouble (overloaded, restarting): not a refusal of the
-        Job; tried again soon, without a condition or an Event."""
-        return self.code == 429 or self.code >= 500
-
-    @property
-    def final(self) -> bool:
-        """Invalid or malformed: the same Job is refused again, whatever the wait."""
-        return self.code in (400, 422)
-
-    @property
-    def quota(self) -> bool:
-        return self.code == 403 and "exceeded quota" in self.message
-
-
-@dataclass(frozen=True)
-class Effects:
-    """What the API answered to the last plan."""
-
-    created: Mapping[str, JobView] = field(default_factory=dict)
-    refusal: Refusal | None = None
-    #: Kueue-managed Jobs whose Workload was not found (Kueue has not made it yet)
-    no_workload: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Observed:
-    training: dict[str, Any]
-    jobs: Mapping[str, JobView]  # by stage
-    pods: Sequence[PodView]
-    now: datetime
-    progress: ProgressReport | None = None
-    effects: Effects = field(default_factory=Effects)
-    #: Jobs whose pods were listed from the API (not only taken from the index)
-    listed: frozenset[str] = frozenset()
-
-    def with_effects(self, effects: Effects) -> Observed:
-        return replace(self, jobs={**self.jobs, **effects.created}, effects=effects)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -128,10 +63,9 @@ class Plan:
     activate: dict[str, bool] = field(default_factory=dict)
     #: Job name → uid: failed gangs' Jobs to delete with their pods (foreground)
     delete: dict[str, str] = field(default_factory=dict)
-    #: Jobs that finished before their pod's end was observed: list their pods
-    missing_results: list[str] = field(default_factory=list)
-    #: the pod address whose /progress to read
-    progress_from: str | None = None
+    #: Jobs whose end needs their pods listed, which this observation lacks: nothing is
+    #: decided on them (`observe` lists them; only an observation made by hand lacks them)
+    unobserved: list[str] = field(default_factory=list)
     #: run again after this many seconds (a retry that is due)
     requeue_after: float | None = None
 
@@ -145,8 +79,29 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
     plan = Plan(status=status)
     if is_finished(status):
         return plan  # the outcome and the bill are final
-    meta = observed.training["metadata"]
-    generation, now = meta.get("generation"), observed.now
+    spec = _validate(observed, status, settings)
+    if spec is None:
+        return plan
+    stage = "train" if is_true(status, "DatasetReady") else "prepare"
+    job = observed.jobs.get(stage)
+    if stage == "prepare" and job is not None and job.finished:
+        if _end_prepare(observed, spec, status, plan, job):
+            return plan
+        stage, job = "train", observed.jobs.get("train")
+    restarts = status.restarts
+    if restarts and restarts.replacing and job is not None and job.uid != restarts.replacing:
+        status.restarts = restarts.model_copy(update={"replacing": None})  # its successor
+    if stage == "train" and job is not None and _end_train(observed, spec, status, plan, job,
+                                                           settings):
+        return plan
+    _run_stage(observed, spec, status, plan, stage, job, settings)
+    return plan
+
+
+def _validate(observed: Observed, status: TrainingStatus,
+              settings: OperatorSettings) -> TrainingSpec | None:
+    """The spec, or None when the training fails for it: invalid, or no base model."""
+    generation, now = observed.training["metadata"].get("generation"), observed.now
     # the CRD refuses these names at admission; a cluster with an older CRD fails them here
     problems = name_problems(observed.training)
     try:
@@ -157,67 +112,80 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Plan:
         message = "; ".join(problems)
         set_condition(status, "Validated", False, "InvalidSpec", message, generation, now)
         _fail(status, "InvalidSpec", message, generation, now)
-        return plan
+        return None
     set_condition(status, "Validated", True, "Valid", "the spec is valid", generation, now)
     status.observed_generation = generation
-    model = model_in_use(spec, settings)
+    source = model_source(spec, settings)
+    model = source.uri if source is not None else None
     status.effective = Effective(number_of_frames=spec.number_of_frames,
                                  validation_number_of_frames=spec.validation_number_of_frames,
                                  model=model)
     if model is None:  # nothing could train: no Job, no GPU, no bill
         _fail(status, "NoBaseModel", NO_MODEL, generation, now)
-        return plan
+        return None
+    return spec
 
-    stage = "train" if is_true(status, "DatasetReady") else "prepare"
-    job = observed.jobs.get(stage)
-    if stage == "prepare" and job is not None and job.finished:
-        result = _result(observed, job, plan)
-        if job.name in plan.missing_results:
-            return plan
-        if job.finished[0] == "Failed":
-            _fail_job(observed, status, job, result, generation)
-            return plan
-        set_condition(status, "DatasetReady", True, "DatasetReady",
-                      (result and result.message) or "dataset prepared", generation, now)
-        _note_captions(status, spec, result, generation, now)
-        _add_artifacts(status, result)
-        stage, job = "train", observed.jobs.get("train")
-    restarts = status.restarts
-    if restarts and restarts.replacing and job is not None and job.uid != restarts.replacing:
-        status.restarts = restarts.model_copy(update={"replacing": None})  # its successor
-    if stage == "train" and job is not None and spec.nodes > 1 and (
-            job.failing or (job.finished and job.finished[0] == "Failed")) \
-            and _restart_gang(observed, spec, status, plan, job):
-        return plan
-    if stage == "train" and job is not None and job.finished:
-        result = _result(observed, job, plan)
-        if job.name in plan.missing_results:
-            return plan
-        if job.finished[0] == "Failed":
-            _fail_job(observed, status, job, result, generation)
-        else:
-            _succeed(status, spec, result, generation, now, settings)
-        return plan
 
+def _end_prepare(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
+                 job: JobView) -> bool:
+    """The finished prepare Job: the training fails with it, or its dataset is ready.
+    True when the training goes no further on this pass."""
+    generation = observed.training["metadata"].get("generation")
+    result = _result(observed, job, plan)
+    if job.name in plan.unobserved:
+        return True
+    if job.finished[0] == "Failed":
+        _fail_job(observed, status, job, result, generation)
+        return True
+    set_condition(status, "DatasetReady", True, "DatasetReady",
+                  (result and result.message) or "dataset prepared", generation, observed.now)
+    _note_captions(status, spec, result, generation, observed.now)
+    _add_artifacts(status, result)
+    return False
+
+
+def _end_train(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
+               job: JobView, settings: OperatorSettings) -> bool:
+    """A failed gang starts again; a finished train Job ends the training. True when
+    decided here."""
+    if spec.nodes > 1 and job.failed and _restart_gang(observed, spec, status, plan, job):
+        return True
+    if not job.finished:
+        return False
+    result = _result(observed, job, plan)
+    if job.name in plan.unobserved:
+        return True
+    generation = observed.training["metadata"].get("generation")
+    if job.finished[0] == "Failed":
+        _fail_job(observed, status, job, result, generation)
+    else:
+        _succeed(status, spec, result, generation, observed.now, settings)
+    return True
+
+
+def _run_stage(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan: Plan,
+               stage: str, job: JobView | None, settings: OperatorSettings) -> None:
+    """The stage in progress: suspended or resumed, its Job asked for, or its pods
+    followed."""
+    generation = observed.training["metadata"].get("generation")
     if spec.suspend:
         _suspend(observed, status, plan, stage, job, generation)
-        return plan
+        return
     if is_true(status, "Suspended"):
         _resume(observed, status, plan, job, generation)
     if job is None:
         _create(observed, spec, status, plan, stage, settings)
         if not is_finished(status):
             status.phase = "Pending"  # until the Job exists
-        return plan
+        return
     if job.suspended and not job.queue:
         plan.suspend[job.name] = False  # not Kueue's: nothing else resumes it
     if status.retry is not None and status.retry.stage == stage:
         set_condition(status, "JobCreated", True, "Created",
                       f"Job {job.name} created after {status.retry.attempts} refusal(s)",
-                      generation, now)
+                      generation, observed.now)
         status.retry = None
-    _follow_pods(observed, status, plan, stage, job, spec, generation)
-    return plan
+    follow_pods(observed, status, stage, job, spec, generation)
 
 
 def _fail(status: TrainingStatus, reason: str, message: str, generation: int | None,
@@ -232,31 +200,13 @@ def _fail(status: TrainingStatus, reason: str, message: str, generation: int | N
                                                billed_time=stamp(now))
 
 
-def _ended(observed: Observed, job: JobView) -> PodView | None:
-    """The pod whose end decided the Job: for a completed Job rank 0's that succeeded
-    (an earlier, preempted pod may be the only end the index has seen yet; the other
-    nodes' pods report no result); for a failed Job of many pods, one that left a result
-    (the rank that knew why) before the ones stopped with it."""
-    ended = [p for p in observed.pods if job.owns(p) and p.terminated is not None]
-    if job.finished is not None and job.finished[0] == "Complete":
-        ended = [p for p in ended if p.terminated[0] == 0 and p.leader]
-        return max(ended, key=lambda p: p.created) if ended else None
-    if any(p.index is not None for p in ended):
-        def weight(pod: PodView) -> tuple[bool, bool, str]:
-            result = JobResult.from_termination_message(pod.terminated[2])
-            return (result is not None and not result.succeeded, pod.terminated[0] != 0,
-                    pod.created)
-        return max(ended, key=weight) if ended else None
-    return max(ended, key=lambda p: p.created) if ended else None
-
-
 def _result(observed: Observed, job: JobView, plan: Plan) -> JobResult | None:
     """The stage's result, from the newest ended pod's termination message. A finished
     Job whose pod's end the watch has not brought yet: its pods are listed first."""
-    pod = _ended(observed, job)
+    pod = ended(job, observed.pods)
     if pod is None:
         if job.name not in observed.listed:
-            plan.missing_results.append(job.name)
+            plan.unobserved.append(job.name)
         return None
     return JobResult.from_termination_message(pod.terminated[2])
 
@@ -264,7 +214,7 @@ def _result(observed: Observed, job: JobView, plan: Plan) -> JobResult | None:
 def _fail_job(observed: Observed, status: TrainingStatus, job: JobView, result: JobResult | None,
               generation: int | None) -> None:
     _, job_reason, _ = job.finished
-    pod = _ended(observed, job)
+    pod = ended(job, observed.pods)
     reason = (result and result.reason) or (
         "OOMKilled" if pod is not None and pod.terminated[1] == "OOMKilled" else job_reason)
     message = (result and result.message) or f"the {job.stage} Job failed: {job_reason}"
@@ -296,7 +246,7 @@ def _restart_gang(observed: Observed, spec: TrainingSpec, status: TrainingStatus
         status.phase = "Pending"
         return True
     if job.name not in observed.listed:  # decided on the pods as the API has them now
-        plan.missing_results.append(job.name)
+        plan.unobserved.append(job.name)
         return True
     reason = job.finished[1] if job.finished else job.failing[0]
     if reason in FINAL_JOB_REASONS or any(
@@ -305,7 +255,7 @@ def _restart_gang(observed: Observed, spec: TrainingSpec, status: TrainingStatus
     disrupted = next((p for p in mine if p.disrupted is not None), None)
     if disrupted is None and restarts.failures >= spec.backoff_limit:
         return False
-    failed = _ended(observed, job)
+    failed = ended(job, observed.pods)
     again = f"the {spec.nodes} pods start again from the last checkpoint"
     if disrupted is not None:
         why, detail = disrupted.disrupted
@@ -465,140 +415,3 @@ def _create(observed: Observed, spec: TrainingSpec, status: TrainingStatus, plan
     if stage == "train" and spec.nodes > 1:
         plan.services.append(build_service(observed.training, settings))
     plan.create.append(build_job(stage, observed.training, spec, settings, deadline_left))
-
-
-def _follow_pods(observed: Observed, status: TrainingStatus, plan: Plan, stage: str, job: JobView,
-                 spec: TrainingSpec, generation: int | None) -> None:
-    """Phase and conditions of an active stage, and its progress."""
-    now = observed.now
-    jobs = status.jobs.model_copy() if status.jobs else Jobs()
-    if getattr(jobs, stage) != job.name:
-        setattr(jobs, stage, job.name)
-        status.jobs = jobs
-    status.start_time = status.start_time or stamp(now)
-    if stage == "train" and not is_true(status, "Training"):
-        set_condition(status, "Training", True, "Started", "training started", generation, now)
-        status.progress = Progress(step=0, total_steps=spec.number_of_steps, percent=0.0,
-                                   summary=f"0/{spec.number_of_steps}",
-                                   last_update_time=stamp(now))
-    running, reason, message = pod_state(job, observed.pods)
-    set_condition(status, "Running", running, reason, message, generation, now)
-    # Pending until a pod of the stage runs: `kubectl get ltxt` tells waiting from working
-    status.phase = ("Training" if stage == "train" else "Preparing") if running else "Pending"
-    pod = _newest(job, [p for p in observed.pods if p.leader])
-    if stage == "train" and pod is not None and pod.running:
-        plan.progress_from = pod.ip
-        if observed.progress is not None:
-            _progress(status, observed.progress, now)
-
-
-def pod_state(job: JobView, pods: Sequence[PodView]) -> tuple[bool, str, str]:
-    """(a pod of the Job runs, reason, message): what `kubectl get ltxt` shows while the
-    stage waits — queued by Kueue, unschedulable, image pull failures, preempted."""
-    if job.suspended and job.queue:
-        return False, "Queued", (f"Job {job.name} waits for Kueue to admit it "
-                                 f"(queue {job.queue})")
-    by_index: dict[int | None, list[PodView]] = {}
-    for pod in pods:
-        if job.owns(pod):
-            by_index.setdefault(pod.index, []).append(pod)
-    if len(by_index) > 1:  # a gang works when each of its pods does: the first that waits
-        states = [_pod_state(job, newest, gang=True) for _, newest in sorted(
-            ((i or 0, max(group, key=lambda p: p.created)) for i, group in by_index.items()),
-            key=lambda item: item[0])]
-        return next((state for state in states if not state[0]), states[0])
-    return _pod_state(job, _newest(job, pods))
-
-
-def _pod_state(job: JobView, pod: PodView | None, gang: bool = False
-               ) -> tuple[bool, str, str]:
-    if pod is None:
-        return False, "JobPending", f"Job {job.name} has no pod yet"
-    if pod.running:
-        return True, "Running", f"pod {pod.name} is running"
-    if pod.terminated is not None or pod.phase in ("Succeeded", "Failed"):
-        if pod.phase == "Succeeded":
-            return True, "Completed", f"pod {pod.name} succeeded"
-        then = ("the gang starts again from the last checkpoint" if gang else
-                "the Job starts another, which resumes from the last checkpoint")
-        if pod.disrupted is not None:
-            why, detail = pod.disrupted
-            return False, "Preempted", f"pod {pod.name} was stopped ({why}: {detail}); {then}"
-        code = pod.terminated[0] if pod.terminated else None
-        retry = "the gang starts again" if gang else "the Job retries"
-        return False, "Restarting", f"pod {pod.name} failed (exit code {code}); {retry}"
-    if pod.unschedulable is not None:
-        return False, "Unschedulable", pod.unschedulable[1] or pod.unschedulable[0]
-    if pod.waiting is not None and pod.waiting[0] in IMAGE_PULL_REASONS:
-        return False, pod.waiting[0], pod.waiting[1] or f"cannot pull the image of {pod.name}"
-    if pod.waiting is not None:
-        return False, "PodPending", f"pod {pod.name}: {pod.waiting[0]} {pod.waiting[1]}".strip()
-    return False, "PodPending", f"pod {pod.name} is {pod.phase}"
-
-
-def _newest(job: JobView, pods: Sequence[PodView]) -> PodView | None:
-    mine = [p for p in pods if job.owns(p)]
-    return max(mine, key=lambda p: p.created) if mine else None
-
-
-def _progress(status: TrainingStatus, report: ProgressReport, now: datetime) -> None:
-    total, step = report.total_steps or 0, report.step
-    eta = report.eta_seconds
-    new = Progress(stage=report.stage, step=step, total_steps=total, loss=report.loss,
-                   eta_seconds=eta, eta=None if eta is None else human_duration(eta),
-                   steps_per_second=report.steps_per_second,
-                   percent=round(100 * step / total, 1) if total else None,
-                   summary=f"{step}/{total}")
-    old = status.progress.model_copy(update={"last_update_time": None}) \
-        if status.progress else None
-    if old != new:  # written only when something changed
-        status.progress = new.model_copy(update={"last_update_time": stamp(now)})
-    if report.validation is not None:
-        status.validation = report.validation
-
-
-def restart_counts(status: TrainingStatus) -> tuple[int, int]:
-    """(failures, disruptions): the gang's restarts so far."""
-    restarts = status.restarts or Restarts()
-    return restarts.failures, restarts.disruptions
-
-
-def events(old: TrainingStatus, new: TrainingStatus) -> list[Event]:
-    """The Events a status transition posts (each once: a transition is written once)."""
-    out = []
-    old_jobs, new_jobs = old.jobs or Jobs(), new.jobs or Jobs()
-    if new_jobs.prepare and not old_jobs.prepare:
-        out.append(Event("Normal", "PrepareStarted", f"Job {new_jobs.prepare} created"))
-    if new_jobs.train and not old_jobs.train:
-        out.append(Event("Normal", "TrainingStarted",
-                         f"dataset ready; Job {new_jobs.train} created"))
-    for type_ in ("Suspended", "JobCreated", "Running"):
-        before, after = condition(old, type_), condition(new, type_)
-        if after is None or (before is not None and (before.status, before.reason,
-                                                     before.message) ==
-                             (after.status, after.reason, after.message)):
-            continue
-        if type_ == "Suspended":
-            if before is None or before.status != after.status:
-                out.append(Event("Normal", after.reason, after.message))
-        elif type_ == "JobCreated":
-            out.append(Event("Warning" if after.status == "False" else "Normal",
-                             after.reason, after.message))
-        elif type_ == "Running" and after.reason in NOTABLE_WAITS and (
-                before is None or before.reason != after.reason):
-            out.append(Event(NOTABLE_WAITS[after.reason], after.reason, after.message))
-    captions, had = condition(new, "CaptionsComplete"), condition(old, "CaptionsComplete")
-    if captions is not None and captions.status == "False" and (
-            had is None or (had.status, had.message) != (captions.status, captions.message)):
-        out.append(Event("Warning", captions.reason, captions.message))
-    if restart_counts(new) != restart_counts(old):
-        out.append(Event("Warning", "GangRestarted", new.restarts.last_reason or ""))
-    if new.billing and not old.billing and new.billing.units:
-        out.append(Event("Normal", "Billed", f"{new.billing.units} billable units"))
-    if new.phase != old.phase and new.phase == "Succeeded":
-        out.append(Event("Normal", "Succeeded", "training succeeded"))
-    if new.phase != old.phase and new.phase == "Failed":
-        failed = condition(new, "Failed")
-        out.append(Event("Warning", failed.reason, failed.message))
-    return out
-

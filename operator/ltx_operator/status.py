@@ -19,10 +19,6 @@ def stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(TIME_FORMAT)
 
 
-def now() -> str:
-    return stamp(datetime.now(UTC))
-
-
 def parse_time(text: str) -> datetime:
     """RFC 3339 in seconds, as Kubernetes writes it, or with a fraction."""
     layout = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else TIME_FORMAT
