@@ -263,11 +263,20 @@ class ControlPlane:
         auth = {"Authorization": f"Bearer {token}"} if token else self.admin_headers
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
             **auth, **({"Content-Type": content_type} if data is not None else {})})
-        with urllib.request.urlopen(request, context=self._ssl, timeout=30) as r:
-            text = r.read()
-            if lines:
-                return [json.loads(line) for line in text.splitlines() if line.strip()]
-            return json.loads(text) if text else None
+        for attempt in range(10):
+            try:
+                with urllib.request.urlopen(request, context=self._ssl, timeout=30) as r:
+                    text = r.read()
+                break
+            except urllib.error.HTTPError as exc:
+                # 429 with Retry-After: a server just started (its priority-and-fairness
+                # levels not set up yet) or busy; every Kubernetes client waits and asks again
+                if exc.code != 429 or attempt == 9:
+                    raise
+                time.sleep(float(exc.headers.get("Retry-After") or 1))
+        if lines:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text) if text else None
 
     def ready(self) -> bool:
         """The API server's /readyz answers ok."""
