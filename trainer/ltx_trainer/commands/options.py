@@ -24,6 +24,7 @@ def local_path(text: str) -> Path:
 
 
 def setup_logging() -> None:
+    """Timed INFO lines, for the commands that run a stage or a model."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
