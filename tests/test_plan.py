@@ -10,23 +10,26 @@ import pytest
 import yaml
 
 from ltx_contract.spec import parse_spec
-from ltx_trainer import plan as planning
+from ltx_trainer.commands import plan as planning
+from ltx_trainer.commands.plan import table, variants
 from ltx_trainer.model.shapes import LTX_2_3, ModelShapes
-from ltx_trainer.plan import GIB, RESERVE_GIB, Plan, StepShape, measure_step, plan, table, variants
+from ltx_trainer.training import measure
+from ltx_trainer.training.measure import StepShape, measure_step
+from ltx_trainer.training.memory import GIB, RESERVE_GIB, MemoryPlan, plan
 
 SPEC = {"trainingDataUrl": "s3://datasets/clips.zip", "triggerPhrase": "LEADIN"}
 H100 = 989e12
 
 
 @pytest.fixture(scope="module")
-def plans() -> list[Plan]:
+def plans() -> list[MemoryPlan]:
     """The defaults (medium 768×768, 89 frames, rank 32, video only), with audio, and
     high (960×960) at 121 frames."""
     spec = parse_spec(SPEC)
     return [plan(s) for s in (spec, *variants(spec))]
 
 
-def test_the_defaults(plans: list[Plan]) -> None:
+def test_the_defaults(plans: list[MemoryPlan]) -> None:
     defaults = plans[0]
     step = defaults.step
     assert (step.video_tokens, step.audio_frames, step.text_tokens, step.rank) == (
@@ -56,7 +59,7 @@ def test_the_defaults(plans: list[Plan]) -> None:
     assert defaults.flops(0) == c.forward_flops + c.backward_flops
 
 
-def test_audio_and_high_resolution_cost_more(plans: list[Plan]) -> None:
+def test_audio_and_high_resolution_cost_more(plans: list[MemoryPlan]) -> None:
     defaults, audio, high = plans
     assert audio.step.with_audio and not defaults.step.with_audio
     assert audio.lora_params == 48 * 4_456_448  # with audio: every attention is a target
@@ -77,8 +80,8 @@ def test_depth_is_carried_exactly() -> None:
     three = ModelShapes("three", {**LTX_2_3.configs, "transformer": {
         **LTX_2_3.configs["transformer"], "num_layers": 3}})
     carried, _ = measure_step(three, step)
-    text = planning._text_features(three, step)[:3]
-    direct = planning._measure(three, step, text)
+    text = measure._text_features(three, step)[:3]
+    direct = measure._measure(three, step, text)
     assert (carried.forward_flops, carried.backward_flops) == (direct["forward"],
                                                                direct["backward"])
     assert carried.saved_outside == direct["outside"]
@@ -86,7 +89,7 @@ def test_depth_is_carried_exactly() -> None:
     assert carried.inputs_per_block == direct["last_inputs"]
 
 
-def test_the_table(plans: list[Plan]) -> None:
+def test_the_table(plans: list[MemoryPlan]) -> None:
     text = table(plans)
     lines = text.splitlines()
     assert lines[0].startswith("ltx-2.3: transformer 18.99 B + connectors 3.17 B parameters")
@@ -185,7 +188,7 @@ def test_a_release_file_plans_with_its_release(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from ltx_trainer.plan import model_shapes
+    from ltx_trainer.training.memory import model_shapes
 
     transformer, single = tmp_path / "t.safetensors", tmp_path / "s.safetensors"
     save_file({"model.diffusion_model.proj_in.weight": torch.zeros(1)}, transformer)
@@ -200,7 +203,7 @@ def test_a_release_file_plans_with_its_release(tmp_path: Path) -> None:
 def test_two_48_gb_cards_sharded_train_the_defaults() -> None:
     """What one 80 GB card holds whole, two L40S hold sharded: half the transformer and of
     the LoRA's state each, plus what is gathered while the step runs."""
-    from ltx_trainer.plan import GATHERED_BLOCKS, shard_plan
+    from ltx_trainer.training.memory import GATHERED_BLOCKS, shard_plan
 
     card = plan(parse_spec(SPEC), gpu="l40s")
     assert card.checkpointed_blocks is None  # one card with a bf16 base: it does not fit
@@ -238,7 +241,7 @@ def test_two_48_gb_cards_sharded_train_the_defaults() -> None:
 
 def test_command_plans_the_sharded_base(spec_file: Path, tiny_model: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
-    from ltx_trainer.plan import shard_plan
+    from ltx_trainer.training.memory import shard_plan
 
     assert _run(str(spec_file), "--model", str(tiny_model), "--shard-base", "2",
                 "--markdown") == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ltx_trainer.commands import tiny_model
 from ltx_trainer.model import writer
 from ltx_trainer.model.adapter import MODALITIES, add_lora, lora_targets
 from ltx_trainer.model.shapes import (
@@ -121,7 +122,7 @@ def test_components_are_built_on_any_device_from_a_seed() -> None:
 
 def _cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    writer.add_parser(parser.add_subparsers(dest="command"))
+    tiny_model.add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(list(argv))
 
 

@@ -409,7 +409,7 @@ def test_the_low_memory_mode_is_refused(tiny_model_v23: Path) -> None:
 def test_the_trainer_checkpoints_the_sharded_plans_blocks() -> None:
     """With the base sharded, a GPU checkpoints the fewest blocks the sharded plan fits."""
     from ltx_trainer.model.shapes import LTX_2_3
-    from ltx_trainer.plan import plan, shard_plan
+    from ltx_trainer.training.memory import plan, shard_plan
     from ltx_trainer.training.sharding import planned_checkpointing
 
     spec = parse_spec({"trainingDataUrl": "https://example.com/c.zip"})

@@ -190,7 +190,7 @@ def synthetic_sample(case: Case, trainer: Any) -> tuple[dict[str, torch.Tensor],
 
 def step_shape(case: Case, trainer: Any, sample: dict[str, torch.Tensor]) -> Any:
     """The plan's description of this step."""
-    from ltx_trainer.plan import StepShape
+    from ltx_trainer.training.measure import StepShape
 
     _, frames, rows, cols = sample["video"].shape
     spec = case.spec
@@ -422,7 +422,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser().parse_args(argv)
     from ltx_trainer.model.loader import default_device
-    from ltx_trainer.plan import GPUS
+    from ltx_trainer.training.memory import GPUS
 
     device = default_device()
     parts = ReusedParts(model_parts(args))

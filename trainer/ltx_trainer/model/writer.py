@@ -1,20 +1,20 @@
 """Random-weight models at LTX-2's real shapes (`shapes.py`) written to disk: the
 diffusers folder layout, or the official single-file layout (`single_file.py`) with its
-Gemma-3 folder; and `ltx-extend tiny-model`, which writes these or the tiny model.
+Gemma-3 folder, or LTX-2.5's split pack (`ltx-extend tiny-model --shapes` writes them,
+`commands/tiny_model.py`).
 
 Kept apart from `shapes.py` so that the single-file reader can use the shapes without
 the writer's import of its key mapping closing a circle."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .shapes import COMPONENTS, SCHEDULER, SHAPES, ModelShapes, build_component, real_shapes
+from .shapes import COMPONENTS, SCHEDULER, ModelShapes, build_component, real_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -186,50 +186,3 @@ def _write_split_pack(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
         save_file({k: v.contiguous() for k, v in tensors.items()}, dest / name,
                   metadata={**release, **metadata})
     return dest / next(iter(files))
-
-
-# -- command line (`ltx-extend tiny-model`) ---------------------------------------------
-
-def add_parser(subparsers: Any, path: Any = Path) -> None:
-    """`ltx-extend tiny-model DIR [--version 2.0|2.3|2.5] [--shapes ltx-2.5 [--layout …]]`;
-    `path` parses the folder argument (the CLI's plain-path-or-file:// type)."""
-    parser = subparsers.add_parser(
-        "tiny-model",
-        help="write a random model of the LTX-2 classes: tiny, or at the real shapes",
-        description="Write a random-weight model. Without --shapes: tiny widths (tests and "
-        "quick starts). With --shapes ltx-2.3 or ltx-2.5: the real widths, heads and channels "
-        "with one block / layer per stack, in the diffusers folder layout or the release's "
-        "official layout (LTX-2.3: a single .safetensors checkpoint plus a Gemma-3 folder; "
-        "LTX-2.5: one file per component, --layout split).")
-    parser.add_argument("dest", type=path, metavar="DIR")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--version", choices=("2.0", "2.3", "2.5"), default="2.0",
-                        help="without --shapes: the tiny model's LTX-2 version (default 2.0)")
-    parser.add_argument("--shapes", choices=sorted(SHAPES), help="release whose shapes to use")
-    parser.add_argument("--layout", choices=LAYOUTS, default="diffusers",
-                        help="with --shapes: the layout (default diffusers; single-file for "
-                        "LTX-2.0/2.3, split for LTX-2.5)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ltx_contract.outcomes import ExitCode
-
-    if args.shapes is None:
-        if args.layout != "diffusers":
-            print("--layout needs --shapes: the tiny model is written in the diffusers layout",
-                  file=__import__("sys").stderr)
-            return ExitCode.INVALID_INPUT
-        from .tiny import write_tiny_model
-
-        path = write_tiny_model(args.dest, seed=args.seed, version=args.version)
-        print(f"wrote a tiny random LTX-{args.version} model to {path}")
-        return ExitCode.SUCCESS
-    try:
-        path = write_real_shape_model(args.dest, args.shapes, args.layout, seed=args.seed)
-    except ValueError as exc:  # a layout the release is not published in
-        print(exc, file=__import__("sys").stderr)
-        return ExitCode.INVALID_INPUT
-    print(f"wrote a random {args.shapes} model at its real shapes (one block per stack), "
-          f"{args.layout} layout: {path}")
-    return ExitCode.SUCCESS

@@ -2,7 +2,7 @@
 
 Each rank keeps 1/G of every transformer weight (G: the ranks of its node) and gathers a
 block's weights only while that block runs, so two 48 GB cards hold what one 80 GB card
-does (`ltx_trainer.plan` has the figures). torch's own `fully_shard` does it, applied to
+does (`memory.py` has the figures). torch's own `fully_shard` does it, applied to
 each transformer block (the unit that is gathered, run and freed) and then to the root
 for the weights outside the blocks. With several nodes the mesh is two-dimensional:
 shard within a node, where the links are fast, and replicate across nodes (HSDP), so the
@@ -118,7 +118,7 @@ def planned_checkpointing(shapes: Any, spec: Any, text_tokens: int, memory_gib: 
     """Blocks to checkpoint with the base sharded over `gpus` GPUs of `memory_gib` GiB
     each: the plan's fewest whose sharded peak fits (all when none does); none off a GPU
     (`memory_gib` None), as unsharded."""
-    from ..plan import shard_plan
+    from .memory import shard_plan
     from .speed import spec_step, step_plan
 
     if memory_gib is None:

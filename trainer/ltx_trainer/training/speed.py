@@ -5,7 +5,7 @@ of only as many blocks as the GPU's memory needs, and regional compilation.
   their gradients come back fp32 from autocast's casts: already the dtype and device the
   fused kernel takes, so nothing is cast per step.
 - Checkpointing trades a block's forward again in the backward for its activations. The
-  memory plan (`ltx_trainer.plan`, the step measured on the meta device) gives the fewest
+  memory plan (`memory.py`, the step measured on the meta device) gives the fewest
   blocks whose peak fits the GPU; only those are checkpointed, through diffusers' own
   hook for the checkpointing function.
 - `torch.compile` of the repeated transformer blocks (diffusers' `compile_repeated_blocks`,
@@ -67,7 +67,7 @@ def checkpoint_blocks(transformer: Any, count: int) -> list[int]:
 @functools.lru_cache(maxsize=16)
 def _measured(shapes_json: str, step: Any) -> tuple[Any, int]:
     from ..model.shapes import ModelShapes
-    from ..plan import measure_step
+    from .measure import measure_step
 
     return measure_step(ModelShapes.from_json(shapes_json), step)
 
@@ -75,7 +75,7 @@ def _measured(shapes_json: str, step: Any) -> tuple[Any, int]:
 def spec_step(shapes: Any, spec: Any, text_tokens: int) -> Any:
     """The plan's step shape of `spec` with `text_tokens` of text (the trainer's max
     sequence length)."""
-    from ..plan import StepShape
+    from .measure import StepShape
 
     spatial = shapes.configs["transformer"]["vae_scale_factors"][1]
     return StepShape.from_spec(spec, text_tokens=text_tokens, spatial=spatial)
@@ -83,18 +83,18 @@ def spec_step(shapes: Any, spec: Any, text_tokens: int) -> Any:
 
 def step_plan(shapes: Any, step: Any, gpu_memory_gib: float, gpu: str = "h100",
               utilisation: float = 0.4) -> Any:
-    """`ltx_trainer.plan`'s plan of one step of shape `step` on a GPU of `gpu_memory_gib`;
-    measured once per model and step shape in a process."""
+    """The memory plan (`memory.py`) of one step of shape `step` on a GPU of
+    `gpu_memory_gib`; measured once per model and step shape in a process."""
     from dataclasses import replace
 
     from ..model.shapes import build_meta, parameter_count
-    from ..plan import GPUS, Plan
+    from .memory import GPUS, MemoryPlan
 
     cost, connector_flops = _measured(shapes.to_json(), replace(step, label=""))
-    return Plan(shapes.name, step, shapes.configs["transformer"]["num_layers"],
-                parameter_count(build_meta(shapes, "transformer")),
-                parameter_count(build_meta(shapes, "connectors")), cost, connector_flops,
-                GPUS[gpu], gpu_memory_gib, utilisation)
+    return MemoryPlan(shapes.name, step, shapes.configs["transformer"]["num_layers"],
+                      parameter_count(build_meta(shapes, "transformer")),
+                      parameter_count(build_meta(shapes, "connectors")), cost, connector_flops,
+                      GPUS[gpu], gpu_memory_gib, utilisation)
 
 
 def planned_checkpointing(shapes: Any, spec: Any, text_tokens: int, device: torch.device,
