@@ -13,12 +13,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ltx_trainer.logbook import Logbook, frame_strip, read_table, smooth
 from ltx_trainer.preview.reel import write_video
-from ltx_trainer.training.trainer import Progress
+from ltx_trainer.training.trainer import StepReport
 
 TOTAL = 60
 
 
-def report(step: int, audio: bool = True) -> Progress:
+def report(step: int, audio: bool = True) -> StepReport:
     """What the loop reports for `step`: a falling, noisy loss per modality."""
     rng = np.random.default_rng(step)
     video = 1.0 / math.sqrt(step) + 0.1 * rng.random()
@@ -28,7 +28,7 @@ def report(step: int, audio: bool = True) -> Progress:
         losses["audio"] = 0.5 / math.sqrt(step) + 0.1 * rng.random()
         losses["total"] = video + losses["audio"]
         sigmas["audio"] = float(rng.random())
-    return Progress(step, TOTAL, losses["total"], 2.0, (TOTAL - step) / 2.0, losses=losses,
+    return StepReport(step, TOTAL, losses["total"], 2.0, (TOTAL - step) / 2.0, losses=losses,
                     sigmas=sigmas, learning_rate=1e-4 * min(1, step / 10), grad_norm=0.5)
 
 

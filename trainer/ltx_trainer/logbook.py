@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .training.trainer import Progress
+from .training.trainer import StepReport
 from .training.validation import Evaluation
 
 LOGS, TABLE, CHART = "logs", "loss.csv", "loss.png"
@@ -31,7 +31,7 @@ SMOOTHING = 0.9
 STRIP_FRAMES, STRIP_HEIGHT = 8, 96
 
 
-def columns(progress: Progress) -> list[str]:
+def columns(progress: StepReport) -> list[str]:
     """The CSV's columns for a run that reports like `progress`."""
     losses = sorted(progress.losses, key=lambda m: (m != "total", m))
     return (["step", *(f"loss_{m}" for m in losses or ["total"]),
@@ -39,7 +39,7 @@ def columns(progress: Progress) -> list[str]:
              "learning_rate", "grad_norm", "steps_per_second"])
 
 
-def _row(progress: Progress) -> dict[str, float]:
+def _row(progress: StepReport) -> dict[str, float]:
     row: dict[str, float] = {"step": progress.step, "learning_rate": progress.learning_rate,
                              "grad_norm": progress.grad_norm,
                              "steps_per_second": progress.steps_per_second}
@@ -90,7 +90,7 @@ class Logbook:
         self._writer: Any = None
         self._fields: list[str] | None = None
 
-    def _open(self, first: Progress) -> None:
+    def _open(self, first: StepReport) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ class Logbook:
         self._writer = SummaryWriter(str(self.logs), purge_step=first.step if kept or
                                      first.step > 1 else None, flush_secs=30)
 
-    def record(self, progress: Progress) -> None:
+    def record(self, progress: StepReport) -> None:
         """One optimizer step's report."""
         if self._writer is None:
             self._open(progress)

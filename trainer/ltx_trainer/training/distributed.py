@@ -13,7 +13,8 @@ harness) is by process id.
 
 Data parallel over the LoRA: after each rank's backward, the LoRA gradients are summed
 over the ranks in one flat all-reduce and divided by the global batch, the same sum a
-single process that accumulates the same samples takes (`Trainer`, `accumulate`). DDP is
+single process that accumulates the same samples takes (`placement.Replicated`,
+`Trainer`'s `accumulate`). DDP is
 not used: it would wrap the transformer (changing the module every other part calls and
 the LoRA's state names), it pre-divides each rank's gradients before summing, and its
 overlap of communication with the backward buys little for LoRA gradients, which are a

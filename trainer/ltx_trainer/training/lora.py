@@ -1,9 +1,9 @@
-"""The LoRA: its targets, its state dict under the LTX-2 names, its metadata and file.
+"""The trained LoRA out of the transformer: its state under peft's names (what a
+checkpoint keeps), its tensors under the LTX-2 names in bf16 (what its file holds), the
+training config that goes in the file's metadata, and the file itself.
 
-Targets follow the modalities trained: the video self- and text cross-attention always;
-the audio attentions and the two cross-modal attentions only with audio. A video-only
-run isolates the streams, so those would never get a gradient and would only add
-all-zero tensors to the file.
+Which modules the adapter adapts, and its scale, are `model/adapter.py`'s; the file's key
+names and metadata entries are `model/lora.py`'s.
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ def lora_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     check_lora_scale(transformer)
+    return file_tensors(get_peft_model_state_dict(transformer))
+
+
+def file_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA state under peft's names as its file holds it: bf16 on the CPU, under the
+    LTX-2 names."""
     return {lora_key(k): v.detach().to(torch.bfloat16).contiguous().cpu()
-            for k, v in get_peft_model_state_dict(transformer).items()}
+            for k, v in state.items()}
 
 
 def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
@@ -74,8 +80,8 @@ def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
 def write_lora_file(transformer: Any, config: dict[str, Any], dest: Path,
                     weights: dict[str, Any] | None = None) -> Path:
     """`lora.safetensors` with flat metadata entries (for tools that list them) and the
-    whole config as one JSON entry; `weights`: the file's tensors where the transformer
-    cannot give them itself (its base sharded), else its LoRA."""
+    whole config as one JSON entry; `weights`: the file's tensors (`file_tensors`, where
+    the transformer cannot give them itself: its base sharded), else its LoRA."""
     metadata = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
     metadata[CONFIG_METADATA_KEY] = json.dumps(config)
     check_lora_scale(transformer)

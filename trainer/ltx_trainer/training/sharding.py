@@ -88,8 +88,10 @@ def shard_frozen_base(transformer: torch.nn.Module, device: torch.device) -> Non
     # the root's own weights (patchify, embeddings, output projection) are used at both
     # ends of the forward: kept gathered until the backward has passed them
     fully_shard(transformer, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
-    log.info("frozen base sharded over %s: %d blocks and the root, %s compute",
-             _describe(mesh), len(blocks), policy.param_dtype)
+    frozen = [p for p in transformer.parameters() if not p.requires_grad]
+    log.info("frozen base sharded over %s: %d blocks and the root, %s compute; this rank "
+             "holds %.3g of its %.3g weights", _describe(mesh), len(blocks),
+             policy.param_dtype, local_numel(frozen), sum(p.numel() for p in frozen))
 
 
 def _base_dtype(transformer: torch.nn.Module) -> torch.dtype:

@@ -6,8 +6,10 @@ checkpoint takes exactly the steps an uninterrupted run would and ends with the 
 The slots are the ranks of a data-parallel run (`distributed.py`) times `accumulate`, the
 samples each process takes per step; the gradients are summed over every slot and divided
 by their number, so two ranks train the same LoRA as one process accumulating two, and a
-checkpoint resumes at any world size. Only the main rank writes. A non-finite loss or gradient
-stops the run at once (`Diverged`) before the optimizer takes the step, so no
+checkpoint resumes at any world size. Whether each rank holds the whole transformer or a
+shard of its frozen base is its placement's business (`placement.py`): the loop asks the
+placement, never which one it runs under. Only the main rank writes. A non-finite loss or
+gradient stops the run at once (`Diverged`) before the optimizer takes the step, so no
 checkpoint is ever written from a bad state and the last good one stays.
 
 The frozen text connectors run once per caption, at its first step, not in every step:
@@ -44,27 +46,17 @@ from ..model.forward import (
     connect_text,
     predict,
 )
-from ..model.lora import lora_key
 from ..model.low_memory import quantize_frozen
 from . import distributed
-from .checkpoints import (
-    Checkpoints,
-    TrainingState,
-    optimizer_state_keyed,
-    restore_rng_state,
-)
+from .checkpoints import Checkpoints, TrainingState, restore_rng_state
 from .distributed import SINGLE, World
-from .lora import adapter_state, lora_state_dict, training_config, write_lora_file
+from .lora import training_config, write_lora_file
 from .parts import ModelParts
+from .placement import placement
 from .preprocess import encode_dataset, load_sample
 from .schedule import make_scheduler
-from .speed import (
-    checkpoint_blocks,
-    compile_blocks,
-    device_memory_gib,
-    make_optimizer,
-    planned_checkpointing,
-)
+from .sharding import check_combination
+from .speed import checkpoint_blocks, compile_blocks, make_optimizer
 from .strategy import StepInputs, SuffixStrategy
 from .validation import Evaluation, Validator, windows
 
@@ -100,14 +92,14 @@ class TrainSettings:
     #: samples each process trains per step (its gradients summed, then averaged with the
     #: other ranks'): the global batch is ranks × accumulate
     accumulate: int = 1
-    #: shard the frozen base over the node's ranks with FSDP2 (`sharding.py`)
+    #: shard the frozen base over the node's ranks with FSDP2 (`placement.py`)
     shard_base: bool = False
     #: seconds a collective waits for a peer before the step fails
     collective_timeout: float = distributed.DEFAULT_COLLECTIVE_TIMEOUT
 
 
 @dataclass
-class Progress:
+class StepReport:
     """What one optimizer step reports (for `/progress`, logs and loss curves)."""
 
     step: int
@@ -133,7 +125,7 @@ class TrainResult:
     best_lora: Path | None = None
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[StepReport], None]
 
 
 @dataclass
@@ -194,6 +186,8 @@ class Trainer:
                 "use dynamic shifting, the mark of a distilled checkpoint (a fixed few-step "
                 "schedule); train on the dev (non-distilled) model")
         _check_settings(self.settings, self.profile.num_layers, world)
+        #: whole on every rank or its base sharded: the one place the loop learns which
+        self.placement = placement(self.settings.shard_base, world)
         self._captions: dict[str, TextContext] = {}
         #: (rank, sample id) per slot of each step since the run began, in slot order
         self.batches: list[list[tuple[int, str]]] = []
@@ -222,21 +216,12 @@ class Trainer:
         if settings.low_memory:
             quantize_frozen(self.transformer)
         blocks = settings.checkpointed_blocks
-        if blocks is None and settings.shard_base:
-            from .sharding import node_ranks
-            from .sharding import planned_checkpointing as planned_sharded
-
-            blocks = planned_sharded(self.parts.shapes, self.spec, settings.max_sequence_length,
-                                     device_memory_gib(self.device), node_ranks())
-        elif blocks is None:
-            blocks = planned_checkpointing(self.parts.shapes, self.spec,
-                                           settings.max_sequence_length, self.device,
-                                           settings.low_memory)
+        if blocks is None:
+            blocks = self.placement.checkpointed_blocks(
+                self.parts.shapes, self.spec, settings.max_sequence_length, self.device,
+                settings.low_memory)
         self.checkpointed = checkpoint_blocks(self.transformer, blocks)
-        if settings.shard_base:  # after checkpointing wraps the blocks, before the optimizer
-            from .sharding import shard_frozen_base  # FSDP2: averages the LoRA gradients
-
-            shard_frozen_base(self.transformer, self.device)
+        self.placement.wrap(self.transformer, self.device)  # before the optimizer is made
         if settings.compile_backend:
             compile_blocks(self.transformer, settings.compile_backend)
         self.transformer.train()
@@ -298,20 +283,8 @@ class Trainer:
                 losses["total"].backward()  # gradients summed over the samples
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
-        if self.settings.shard_base:  # FSDP averaged the sums over the node's ranks
-            scale = 1 / len(batch)
-        else:
-            distributed.sum_gradients(self.world, self.params)
-            scale = 1 / self.global_batch
-        if scale != 1:
-            for param in self.params:
-                param.grad.mul_(scale)
-        if self.settings.shard_base:  # the norm of DTensor gradients, as a plain tensor
-            from .sharding import clip_gradients
-
-            norm = clip_gradients(self.params, self.settings.max_grad_norm)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        norm = self.placement.reduce_and_clip(self.params, len(batch),
+                                              self.settings.max_grad_norm)
         names = sorted(sums)
         means = distributed.mean_over_ranks(
             self.world, torch.stack([sums[n] for n in names]) / len(batch))
@@ -332,23 +305,6 @@ class Trainer:
     def _suffix(self, meta: dict[str, Any]) -> SuffixWindow:
         return SuffixWindow(meta["frames"], meta["frameRate"], self.spec.conditioning_frames)
 
-    @torch.no_grad()
-    def evaluate(self, dataset_dir: Path, draws: int = 8) -> float:
-        """Mean loss over every sample at `draws` fixed (sigma, noise) draws: a steady
-        yardstick, unlike the per-step losses whose sigma changes each step."""
-        index = self._encode(dataset_dir)
-        if not hasattr(self, "transformer"):
-            self._load()
-            self._resume()
-        total = 0.0
-        for meta in index["samples"]:
-            cached = load_sample(self.work_dir / "cache", meta)
-            text = self.caption_context(meta["caption"], cached["text"])
-            for draw in range(draws):
-                inputs = self.prepare(cached, self._suffix(meta), step_generator(10_000 + draw, 0))
-                total += self.loss(inputs, text)["total"].item()
-        return total / (draws * len(index["samples"]))
-
     # -- state ---------------------------------------------------------------------------
     def _resume(self) -> tuple[int, list[float]]:
         """Continue from the main rank's latest checkpoint, whatever world size wrote it:
@@ -358,18 +314,7 @@ class Trainer:
         state = distributed.broadcast_object(self.world, state)  # no shared disk needed
         if state is None:
             return 0, []
-        from peft import set_peft_model_state_dict
-
-        sharded = self.settings.shard_base
-        optimizer = optimizer_state_keyed(state.optimizer, self._trained_names(), sharded)
-        if sharded:
-            from .sharding import load_lora_state, load_optimizer_state
-
-            load_lora_state(self.transformer, state.lora)
-            load_optimizer_state(self.transformer, self.optimizer, optimizer)
-        else:
-            set_peft_model_state_dict(self.transformer, state.lora)
-            self.optimizer.load_state_dict(optimizer)
+        self.placement.load(self.transformer, self.optimizer, state.lora, state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         restore_rng_state(state.rng)
         if getattr(self, "validator", None) is not None:
@@ -380,30 +325,10 @@ class Trainer:
             log.info("resumed from %s (step %d)", latest.name, state.step)
         return state.step, state.losses
 
-    def _trained_names(self) -> list[str]:
-        """The trained parameters' names, in the optimizer's order (as torch's distributed
-        state dicts name them: without the compiled blocks' wrapper)."""
-        return [name.replace("_orig_mod.", "") for name, p in self.transformer.named_parameters()
-                if p.requires_grad]
-
-    def _lora(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The LoRA (peft's names, then the file's); on every rank (a collective when the
-        base is sharded)."""
-        if self.settings.shard_base:
-            from .sharding import full_lora_state
-
-            state = full_lora_state(self.transformer)
-            return state, {lora_key(k): v.to(torch.bfloat16).contiguous()
-                           for k, v in state.items()}
-        return adapter_state(self.transformer), lora_state_dict(self.transformer)
-
     def _checkpoint(self, step: int, losses: list[float]) -> None:
-        lora, lora_file = self._lora()
-        optimizer = self.optimizer.state_dict()
-        if self.settings.shard_base:  # whole tensors by name: resumable at any world size
-            from .sharding import full_optimizer_state  # a collective, as `_lora`
-
-            optimizer = full_optimizer_state(self.transformer, self.optimizer)
+        # collectives where the base is sharded: every rank takes part
+        lora, lora_file = self.placement.lora_state(self.transformer)
+        optimizer = self.placement.optimizer_state(self.transformer, self.optimizer)
         if not self.world.is_main:
             return
         validator = getattr(self, "validator", None)
@@ -459,7 +384,7 @@ class Trainer:
             losses.append(round(loss, 6))
             done_here += 1
             rate = done_here / max(time.perf_counter() - began, 1e-9)
-            self._report(bar, Progress(
+            self._report(bar, StepReport(
                 step + 1, total, losses[-1], rate, (total - step - 1) / max(rate, 1e-9),
                 losses=reported, learning_rate=learning_rate, grad_norm=grad_norm,
                 sigmas={m: inputs.streams[m].state.sigma for m in self.strategy.modalities}))
@@ -500,7 +425,7 @@ class Trainer:
             self.hooks.validated(evaluation, list(self.validator.history))
 
     def _keep_best(self, step: int) -> None:
-        sharded = self._lora()[1] if self.settings.shard_base else None  # a collective
+        weights = self.placement.lora_file(self.transformer)  # every rank takes part
         if not self.world.is_main:
             return
         folder = self.work_dir / "checkpoints" / BEST
@@ -508,7 +433,7 @@ class Trainer:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         config = {**self._config(), "steps": step}
-        write_lora_file(self.transformer, config, partial / "lora.safetensors", sharded)
+        write_lora_file(self.transformer, config, partial / "lora.safetensors", weights)
         (partial / BEST_STEP).write_text(json.dumps({"step": step}))
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
@@ -545,7 +470,7 @@ class Trainer:
             self.__dict__.pop(name, None)
         self._captions.clear()
 
-    def _report(self, bar: Any, progress: Progress) -> None:
+    def _report(self, bar: Any, progress: StepReport) -> None:
         if not self.world.is_main:
             return
         bar.update(1)
@@ -558,13 +483,13 @@ class Trainer:
             self.progress(progress)
 
     def _write_outputs(self, steps: int, losses: list[float]) -> TrainResult:
-        sharded = self._lora()[1] if self.settings.shard_base else None  # a collective
+        weights = self.placement.lora_file(self.transformer)  # every rank takes part
         if not self.world.is_main:
             return TrainResult(None, None, steps, losses)
         out = self.work_dir / "outputs"
         out.mkdir(parents=True, exist_ok=True)
         config = self._config()
-        lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors", sharded)
+        lora_file = write_lora_file(self.transformer, config, out / "lora.safetensors", weights)
         config_file = out / "config.json"
         config_file.write_text(json.dumps(config, indent=2))
         best = self._best_lora(steps)
@@ -590,10 +515,7 @@ def _check_settings(settings: TrainSettings, depth: int, world: World) -> None:
     if settings.accumulate < 1:
         raise InvalidInput(f"accumulate must be 1 or more samples per step, not "
                            f"{settings.accumulate}")
-    if settings.shard_base:  # several nodes: sharded within each, replicated across
-        from .sharding import check_combination
-
-        check_combination(settings.shard_base, settings.low_memory)
+    check_combination(settings.shard_base, settings.low_memory)
     blocks = settings.checkpointed_blocks
     if blocks is not None and not 0 <= blocks <= depth:
         raise InvalidInput(f"checkpointed blocks must be between 0 and the model's {depth} "
