@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ltx_contract.billing import cost
-from ltx_contract.outcomes import ExitCode
+from ltx_contract.outcomes import ExitCode, InvalidInput
 from ltx_contract.result import JobResult
 from ltx_contract.spec import TrainingSpec
 
@@ -53,23 +53,6 @@ def default_work(output: str | None) -> Path:
     return Path(tempfile.gettempdir()) / "ltx-extend-work"
 
 
-def _model_source(args: argparse.Namespace, spec: TrainingSpec) -> tuple[str | None, str | None]:
-    """(the model to use, or None for the tiny model; a problem with it, if any)."""
-    if args.model:
-        if not args.model.startswith(("s3://", "file://")) and not (
-                Path(args.model) / "model_index.json").is_file():
-            return None, f"--model {args.model} is not a diffusers model folder (no " \
-                "model_index.json)"
-        return args.model, None
-    if spec.model and spec.model.url:
-        return spec.model.url, None
-    if spec.model and spec.model.claim_name:
-        return None, (f"spec.model.claimName ({spec.model.claim_name}) names a "
-                      "PersistentVolumeClaim, which a local run cannot mount: give the "
-                      "model folder with --model DIR")
-    return None, None
-
-
 def _resume_key(given: str, store: Store) -> str:
     """A run key from `--resume`: the key itself (`local/NAME/ID`), or the run's folder
     as printed (a path or a URL in the output)."""
@@ -100,6 +83,7 @@ def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> No
 
 def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings: Any) -> int:
     from .dataset import FetchPolicy
+    from .model.choice import choose_model
     from .progress import ProgressServer, ProgressState
     from .runner import JobContext, local_run_id, read_result, run_local
     from .spec_file import resource_name
@@ -113,9 +97,10 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
     except ValueError as exc:
         print(f"--output: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    model, problem = _model_source(args, spec)
-    if problem:
-        print(problem, file=sys.stderr)
+    try:
+        model = choose_model(spec.model, args.model, local=True).source
+    except InvalidInput as exc:
+        print(exc.message, file=sys.stderr)
         return ExitCode.INVALID_INPUT
     if model is None:
         print(TINY_MODEL_NOTICE, flush=True)
@@ -137,7 +122,7 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
                   f"({', '.join(changed)} differ)", file=sys.stderr)
             return ExitCode.INVALID_INPUT
     else:
-        model_key = str(Path(model).absolute()) if model and "://" not in model else model
+        model_key = str(Path(model).absolute()) if model and "://" not in str(model) else model
         run = local_run_id(spec, resource_name(args.spec) or args.spec.stem, model_key,
                            settings.seed, settings.max_sequence_length)
     stage = JobContext(spec=spec, store=store, run=run, work_dir=Path())
@@ -150,7 +135,7 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
     scratch = args.work / "runs" / run.replace("/", "-")
     state = ProgressState()
     processes = getattr(args, "processes", 1)
-    ctx = JobContext(spec=spec, store=store, run=run, work_dir=scratch, model_dir=model,
+    ctx = JobContext(spec=spec, store=store, run=run, work_dir=scratch, model=model,
                      model_cache=args.model_cache, local_run=True, progress=state,
                      fetch=FetchPolicy(allow_file_urls=True,
                                        allow_private_networks=args.allow_private_networks),

@@ -37,7 +37,7 @@ from typing import Any
 
 from ltx_contract.billing import billable_units
 from ltx_contract.manifest import Manifest
-from ltx_contract.outcomes import NO_BASE_MODEL, DiskFull, ExitCode, NoBaseModel, Outcome
+from ltx_contract.outcomes import DiskFull, ExitCode, Outcome
 from ltx_contract.result import JobResult
 from ltx_contract.spec import TrainingSpec
 
@@ -70,7 +70,7 @@ class JobContext:
     run: str  # "<namespace>/<name>/<uid>": the resource's folder in the store
     work_dir: Path
     #: a folder or a single-file checkpoint, or a store URL of either (None: spec.model's)
-    model_dir: Path | str | None = None
+    model: Path | str | None = None
     #: the Gemma-3 folder of a single-file checkpoint (None: spec.model.textEncoder's)
     text_encoder: Path | str | None = None
     model_cache: Path | None = None  # where a model given by URL is downloaded
@@ -242,21 +242,11 @@ def _latest_checkpoint(ctx: JobContext) -> str | None:
 
 
 def _resolve_model(ctx: JobContext) -> Any:
-    """The stage's model (`loader.Model`), checked: `--model` / `--text-encoder`, else the
-    spec's `model.url` / `model.textEncoder`."""
-    from .model.source import part_location, resolve_model
+    """The stage's model (`loader.Model`), checked (`choice.choose_model`)."""
+    from .model.choice import choose_model
 
-    given = ctx.spec.model
-    source = ctx.model_dir or (given.url if given else None)
-    if source is None and not ctx.local_run:
-        raise NoBaseModel(NO_BASE_MODEL)  # a Job never trains the tiny random model
-    def part(name: str) -> str | None:  # a pack part named in the spec, beside the model
-        return part_location(getattr(given, name) if given else None, source)
-
-    text_encoder = ctx.text_encoder or part("text_encoder")
-    return resolve_model(source, ctx.model_cache or ctx.work_dir / "model-cache", text_encoder,
-                         video_vae=part("video_vae"), audio_vae=part("audio_vae"),
-                         version=given.version if given else None)
+    choice = choose_model(ctx.spec.model, ctx.model, ctx.text_encoder, local=ctx.local_run)
+    return choice.resolve(ctx.model_cache or ctx.work_dir / "model-cache")
 
 
 def _train(ctx: JobContext) -> JobResult:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,24 +19,26 @@ from .ending import FittedClip, Spliced, splice
 from .reel import ReelPart, write_reel
 from .sampler import Models, extend_backward
 
+if TYPE_CHECKING:
+    from ..model.loader import Model
+
 log = logging.getLogger(__name__)
 
 
-def load_preview_models(model_dir: Path, transformer: Any, connectors: Any,
+def load_preview_models(model: Model, transformer: Any, connectors: Any,
                         device: torch.device, with_audio: bool) -> Models:
-    """The preview's components beside the live transformer and connectors; the video
-    decoder is the one `model.decoders.choose_decoder` picks for `device`."""
+    """The preview's components beside the transformer and connectors (the live trainer's,
+    or `extend`'s); the video decoder is the one `model.decoders.choose_decoder` picks for
+    `device`."""
     from ..model.decoders import load_video_decoder
-    from ..model.loader import load_component
-    from ..model.profile import read_profile
 
     return Models(
         transformer=transformer, connectors=connectors,
-        vae=load_component(model_dir, "vae", device),
-        audio_vae=load_component(model_dir, "audio_vae", device) if with_audio else None,
-        vocoder=load_component(model_dir, "vocoder", device) if with_audio else None,
-        scheduler=load_component(model_dir, "scheduler", device),
-        decoder=load_video_decoder(model_dir, read_profile(model_dir), device),
+        vae=model.load("vae", device),
+        audio_vae=model.load("audio_vae", device) if with_audio else None,
+        vocoder=model.load("vocoder", device) if with_audio else None,
+        scheduler=model.load("scheduler", device),
+        decoder=load_video_decoder(model, device),
     )
 
 

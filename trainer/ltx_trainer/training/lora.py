@@ -42,7 +42,7 @@ def lora_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
             for k, v in get_peft_model_state_dict(transformer).items()}
 
 
-def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
+def training_config(spec: TrainingSpec, model_name: str, *, version: str,
                     max_sequence_length: int, seed: int) -> dict[str, Any]:
     """What inference needs to match the training (`version`: the profile's, "2.5")."""
     width, height = spec.frame_size
@@ -63,7 +63,7 @@ def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
         "steps": spec.number_of_steps,
         "learningRate": spec.learning_rate,
         "loraKeyPrefix": LORA_PREFIX,
-        "baseModel": model_dir.name,
+        "baseModel": model_name,
         VERSION_KEY: version,  # "2.5" (as files have always recorded it); read by lora_version
         "maxSequenceLength": max_sequence_length,
         "seed": seed,

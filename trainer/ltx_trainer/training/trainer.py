@@ -44,6 +44,7 @@ from ..model.forward import (
     connect_text,
     predict,
 )
+from ..model.loader import ModelLike, as_model
 from ..model.lora import lora_key
 from ..model.low_memory import quantize_frozen
 from . import distributed
@@ -55,7 +56,6 @@ from .checkpoints import (
 )
 from .distributed import SINGLE, World
 from .lora import adapter_state, lora_state_dict, training_config, write_lora_file
-from .parts import ModelParts
 from .preprocess import encode_dataset, load_sample
 from .schedule import make_scheduler
 from .speed import (
@@ -172,25 +172,24 @@ def _sample_order(seed: int, epoch: int, count: int) -> list[int]:
 
 
 class Trainer:
-    def __init__(self, spec: TrainingSpec, model_dir: Path | None, work_dir: Path,
+    def __init__(self, spec: TrainingSpec, model: ModelLike, work_dir: Path,
                  device: torch.device, settings: TrainSettings | None = None,
                  progress: ProgressCallback | None = None, hooks: TrainerHooks | None = None,
-                 parts: ModelParts | None = None, world: World = SINGLE):
-        """`parts` gives the transformer and connectors another way than the folder
-        `model_dir` (a checkpoint, or random weights of a release's shapes); the folder is
-        still where the cache is encoded from. `world`: this rank's place among the ranks
-        (`distributed.init`); all of them construct a Trainer and call `train`."""
-        self.spec, self.model_dir, self.work_dir = spec, model_dir, work_dir
+                 world: World = SINGLE):
+        """`model`: the base model (`model.loader.Model`: a folder, a checkpoint, or random
+        weights of a release's shapes), or a folder's path. `world`: this rank's place
+        among the ranks (`distributed.init`); all of them construct a Trainer and call
+        `train`."""
+        self.spec, self.model, self.work_dir = spec, as_model(model), work_dir
         self.device, self.settings = device, settings or TrainSettings()
         self.world = world
         self.progress = progress
         self.hooks = hooks or TrainerHooks()
         self.checkpoints = Checkpoints(work_dir / "checkpoints", self.settings.keep_checkpoints)
-        self.parts = parts or ModelParts.from_model(model_dir)
-        self.profile = self.parts.profile
+        self.profile = self.model.profile
         if not self.profile.dynamic_shifting:
             raise InvalidInput(
-                f"the model {self.parts.name} cannot be trained: its scheduler does not "
+                f"the model {self.model.name} cannot be trained: its scheduler does not "
                 "use dynamic shifting, the mark of a distilled checkpoint (a fixed few-step "
                 "schedule); train on the dev (non-distilled) model")
         _check_settings(self.settings, self.profile.num_layers, world)
@@ -212,8 +211,8 @@ class Trainer:
         from diffusers.training_utils import cast_training_params
 
         settings = self.settings
-        self.transformer = self.parts.load("transformer", self.device)
-        self.connectors = self.parts.load("connectors", self.device)
+        self.transformer = self.model.load("transformer", self.device)
+        self.connectors = self.model.load("connectors", self.device)
         self.strategy = SuffixStrategy.for_training(
             self.spec, self.profile, self.transformer.config.audio_in_channels)
         torch.manual_seed(settings.seed)  # LoRA A matrices start from the seed
@@ -226,10 +225,10 @@ class Trainer:
             from .sharding import node_ranks
             from .sharding import planned_checkpointing as planned_sharded
 
-            blocks = planned_sharded(self.parts.shapes, self.spec, settings.max_sequence_length,
+            blocks = planned_sharded(self.model.shapes, self.spec, settings.max_sequence_length,
                                      device_memory_gib(self.device), node_ranks())
         elif blocks is None:
-            blocks = planned_checkpointing(self.parts.shapes, self.spec,
+            blocks = planned_checkpointing(self.model.shapes, self.spec,
                                            settings.max_sequence_length, self.device,
                                            settings.low_memory)
         self.checkpointed = checkpoint_blocks(self.transformer, blocks)
@@ -323,7 +322,7 @@ class Trainer:
 
     def _encode(self, dataset_dir: Path) -> dict[str, Any]:
         """The latent cache's index, encoding first if the cache is not there yet."""
-        return encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir, self.device,
+        return encode_dataset(dataset_dir, self.work_dir / "cache", self.model, self.device,
                               with_audio=self.spec.with_audio,
                               max_sequence_length=self.settings.max_sequence_length,
                               negative_prompt=self.spec.validation_negative_prompt,
@@ -574,7 +573,7 @@ class Trainer:
         return TrainResult(lora_file, config_file, steps, losses, history, best)
 
     def _config(self) -> dict[str, Any]:
-        config = training_config(self.spec, self.model_dir, version=self.profile.version,
+        config = training_config(self.spec, self.model.name, version=self.profile.version,
                                  max_sequence_length=self.settings.max_sequence_length,
                                  seed=self.settings.seed)
         # each step averages the gradients of `globalBatch` samples: one per rank (times
