@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ltx_contract.manifest import Manifest, held_out_sources
 from ltx_contract.spec import parse_spec
+from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.dataset import FetchPolicy, PrepareSettings, prepare_dataset
 from ltx_trainer.logbook import read_table
 from ltx_trainer.runner import JobContext, _fetch_train_inputs, run_local
@@ -171,8 +173,9 @@ def test_each_figure_is_logged_and_the_best_steps_lora_is_kept_when_a_later_one_
     figure moves from one checkpoint to the next without following it (this run's lowest
     is before its last), and the LoRA of the best step is kept beside the last one.
 
-    (The tiny random model does not overfit in a way a figure shows: with the official
-    schedule its held-out loss keeps falling on every dataset tried — docs/training.md.)
+    (On real clips the tiny random model does not overfit in a way a figure shows: its
+    held-out loss keeps falling on every dataset tried — docs/training.md; the constructed
+    case below does.)
     """
     held = next(iter(held_out_sources(NAMES, 0.34)))
     archive = archive_of(tmp_path / "media", {n: 1.2 for n in NAMES}, unlike=held)
@@ -263,3 +266,43 @@ def test_with_audio_each_modality_has_its_figure_at_each_level(tmp_path, tiny_mo
         assert figure.losses["total"][level] == pytest.approx(
             figure.losses["video"][level] + figure.losses["audio"][level], abs=2e-6)
     assert figure.mean("audio") > 0 and figure.mean("video") > 0
+
+
+def test_a_lora_that_learns_one_window_by_heart_gets_a_rising_held_out_figure(
+        encoded, tiny_model, tmp_path):
+    """A constructed case of overfitting. One training window; the held-out window has the
+    same closing frames and caption but the opposite lead-in, so whatever the LoRA learns of
+    that one lead-in by heart is wrong for it. The latents are scaled to unit spread, as a
+    real VAE's normalized latents are (the tiny random VAE's spread is about 0.2, so little
+    that the noise swamps what the clips differ in). The training loss falls throughout;
+    the held-out figure falls while the LoRA learns what both windows share, then rises."""
+    spec, source = encoded
+    work = fresh(source, tmp_path / "work")
+    index = json.loads((work / "cache" / "index.json").read_text())
+    train = next(s for s in index["samples"] if not s["heldOut"])
+    held = next(s for s in index["samples"] if s["heldOut"])
+    latents = work / "cache" / "latents"
+    video = load_file(latents / f"{train['id']}.safetensors")["video"]
+    video = video / video.std()
+    suffix = SuffixWindow(train["frames"], train["frameRate"], spec.conditioning_frames)
+    lead_in = slice(0, suffix.first_suffix_latent)
+    opposite = video.clone()
+    opposite[:, lead_in] = -video[:, lead_in]
+    save_file({"video": video}, latents / f"{train['id']}.safetensors")
+    save_file({"video": opposite}, latents / f"{held['id']}.safetensors")
+    held.update({k: train[k] for k in ("caption", "frames", "frameRate", "suffix")})
+    index["samples"] = [train, held]
+    (work / "cache" / "index.json").write_text(json.dumps(index))
+
+    seen = []
+    trainer = Trainer(spec.model_copy(update={"number_of_steps": 200}), tiny_model, work, CPU,
+                      TrainSettings(max_sequence_length=32, checkpoint_every=200,
+                                    validation_every=20),
+                      hooks=TrainerHooks(validated=lambda e, history: seen.append(e.loss)))
+    result = trainer.train(work / "dataset")
+    first, last = np.mean(result.losses[:30]), np.mean(result.losses[-30:])
+    assert last < 0.7 * first, result.losses
+    lowest = int(np.argmin(seen))
+    assert 0 < lowest < len(seen) - 2, seen  # it fell, then it rose
+    assert min(seen[lowest + 1:]) > seen[lowest] and seen[-1] > 1.2 * seen[lowest], seen
+    assert result.validation[-1].step == 200 and result.best_lora is not None
