@@ -16,8 +16,7 @@ from safetensors.torch import save_file
 
 from ltx_contract.outcomes import ExitCode, InvalidInput
 from ltx_trainer.cli import main
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.model.shapes import ModelShapes
 from ltx_trainer.model.source import resolve_model
 from ltx_trainer.model.split_pack import (

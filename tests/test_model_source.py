@@ -14,8 +14,7 @@ from safetensors.torch import save_file
 from ltx_contract.outcomes import ExitCode, InvalidInput
 from ltx_contract.spec import SpecError, parse_spec
 from ltx_trainer.cli import main
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.model.shapes import ModelShapes
 from ltx_trainer.model.single_file import GEMMA_DIR, CheckpointError, SingleFileModel
 from ltx_trainer.model.source import part_location, resolve_model

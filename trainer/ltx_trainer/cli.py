@@ -201,18 +201,10 @@ def cmd_extend(args: argparse.Namespace) -> int:
 def _train_settings(args: argparse.Namespace) -> Any:
     import os
 
-    from .training.trainer import TrainSettings
+    from .training.settings import TrainSettings
 
-    values = {k: getattr(args, k) for k in ("checkpoint_every", "preview_every",
-                                           "validation_every", "preview_steps",
-                                           "max_sequence_length", "seed",
-                                           "low_memory", "checkpointed_blocks",
-                                           "attention_backend", "compile_backend",
-                                           "accumulate", "shard_base", "collective_timeout")
-              if getattr(args, k, None) is not None}
-    if os.environ.get("LTX_EXTEND_SHARD_BASE") == "1":  # the platform's setting (operator)
-        values["shard_base"] = True
-    return TrainSettings(**values)
+    platform = {"shard_base": True} if os.environ.get("LTX_EXTEND_SHARD_BASE") == "1" else {}
+    return TrainSettings.from_options(vars(args), **platform)  # the operator's setting
 
 
 def _with_checkpoint(args: argparse.Namespace, spec: Any) -> Any:
@@ -296,8 +288,10 @@ def cmd_job(args: argparse.Namespace) -> int:
 
     from .dataset import FetchPolicy
     from .progress import ProgressServer, ProgressState
-    from .runner import JobContext, run_stage, write_result
     from .spec_file import read_spec, spec_from_text
+    from .stages.context import JobContext
+    from .stages.dispatch import run_stage
+    from .stages.results import write_result
     from .store import check_run, open_store
     from .training.launch import Ranks
     from .workspace import make_folders

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ltx_contract.billing import cost
 from ltx_contract.outcomes import ExitCode, InvalidInput
@@ -24,6 +24,9 @@ from ltx_contract.result import JobResult
 from ltx_contract.spec import TrainingSpec
 
 from .store import Store, check_run, open_store
+
+if TYPE_CHECKING:
+    from .training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,27 @@ def _resume_key(given: str, store: Store) -> str:
     return given.removeprefix(root).strip("/")
 
 
+def _resumed_run(given: str, store: Store, spec: TrainingSpec) -> tuple[str | None, int]:
+    """The run `--resume` names, checked to exist and to have been started with `spec`;
+    else None and the exit code, the reason printed."""
+    try:
+        run = check_run(_resume_key(given, store))
+    except ValueError as exc:
+        print(f"--resume: {exc}", file=sys.stderr)
+        return None, ExitCode.USAGE
+    recorded = store.get_json(f"{run}/spec.json")
+    if recorded is None:
+        print(f"--resume: there is no run {store.url(run)}", file=sys.stderr)
+        return None, ExitCode.USAGE
+    wanted = json.loads(spec.to_json())
+    if recorded != wanted:
+        changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
+        print(f"--resume: {store.url(run)} was started with another spec "
+              f"({', '.join(changed)} differ)", file=sys.stderr)
+        return None, ExitCode.INVALID_INPUT
+    return run, ExitCode.SUCCESS
+
+
 def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> None:
     print(f"run: {store.url(run)}")
     for label, key in _ARTIFACTS:
@@ -81,12 +105,16 @@ def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> No
     print(f"billable units: {result.billable_units} (${cost(result.billable_units)}){billed}")
 
 
-def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings: Any) -> int:
+def train_locally(args: argparse.Namespace, spec: TrainingSpec | None,
+                  settings: TrainSettings) -> int:
     from .dataset import FetchPolicy
     from .model.choice import choose_model
     from .progress import ProgressServer, ProgressState
-    from .runner import JobContext, local_run_id, read_result, run_local
     from .spec_file import resource_name
+    from .stages.context import JobContext
+    from .stages.dispatch import run_local
+    from .stages.local import local_run_id
+    from .stages.results import read_result
     from .training.launch import Ranks
     from .workspace import make_folders
 
@@ -106,21 +134,9 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
         print(TINY_MODEL_NOTICE, flush=True)
     make_folders()
     if args.resume:
-        try:
-            run = check_run(_resume_key(args.resume, store))
-        except ValueError as exc:
-            print(f"--resume: {exc}", file=sys.stderr)
-            return ExitCode.USAGE
-        recorded = store.get_json(f"{run}/spec.json")
-        if recorded is None:
-            print(f"--resume: there is no run {store.url(run)}", file=sys.stderr)
-            return ExitCode.USAGE
-        given = json.loads(spec.to_json())
-        if recorded != given:
-            changed = sorted(k for k in {*recorded, *given} if recorded.get(k) != given.get(k))
-            print(f"--resume: {store.url(run)} was started with another spec "
-                  f"({', '.join(changed)} differ)", file=sys.stderr)
-            return ExitCode.INVALID_INPUT
+        run, code = _resumed_run(args.resume, store, spec)
+        if run is None:
+            return code
     else:
         model_key = str(Path(model).absolute()) if model and "://" not in str(model) else model
         run = local_run_id(spec, resource_name(args.spec) or args.spec.stem, model_key,

@@ -31,7 +31,7 @@ from .profile import ModelProfile, folder_profile, profile_from_shapes
 from .shapes import ModelShapes
 
 __all__ = ["FolderModel", "Model", "ModelLike", "RandomModel", "WithDtype", "as_model",
-           "compute_dtype", "default_device", "load_component"]
+           "compute_dtype", "default_device", "load_component", "read_profile"]
 
 #: libraries whose classes a model_index.json names directly; any other library name is
 #: a diffusers pipeline module (e.g. "ltx2" → diffusers.pipelines.ltx2), as diffusers reads it
@@ -76,6 +76,11 @@ def load_component(model: ModelLike, name: str, device: torch.device,
                    dtype: torch.dtype | None = None) -> Any:
     """One component of a model or of the folder at a path (`Model.load`)."""
     return as_model(model).load(name, device, dtype)
+
+
+def read_profile(model: ModelLike) -> ModelProfile:
+    """The profile of a model or of the folder at a path, from its configs alone."""
+    return as_model(model).profile
 
 
 def component_class(folder: Path, name: str) -> type:

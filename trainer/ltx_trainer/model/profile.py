@@ -173,14 +173,6 @@ def _decoders(shapes: Any) -> tuple[str, ...]:
     return (CONVOLUTIONAL, *((DIFFUSION,) if DIFFUSION_DECODER in shapes.configs else ()))
 
 
-def read_profile(model: Any) -> ModelProfile:
-    """The profile of a model (`loader.Model`) or of the diffusers folder at a path, from
-    its configs alone (no weights read)."""
-    from .loader import as_model
-
-    return as_model(model).profile
-
-
 def folder_profile(folder: Path) -> ModelProfile:
     """The profile of a diffusers model folder, read from its configs."""
     index = json.loads((folder / "model_index.json").read_text())

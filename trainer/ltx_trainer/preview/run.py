@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,3 +90,38 @@ def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: 
     path = write_reel(parts, dest, manifest.validation[0].frame_rate)
     log.info("validation reel %s", path)
     return path
+
+
+@dataclass
+class ValidationReels:
+    """A training's validation reels, each rendered with the LoRA as it is now on the
+    live transformer and connectors the trainer hands over: every `preview_every` steps
+    (`at_step`) and at the end. With no `folder`, this rank only takes part in the
+    sampling (a sharded base needs every rank in each forward) and writes nothing;
+    `rendered` is told of each reel a step wrote (the log book's strip of frames)."""
+
+    spec: TrainingSpec
+    model: Model
+    work: Path  # the train stage's folder: its dataset/ and cache/
+    device: torch.device
+    steps: int  # denoising steps of each preview
+    seed: int
+    max_sequence_length: int
+    folder: Path | None = None
+    rendered: Callable[[int, Path | None], None] | None = None
+
+    def render(self, transformer: Any, connectors: Any, dest: Path | None) -> Path | None:
+        """The reel written to `dest` (None: sampled only), or None without validation."""
+        if not self.spec.validation:
+            return None
+        models = load_preview_models(self.model, transformer, connectors, self.device,
+                                     self.spec.with_audio)
+        return render_reel(self.spec, self.work / "dataset", self.work / "cache", models,
+                           self.model.profile, dest, steps=self.steps, seed=self.seed,
+                           max_sequence_length=self.max_sequence_length)
+
+    def at_step(self, step: int, transformer: Any, connectors: Any) -> None:
+        dest = self.folder / f"step-{step:06d}.mp4" if self.folder is not None else None
+        reel = self.render(transformer, connectors, dest)
+        if self.rendered is not None:
+            self.rendered(step, reel)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -35,7 +35,7 @@ from ltx_contract.outcomes import Diverged, InvalidInput
 from ltx_contract.spec import TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
-from ..codec.text import DEFAULT_TEXT_TOKENS, pad_left
+from ..codec.text import pad_left
 from ..model.adapter import add_lora
 from ..model.forward import (
     ATTENTION_BACKENDS,
@@ -58,6 +58,7 @@ from .distributed import SINGLE, World
 from .lora import adapter_state, lora_state_dict, training_config, write_lora_file
 from .preprocess import encode_dataset, load_sample
 from .schedule import make_scheduler
+from .settings import TrainSettings
 from .speed import (
     checkpoint_blocks,
     compile_blocks,
@@ -73,37 +74,6 @@ log = logging.getLogger(__name__)
 #: the LoRA of the best validation step: `checkpoints/best/` while training, then this
 #: output beside `lora.safetensors` when that step is not the last
 BEST, BEST_STEP, BEST_LORA = "best", "step.json", "lora_best.safetensors"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    seed: int = 42
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_sequence_length: int = DEFAULT_TEXT_TOKENS
-    log_every: int = 25
-    preview_every: int = 0  # 0: previews only at the end
-    #: steps between validation losses (`validation.py`); 0: at every checkpoint. Always
-    #: at the last step too
-    validation_every: int = 0
-    preview_steps: int = 30
-    #: transformer blocks to checkpoint, the first ones; None: on a GPU the fewest whose
-    #: planned peak fits its memory, on a CPU none
-    checkpointed_blocks: int | None = None
-    attention_backend: str = "auto"  # model.forward.ATTENTION_BACKENDS
-    compile_backend: str | None = None  # torch.compile the blocks with it ("inductor")
-    #: int8 frozen block weights and the 8-bit AdamW (on CUDA): the 22B on a 48 GB card
-    low_memory: bool = False
-    #: samples each process trains per step (its gradients summed, then averaged with the
-    #: other ranks'): the global batch is ranks × accumulate
-    accumulate: int = 1
-    #: shard the frozen base over the node's ranks with FSDP2 (`sharding.py`)
-    shard_base: bool = False
-    #: seconds a collective waits for a peer before the step fails
-    collective_timeout: float = distributed.DEFAULT_COLLECTIVE_TIMEOUT
 
 
 @dataclass
@@ -138,14 +108,24 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass
 class TrainerHooks:
-    """Called as the run goes, so a job can mirror its state to the artifact store and
-    render previews along the way."""
+    """Called as the run goes, so a job can mirror its state to the artifact store."""
 
     cache_ready: Callable[[Path], None] | None = None
     checkpoint_saved: Callable[[Path], None] | None = None
-    preview: Callable[[int], None] | None = None  # every `preview_every` steps, with the step
     #: each validation loss, with every one so far (the history, a resumed run's included)
     validated: Callable[[Evaluation, list[Evaluation]], None] | None = None
+
+
+class Previews(Protocol):
+    """The run's previews, rendered on the live transformer and connectors the trainer
+    hands over (`preview.run.ValidationReels`)."""
+
+    def at_step(self, step: int, transformer: Any, connectors: Any) -> None:
+        """Every `preview_every` steps, before the last."""
+
+    def render(self, transformer: Any, connectors: Any, dest: Path | None) -> Path | None:
+        """The reel written to `dest` (None: sampled, not written), or None without
+        validation clips."""
 
 
 class Interrupted(Exception):
@@ -175,16 +155,17 @@ class Trainer:
     def __init__(self, spec: TrainingSpec, model: ModelLike, work_dir: Path,
                  device: torch.device, settings: TrainSettings | None = None,
                  progress: ProgressCallback | None = None, hooks: TrainerHooks | None = None,
-                 world: World = SINGLE):
+                 world: World = SINGLE, previews: Previews | None = None):
         """`model`: the base model (`model.loader.Model`: a folder, a checkpoint, or random
         weights of a release's shapes), or a folder's path. `world`: this rank's place
         among the ranks (`distributed.init`); all of them construct a Trainer and call
-        `train`."""
+        `train`. `previews`: rendered every `preview_every` steps and by `preview`."""
         self.spec, self.model, self.work_dir = spec, as_model(model), work_dir
         self.device, self.settings = device, settings or TrainSettings()
         self.world = world
         self.progress = progress
         self.hooks = hooks or TrainerHooks()
+        self.previews = previews
         self.checkpoints = Checkpoints(work_dir / "checkpoints", self.settings.keep_checkpoints)
         self.profile = self.model.profile
         if not self.profile.dynamic_shifting:
@@ -468,8 +449,8 @@ class Trainer:
                 self._gather_batches(start)
                 self._checkpoint(step + 1, losses)
             if settings.preview_every and (step + 1) % settings.preview_every == 0 \
-                    and step + 1 < total and self.hooks.preview is not None:
-                self.hooks.preview(step + 1)
+                    and step + 1 < total and self.previews is not None:
+                self.previews.at_step(step + 1, self.transformer, self.connectors)
             if stop_after is not None and step + 1 >= stop_after and step + 1 < total:
                 bar.close()
                 raise Interrupted(f"stopped after step {step + 1}")
@@ -537,6 +518,13 @@ class Trainer:
         every = distributed.gather_objects(self.world, mine)
         self.batches[first:] = [[slot for rank in every for slot in rank[i]]
                                 for i in range(len(mine))]
+
+    def preview(self, dest: Path | None) -> Path | None:
+        """The previews with the LoRA as it is now, written to `dest` (None: sampled only,
+        by a rank the main rank's forwards need); None without previews."""
+        if self.previews is None:
+            return None
+        return self.previews.render(self.transformer, self.connectors, dest)
 
     def release(self) -> None:
         """Drop the model and optimizer, so their memory can be freed."""
