@@ -13,8 +13,7 @@ import torch
 
 from ltx_contract.spec import parse_spec
 from ltx_contract.suffix import SuffixWindow
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.preview.sampler import denoise, initial_streams, prompt_context, sigma_schedule
 from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
 

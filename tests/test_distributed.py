@@ -79,7 +79,9 @@ def two_ranks(archive, tiny_model, tmp_path_factory):
     step 20 is planted in a run folder where `ltx-extend train --processes 2` resumes it on
     two ranks, and one rank is killed after their first checkpoint."""
     from ltx_trainer.dataset import FetchPolicy
-    from ltx_trainer.runner import JobContext, local_run_id, run_stage
+    from ltx_trainer.stages.context import JobContext
+    from ltx_trainer.stages.dispatch import run_stage
+    from ltx_trainer.stages.local import local_run_id
     from ltx_trainer.store import open_store
 
     root = tmp_path_factory.mktemp("two-ranks")
@@ -204,7 +206,7 @@ def test_two_ranks_with_the_base_sharded_train_the_same_lora_and_resume_unsharde
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ltx_trainer.logbook import read_table
-    from ltx_trainer.runner import local_run_id
+    from ltx_trainer.stages.local import local_run_id
 
     request = tmp_path / "door.json"
     closing = archive.parent / "c0.mp4"
@@ -266,7 +268,8 @@ def test_only_the_main_rank_writes_outputs_and_every_write_stays_in_the_work_fol
 def test_a_rank_with_invalid_input_fails_the_whole_run_at_once_with_its_message(
         archive, tiny_model, tmp_path, s3_env):
     from ltx_trainer.dataset import FetchPolicy
-    from ltx_trainer.runner import JobContext, run_stage
+    from ltx_trainer.stages.context import JobContext
+    from ltx_trainer.stages.dispatch import run_stage
     from ltx_trainer.store import open_store
 
     s3_env.client().make_bucket("runs")

@@ -14,8 +14,7 @@ from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.codec.text import encode_texts, text_key
 from ltx_trainer.dataset.media import probe
 from ltx_trainer.dataset.prepare import fit_closing_clip
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.preview.ending import (
     OUTPUT_AUDIO_RATE,
     FittedClip,

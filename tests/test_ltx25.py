@@ -16,8 +16,7 @@ from safetensors.torch import save_file
 
 from ltx_contract.outcomes import ExitCode, InvalidInput
 from ltx_trainer.cli import main
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.model.shapes import ModelShapes
 from ltx_trainer.model.source import resolve_model
 from ltx_trainer.model.split_pack import (
@@ -59,7 +58,7 @@ def _rewrite(path: Path, drop: str = "", metadata: dict[str, str] | None = None)
 def test_the_pack_resolves_to_the_folders_model(pack: dict[str, Path], tmp_path: Path) -> None:
     model = resolve_model(pack["split"], tmp_path)
     assert isinstance(model, SplitPackModel)
-    assert Path(model) == pack["split"] and model.name == pack["split"].name
+    assert model.checkpoint == pack["split"] and model.name == pack["split"].name
     assert read_profile(model) == read_profile(pack["diffusers"])
     assert read_profile(model).decoders == ("convolutional", "diffusion")
     assert model.files["vae"].name == VIDEO_VAE_FILES["convolutional"]  # the lighter file

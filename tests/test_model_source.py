@@ -14,8 +14,7 @@ from safetensors.torch import save_file
 from ltx_contract.outcomes import ExitCode, InvalidInput
 from ltx_contract.spec import SpecError, parse_spec
 from ltx_trainer.cli import main
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.model.shapes import ModelShapes
 from ltx_trainer.model.single_file import GEMMA_DIR, CheckpointError, SingleFileModel
 from ltx_trainer.model.source import part_location, resolve_model
@@ -40,7 +39,7 @@ def layouts(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def test_a_single_file_resolves_to_the_model_every_loader_takes(layouts, tmp_path) -> None:
     model = resolve_model(layouts["single-file"], tmp_path, layouts["gemma"])
     assert isinstance(model, SingleFileModel)
-    assert Path(model) == layouts["single-file"] and model.name == layouts["single-file"].name
+    assert model.checkpoint == layouts["single-file"] and model.name == layouts["single-file"].name
     # the profile comes from the file's configs, the same as the diffusers folder's
     assert read_profile(model) == read_profile(layouts["diffusers"])
     folder_scheduler = load_component(layouts["diffusers"], "scheduler", CPU)
@@ -48,7 +47,7 @@ def test_a_single_file_resolves_to_the_model_every_loader_takes(layouts, tmp_pat
     assert load_component(model, "tokenizer", CPU)("a square").input_ids == \
         load_component(layouts["diffusers"], "tokenizer", CPU)("a square").input_ids
     # a folder resolves to itself; a file:// checkpoint is used where it lies
-    assert resolve_model(layouts["diffusers"], tmp_path) == layouts["diffusers"]
+    assert resolve_model(layouts["diffusers"], tmp_path).path == layouts["diffusers"]
     by_url = resolve_model(layouts["single-file"].as_uri(), tmp_path, layouts["gemma"].as_uri())
     assert by_url.checkpoint == layouts["single-file"] and not any(tmp_path.iterdir())
 

@@ -18,8 +18,7 @@ from ltx_trainer.codec.text import encode_texts, text_key
 from ltx_trainer.codec.video import read_video
 from ltx_trainer.dataset.media import probe
 from ltx_trainer.dataset.prepare import fit_closing_clip
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.preview.reel import ReelPart, write_reel
 from ltx_trainer.preview.sampler import Models, extend_backward
 

@@ -11,8 +11,7 @@ import torch
 from ltx_contract.spec import parse_spec
 from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.codec.text import encode_texts, text_key
-from ltx_trainer.model.loader import load_component
-from ltx_trainer.model.profile import read_profile
+from ltx_trainer.model.loader import load_component, read_profile
 from ltx_trainer.preview.sampler import Models, extend_backward
 from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
 

@@ -105,7 +105,7 @@ def _sample_with_the_reloaded_lora(model: object, lora_file: Path, texts: dict,
                                    suffix: SuffixWindow, with_audio: bool) -> None:
     from diffusers import LTX2Pipeline
 
-    from ltx_trainer.model.profile import read_profile
+    from ltx_trainer.model.loader import read_profile
 
     profile = read_profile(model)
     dtype = compute_dtype(CPU)  # fp32: bf16 matmuls on a CPU without bf16 units crawl

@@ -67,12 +67,12 @@ def _run(model: Path, *, shard: bool, checkpointed: int = 0, lora_seed: int = SE
     from diffusers.training_utils import cast_training_params
 
     from ltx_trainer.model.adapter import add_lora
-    from ltx_trainer.training.parts import ModelParts
+    from ltx_trainer.model.loader import FolderModel, WithDtype
     from ltx_trainer.training.sharding import shard_frozen_base
     from ltx_trainer.training.speed import checkpoint_blocks
     from ltx_trainer.training.strategy import SuffixStrategy
 
-    parts = ModelParts.from_model(model, dtype)
+    parts = WithDtype(FolderModel(model), dtype) if dtype else FolderModel(model)
     transformer = parts.load("transformer", CPU)
     spec = _spec()
     strategy = SuffixStrategy.for_training(spec, parts.profile,

@@ -19,7 +19,6 @@ from ltx_trainer.model.single_file import (
     GEMMA_DIR,
     CheckpointError,
     describe_single_file,
-    load_single_file_component,
     original_key,
 )
 from ltx_trainer.model.writer import write_layouts
@@ -119,8 +118,8 @@ def test_describe_reads_the_header_only(real: RealShapeModels) -> None:
 @pytest.mark.parametrize("name", ["transformer", "connectors", "vae", "audio_vae", "vocoder",
                                   "text_encoder"])
 def test_component_equals_the_diffusers_layout(real: RealShapeModels, name: str) -> None:
-    from_single = load_single_file_component(real.checkpoint, real.gemma, name, CPU,
-                                             torch.bfloat16)
+    from_single = describe_single_file(real.checkpoint, real.gemma).load(name, CPU,
+                                                                         torch.bfloat16)
     from_folder = _diffusers_component(real.diffusers, name)
     assert type(from_single) is type(from_folder)
     assert not from_single.training and not any(p.requires_grad

@@ -13,7 +13,7 @@ from ltx_contract.spec import parse_spec
 from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.model.adapter import set_input_casting
 from ltx_trainer.model.forward import AttentionKernels, TextContext
-from ltx_trainer.training.parts import ModelParts
+from ltx_trainer.model.loader import FolderModel, WithDtype
 from ltx_trainer.training.speed import checkpoint_blocks, make_optimizer, planned_checkpointing
 from ltx_trainer.training.trainer import Trainer, TrainSettings, step_generator
 
@@ -100,9 +100,9 @@ def test_the_optimizer_is_fused_on_cuda_and_takes_the_lora_as_it_is():
 def real_width(real_shape_models, tmp_path_factory):
     """A trainer on the one-block LTX-2.3 model at its real widths, in bf16 (as on a GPU)
     on the CPU."""
-    parts = ModelParts.from_model(real_shape_models.diffusers, dtype=BF16)
-    trainer = Trainer(spec(rank=8), None, tmp_path_factory.mktemp("rw"), CPU,
-                      TrainSettings(max_sequence_length=128), parts=parts)
+    model = WithDtype(FolderModel(real_shape_models.diffusers), BF16)
+    trainer = Trainer(spec(rank=8), model, tmp_path_factory.mktemp("rw"), CPU,
+                      TrainSettings(max_sequence_length=128))
     trainer._load()
     sample, suffix = sample_for(trainer, 2, 2, tokens=7)
     yield trainer, sample, trainer.prepare(sample, suffix, step_generator(0, 0))

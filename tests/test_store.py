@@ -181,13 +181,13 @@ def test_a_model_given_by_url_is_downloaded_once_and_an_interrupted_download_res
     caplog.set_level(logging.INFO, logger="ltx_trainer.model.source")
     url = tiny_model.as_uri()
     cache = tmp_path / "model-cache"
-    first = resolve_model(url, cache)
+    first = resolve_model(url, cache).path
     assert first.parent == cache and (first / "model_index.json").is_file()
     files = sorted(p.relative_to(tiny_model) for p in tiny_model.rglob("*") if p.is_file())
     assert sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file()) == files
     stamps = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
     caplog.clear()
-    assert resolve_model(url, cache) == first  # a retried pod on the same volume
+    assert resolve_model(url, cache).path == first  # a retried pod on the same volume
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == stamps
     assert "found in the model cache" in caplog.text
 
@@ -200,7 +200,7 @@ def test_a_model_given_by_url_is_downloaded_once_and_an_interrupted_download_res
         shutil.copyfile(tiny_model / relative, partial / relative)
     inodes = {r: (partial / r).stat().st_ino for r in kept}
     caplog.clear()
-    resumed = resolve_model(url, other)
+    resumed = resolve_model(url, other).path
     assert {r: (resumed / r).stat().st_ino for r in kept} == inodes  # not fetched again
     assert f"({len(files) - len(kept)} of {len(files)} files)" in caplog.text
     assert not partial.exists()

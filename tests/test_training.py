@@ -20,7 +20,8 @@ from ltx_trainer.codec.latents import pack_video
 from ltx_trainer.codec.text import encode_texts, load_text, text_key
 from ltx_trainer.dataset import FetchPolicy, PrepareSettings, prepare_dataset
 from ltx_trainer.model.lora import LORA_PREFIX
-from ltx_trainer.runner import JobContext, run_local
+from ltx_trainer.stages.context import JobContext
+from ltx_trainer.stages.dispatch import run_local
 from ltx_trainer.store import open_store
 from ltx_trainer.training.preprocess import encode_dataset, load_sample
 from ltx_trainer.training.trainer import Interrupted, Trainer, TrainSettings, step_generator
@@ -291,10 +292,10 @@ def test_a_diverging_run_fails_at_once_keeps_the_last_good_checkpoint_and_bills_
     assert all(torch.isfinite(t.float()).all() for t in load_file(kept / "lora.safetensors")
                .values())
 
-    # through the runner: a failed result with the reason, and 0 billed
+    # through the stages: a failed result with the reason, and 0 billed
     store = tmp_path / "store"
     ctx = JobContext(spec=spec, store=open_store(store.as_uri()), run="local/diverge/1",
-                     work_dir=tmp_path / "run", model_dir=tiny_model,
+                     work_dir=tmp_path / "run", model=tiny_model,
                      fetch=FetchPolicy(allow_file_urls=True), train_settings=settings, device=CPU)
     result = run_local(ctx)[-1]
     assert (result.stage, result.outcome, result.reason) == ("train", "Failed", "Diverged")

@@ -21,7 +21,9 @@ from ltx_contract.spec import parse_spec
 from ltx_contract.suffix import SuffixWindow
 from ltx_trainer.dataset import FetchPolicy, PrepareSettings, prepare_dataset
 from ltx_trainer.logbook import read_table
-from ltx_trainer.runner import JobContext, _fetch_train_inputs, run_local
+from ltx_trainer.stages.context import JobContext
+from ltx_trainer.stages.dispatch import run_local
+from ltx_trainer.stages.train import fetch_train_inputs
 from ltx_trainer.store import open_store
 from ltx_trainer.training.preprocess import encode_dataset
 from ltx_trainer.training.trainer import Interrupted, Trainer, TrainerHooks, TrainSettings
@@ -180,7 +182,7 @@ def test_each_figure_is_logged_and_the_best_steps_lora_is_kept_when_a_later_one_
     held = next(iter(held_out_sources(NAMES, 0.34)))
     archive = archive_of(tmp_path / "media", {n: 1.2 for n in NAMES}, unlike=held)
     ctx = JobContext(spec=make_spec(archive), store=open_store(str(tmp_path / "out")),
-                     run="local/overfit/1", work_dir=tmp_path / "work", model_dir=tiny_model,
+                     run="local/overfit/1", work_dir=tmp_path / "work", model=tiny_model,
                      local_run=True, fetch=FetchPolicy(allow_file_urls=True),
                      train_settings=TrainSettings(max_sequence_length=32, checkpoint_every=50,
                                                   validation_every=10))
@@ -216,7 +218,7 @@ def test_each_figure_is_logged_and_the_best_steps_lora_is_kept_when_a_later_one_
         assert not torch.equal(f.get_tensor(name), last.get_tensor(name))
     # it went to the store with the checkpoints: a pod that takes over gets it back
     next_pod = replace(ctx, work_dir=tmp_path / "next-pod")
-    _fetch_train_inputs(next_pod)
+    fetch_train_inputs(next_pod)
     kept = next_pod.work_dir / "train" / "checkpoints" / "best"
     assert json.loads((kept / "step.json").read_text()) == {"step": best_step}
     assert (kept / "lora.safetensors").read_bytes() == best.read_bytes()

@@ -113,10 +113,10 @@ class ReusedParts:
     def __getattr__(self, name: str) -> Any:  # profile, shapes, name
         return getattr(self.parts, name)
 
-    def load(self, name: str, device: torch.device) -> Any:
+    def load(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
         if name not in self.built:
             start = time.perf_counter()
-            self.built[name] = self.parts.load(name, device)
+            self.built[name] = self.parts.load(name, device, dtype)
             _sync(device)
             self.build_seconds[name] = time.perf_counter() - start
         return self.built[name]
@@ -135,13 +135,13 @@ class ReusedParts:
 
 def model_parts(args: argparse.Namespace) -> Any:
     """The transformer and connectors to measure: a release's shapes, or a model."""
+    from ltx_trainer.model.loader import RandomModel, WithDtype
     from ltx_trainer.model.shapes import shapes_named
     from ltx_trainer.model.source import resolve_model
-    from ltx_trainer.training.parts import ModelParts
 
     if args.shapes:
         shapes = shapes_named(args.shapes)
-        return ModelParts.from_shapes(shapes.cut_depth() if args.one_block else shapes)
+        return RandomModel(shapes.cut_depth() if args.one_block else shapes)
     # bf16 weights on any device, as on a GPU (a CPU would load them in fp32)
     text_encoder = args.text_encoder
     if text_encoder is None and args.model is not None and args.model.is_file():
@@ -149,7 +149,7 @@ def model_parts(args: argparse.Namespace) -> Any:
 
         text_encoder = args.model.parent / GEMMA_DIR
     model = resolve_model(args.model, text_encoder=text_encoder)
-    return ModelParts.from_model(model, dtype=torch.bfloat16)
+    return WithDtype(model, torch.bfloat16)
 
 
 # -- one case ----------------------------------------------------------------------------
@@ -222,8 +222,8 @@ def run_case(case: Case, parts: ReusedParts, device: torch.device, *, steps: int
         max_sequence_length=max_sequence_length, attention_backend=variant.attention,
         compile_backend=variant.compile_backend, low_memory=variant.low_memory,
         checkpointed_blocks=depth if variant.all_checkpointed else None)
-    trainer = Trainer(case.spec, None, Path(tempfile.mkdtemp(prefix="bench-step-")), device,
-                      settings, parts=parts)
+    trainer = Trainer(case.spec, parts, Path(tempfile.mkdtemp(prefix="bench-step-")), device,
+                      settings)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -320,7 +320,7 @@ def plan_beside(result: dict[str, Any], case: Case, trainer: Any,
     from ltx_trainer.training.speed import device_memory_gib, step_plan
 
     key = gpu_key(device) or "h100"
-    plan = step_plan(trainer.parts.shapes, step_shape(case, trainer, sample),
+    plan = step_plan(trainer.model.shapes, step_shape(case, trainer, sample),
                      device_memory_gib(device) or 80.0, key)
     connector_flops = plan.connector_flops
     blocks = result["checkpointedBlocks"]

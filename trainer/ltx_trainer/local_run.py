@@ -16,14 +16,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ltx_contract.billing import cost
-from ltx_contract.outcomes import ExitCode
+from ltx_contract.outcomes import ExitCode, InvalidInput
 from ltx_contract.result import JobResult
 from ltx_contract.spec import TrainingSpec
 
 from .store import Store, check_run, open_store
+
+if TYPE_CHECKING:
+    from .training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +56,6 @@ def default_work(output: str | None) -> Path:
     return Path(tempfile.gettempdir()) / "ltx-extend-work"
 
 
-def _model_source(args: argparse.Namespace, spec: TrainingSpec) -> tuple[str | None, str | None]:
-    """(the model to use, or None for the tiny model; a problem with it, if any)."""
-    if args.model:
-        if not args.model.startswith(("s3://", "file://")) and not (
-                Path(args.model) / "model_index.json").is_file():
-            return None, f"--model {args.model} is not a diffusers model folder (no " \
-                "model_index.json)"
-        return args.model, None
-    if spec.model and spec.model.url:
-        return spec.model.url, None
-    if spec.model and spec.model.claim_name:
-        return None, (f"spec.model.claimName ({spec.model.claim_name}) names a "
-                      "PersistentVolumeClaim, which a local run cannot mount: give the "
-                      "model folder with --model DIR")
-    return None, None
-
-
 def _resume_key(given: str, store: Store) -> str:
     """A run key from `--resume`: the key itself (`local/NAME/ID`), or the run's folder
     as printed (a path or a URL in the output)."""
@@ -85,6 +71,27 @@ def _resume_key(given: str, store: Store) -> str:
     return given.removeprefix(root).strip("/")
 
 
+def _resumed_run(given: str, store: Store, spec: TrainingSpec) -> tuple[str | None, int]:
+    """The run `--resume` names, checked to exist and to have been started with `spec`;
+    else None and the exit code, the reason printed."""
+    try:
+        run = check_run(_resume_key(given, store))
+    except ValueError as exc:
+        print(f"--resume: {exc}", file=sys.stderr)
+        return None, ExitCode.USAGE
+    recorded = store.get_json(f"{run}/spec.json")
+    if recorded is None:
+        print(f"--resume: there is no run {store.url(run)}", file=sys.stderr)
+        return None, ExitCode.USAGE
+    wanted = json.loads(spec.to_json())
+    if recorded != wanted:
+        changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
+        print(f"--resume: {store.url(run)} was started with another spec "
+              f"({', '.join(changed)} differ)", file=sys.stderr)
+        return None, ExitCode.INVALID_INPUT
+    return run, ExitCode.SUCCESS
+
+
 def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> None:
     print(f"run: {store.url(run)}")
     for label, key in _ARTIFACTS:
@@ -98,11 +105,16 @@ def _print_outputs(store: Store, run: str, result: JobResult, billed: str) -> No
     print(f"billable units: {result.billable_units} (${cost(result.billable_units)}){billed}")
 
 
-def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings: Any) -> int:
+def train_locally(args: argparse.Namespace, spec: TrainingSpec | None,
+                  settings: TrainSettings) -> int:
     from .dataset import FetchPolicy
+    from .model.choice import choose_model
     from .progress import ProgressServer, ProgressState
-    from .runner import JobContext, local_run_id, read_result, run_local
     from .spec_file import resource_name
+    from .stages.context import JobContext
+    from .stages.dispatch import run_local
+    from .stages.local import local_run_id
+    from .stages.results import read_result
     from .training.launch import Ranks
     from .workspace import make_folders
 
@@ -113,31 +125,20 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
     except ValueError as exc:
         print(f"--output: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    model, problem = _model_source(args, spec)
-    if problem:
-        print(problem, file=sys.stderr)
+    try:
+        model = choose_model(spec.model, args.model, local=True).source
+    except InvalidInput as exc:
+        print(exc.message, file=sys.stderr)
         return ExitCode.INVALID_INPUT
     if model is None:
         print(TINY_MODEL_NOTICE, flush=True)
     make_folders()
     if args.resume:
-        try:
-            run = check_run(_resume_key(args.resume, store))
-        except ValueError as exc:
-            print(f"--resume: {exc}", file=sys.stderr)
-            return ExitCode.USAGE
-        recorded = store.get_json(f"{run}/spec.json")
-        if recorded is None:
-            print(f"--resume: there is no run {store.url(run)}", file=sys.stderr)
-            return ExitCode.USAGE
-        given = json.loads(spec.to_json())
-        if recorded != given:
-            changed = sorted(k for k in {*recorded, *given} if recorded.get(k) != given.get(k))
-            print(f"--resume: {store.url(run)} was started with another spec "
-                  f"({', '.join(changed)} differ)", file=sys.stderr)
-            return ExitCode.INVALID_INPUT
+        run, code = _resumed_run(args.resume, store, spec)
+        if run is None:
+            return code
     else:
-        model_key = str(Path(model).absolute()) if model and "://" not in model else model
+        model_key = str(Path(model).absolute()) if model and "://" not in str(model) else model
         run = local_run_id(spec, resource_name(args.spec) or args.spec.stem, model_key,
                            settings.seed, settings.max_sequence_length)
     stage = JobContext(spec=spec, store=store, run=run, work_dir=Path())
@@ -150,7 +151,7 @@ def train_locally(args: argparse.Namespace, spec: TrainingSpec | None, settings:
     scratch = args.work / "runs" / run.replace("/", "-")
     state = ProgressState()
     processes = getattr(args, "processes", 1)
-    ctx = JobContext(spec=spec, store=store, run=run, work_dir=scratch, model_dir=model,
+    ctx = JobContext(spec=spec, store=store, run=run, work_dir=scratch, model=model,
                      model_cache=args.model_cache, local_run=True, progress=state,
                      fetch=FetchPolicy(allow_file_urls=True,
                                        allow_private_networks=args.allow_private_networks),

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from ..model.loader import ModelLike
 
 CACHE_DTYPE = torch.bfloat16
 #: text tokens a prompt is padded or cut to unless a setting says otherwise
@@ -26,15 +30,16 @@ def text_key(text: str) -> str:
 
 
 @torch.no_grad()
-def encode_texts(model_dir: Path, texts: list[str], device: torch.device,
+def encode_texts(model: ModelLike, texts: list[str], device: torch.device,
                  max_sequence_length: int) -> dict[str, torch.Tensor]:
     """Gemma features per text (keyed by `text_key`): (real tokens, features), bf16, CPU."""
     from diffusers import LTX2Pipeline
 
-    from ..model.loader import load_component
+    from ..model.loader import as_model
 
-    tokenizer = load_component(model_dir, "tokenizer", device)
-    text_encoder = load_component(model_dir, "text_encoder", device)
+    model = as_model(model)
+    tokenizer = model.load("tokenizer", device)
+    text_encoder = model.load("text_encoder", device)
     pipe = LTX2Pipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
                         tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
     out = {}

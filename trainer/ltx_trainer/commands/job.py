@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..dataset import FetchPolicy
     from ..progress import ProgressServer, ProgressState
-    from ..runner import JobContext, run_stage, write_result
     from ..spec_file import read_spec, spec_from_text
+    from ..stages.context import JobContext
+    from ..stages.dispatch import run_stage
+    from ..stages.results import write_result
     from ..store import check_run, open_store
     from ..training.launch import Ranks
     from ..workspace import make_folders
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr)
         return result.exit_code
     ctx = JobContext(
-        spec=spec, store=store, run=run, work_dir=args.work, model_dir=args.model,
+        spec=spec, store=store, run=run, work_dir=args.work, model=args.model,
         text_encoder=args.text_encoder, model_cache=args.model_cache,
         fetch=FetchPolicy(allow_file_urls=args.allow_file_urls,
                           allow_private_networks=args.allow_private_networks),

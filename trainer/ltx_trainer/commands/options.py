@@ -92,15 +92,7 @@ def train_settings(args: argparse.Namespace) -> Any:
     """The trainer's settings from `training_options`' flags."""
     import os
 
-    from ..training.trainer import TrainSettings
+    from ..training.settings import TrainSettings
 
-    values = {k: getattr(args, k) for k in ("checkpoint_every", "preview_every",
-                                           "validation_every", "preview_steps",
-                                           "max_sequence_length", "seed",
-                                           "low_memory", "checkpointed_blocks",
-                                           "attention_backend", "compile_backend",
-                                           "accumulate", "shard_base", "collective_timeout")
-              if getattr(args, k, None) is not None}
-    if os.environ.get("LTX_EXTEND_SHARD_BASE") == "1":  # the platform's setting (operator)
-        values["shard_base"] = True
-    return TrainSettings(**values)
+    platform = {"shard_base": True} if os.environ.get("LTX_EXTEND_SHARD_BASE") == "1" else {}
+    return TrainSettings.from_options(vars(args), **platform)  # the operator's setting

@@ -66,7 +66,8 @@ def _with_checkpoint(args: argparse.Namespace, spec: Any) -> Any:
     from ltx_contract.outcomes import InvalidInput
     from ltx_contract.spec import ModelSource
 
-    from ..model.source import STORE_SCHEMES, is_checkpoint, resolve_model
+    from ..model.choice import ModelChoice
+    from ..model.source import STORE_SCHEMES, is_checkpoint
     from ..model.split_pack import is_split_transformer
 
     parts = {"text_encoder": args.text_encoder, "video_vae": getattr(args, "video_vae", None),
@@ -91,8 +92,7 @@ def _with_checkpoint(args: argparse.Namespace, spec: Any) -> Any:
     urls = {k: as_url(v) for k, v in parts.items() if v}
     if local and all(u.startswith("file://") for u in urls.values()):
         # all local: checked here, before any work (a URL is checked by the run, first)
-        resolve_model(checkpoint, args.model_cache, urls.get("text_encoder"),
-                      video_vae=urls.get("video_vae"), audio_vae=urls.get("audio_vae"))
+        ModelChoice(checkpoint, **urls).resolve(args.model_cache)
     args.model = args.text_encoder = None
     return spec.model_copy(update={"model": ModelSource(url=checkpoint, **urls)})
 

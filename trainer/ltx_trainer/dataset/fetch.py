@@ -4,7 +4,7 @@ http(s):// is streamed to disk with a size cap, timeouts and bounded retries; ev
 hop (redirects included) is checked on the address it resolves to, and the request
 goes to that very address, so a name cannot resolve differently between the check
 and the connection. s3:// goes through the minio client with credentials from the
-environment; file:// only where the runner allows it (local runs).
+environment; file:// only where the stage allows it (local runs).
 
 Messages name the host and the HTTP status, never credentials or query strings.
 """

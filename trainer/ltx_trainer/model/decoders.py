@@ -10,12 +10,15 @@ has no fast neighbourhood attention for it). The choice is logged.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .device import device_memory_gib
 from .profile import CONVOLUTIONAL, DIFFUSION, ModelProfile
+
+if TYPE_CHECKING:
+    from .loader import Model
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,8 @@ def choose_decoder(profile: ModelProfile, device: torch.device) -> str:
     return choice
 
 
-def load_video_decoder(model: Any, profile: ModelProfile, device: torch.device) -> Any | None:
+def load_video_decoder(model: Model, device: torch.device) -> Any | None:
     """The diffusion decoder when it is the one chosen, else None (the VAE decodes)."""
-    if choose_decoder(profile, device) != DIFFUSION:
+    if choose_decoder(model.profile, device) != DIFFUSION:
         return None
-    from .loader import load_component
-
-    return load_component(model, DIFFUSION_DECODER, device)
+    return model.load(DIFFUSION_DECODER, device)

@@ -148,10 +148,10 @@ def profile_from_configs(transformer: dict[str, Any], connectors: dict[str, Any]
     )
 
 
-def _config(model_dir: Path, name: str, filename: str) -> dict[str, Any]:
-    path = model_dir / name / filename
+def _config(folder: Path, name: str, filename: str) -> dict[str, Any]:
+    path = folder / name / filename
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has no {name}/{filename}")
+        raise FileNotFoundError(f"{folder} has no {name}/{filename}")
     return json.loads(path.read_text())
 
 
@@ -173,25 +173,17 @@ def _decoders(shapes: Any) -> tuple[str, ...]:
     return (CONVOLUTIONAL, *((DIFFUSION,) if DIFFUSION_DECODER in shapes.configs else ()))
 
 
-def read_profile(model: Any) -> ModelProfile:
-    """The profile of a model (`loader.Model`: a diffusers folder, or a checked single-file
-    checkpoint, whose configs are its shapes), from its configs alone (no weights read)."""
-    profile = getattr(model, "profile", None)
-    if profile is not None:  # a checked split pack: read when it was checked
-        return profile
-    shapes = getattr(model, "shapes", None)
-    if shapes is not None:  # a single file: the configs it was checked against
-        return profile_from_shapes(shapes)
-    model_dir = Path(model)
-    index = json.loads((model_dir / "model_index.json").read_text())
+def folder_profile(folder: Path) -> ModelProfile:
+    """The profile of a diffusers model folder, read from its configs."""
+    index = json.loads((folder / "model_index.json").read_text())
     vocoder = index.get("vocoder") or [None, "LTX2Vocoder"]
-    text_config = model_dir / "text_encoder" / "config.json"
+    text_config = folder / "text_encoder" / "config.json"
     decoders = (CONVOLUTIONAL, *((DIFFUSION,) if (index.get("diffusion_decoder") or [None])[0]
                                 else ()))
     return profile_from_configs(
-        _config(model_dir, "transformer", "config.json"),
-        _config(model_dir, "connectors", "config.json"),
-        _config(model_dir, "scheduler", "scheduler_config.json"),
+        _config(folder, "transformer", "config.json"),
+        _config(folder, "connectors", "config.json"),
+        _config(folder, "scheduler", "scheduler_config.json"),
         vocoder_class=vocoder[1] or "LTX2Vocoder",
         text_encoder=json.loads(text_config.read_text()) if text_config.is_file() else None,
         decoders=decoders)

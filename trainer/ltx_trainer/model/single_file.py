@@ -29,6 +29,7 @@ import torch
 
 from ltx_contract.outcomes import InvalidInput
 
+from .profile import ModelProfile, profile_from_shapes
 from .shapes import COMPONENTS, LTX_2_3, ModelShapes, build_meta, component_class, shapes_named
 
 log = logging.getLogger(__name__)
@@ -375,12 +376,13 @@ class SingleFileModel:
         """The checkpoint's file name: what a LoRA's config records as its base model."""
         return self.checkpoint.name
 
-    def __fspath__(self) -> str:  # the model is its checkpoint file, wherever a path is asked
-        return str(self.checkpoint)
+    @property
+    def profile(self) -> ModelProfile:
+        """The profile of the configs the files were checked against."""
+        return profile_from_shapes(self.shapes)
 
     def load(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-        """One component, in eval mode and frozen, on `device` (the contract of
-        `loader.load_component`)."""
+        """One component, in eval mode and frozen, on `device` (`loader.Model.load`)."""
         from .device import compute_dtype
 
         dtype = dtype or compute_dtype(device)
@@ -555,9 +557,3 @@ def _check_gemma(checkpoint: Path, folder: Path | None, shapes: ModelShapes) -> 
             f"are not what {checkpoint.name}'s connectors take ({wanted[0]} wide, "
             f"{wanted[1]} hidden states: Gemma-3-12B for the LTX-2 releases)")
 
-
-def load_single_file_component(checkpoint: Path, text_encoder_dir: Path | None, name: str,
-                               device: torch.device, dtype: torch.dtype | None = None,
-                               shapes: ModelShapes | str | None = None) -> Any:
-    """`loader.load_component` for a single-file checkpoint and its Gemma-3 folder."""
-    return describe_single_file(checkpoint, text_encoder_dir, shapes).load(name, device, dtype)

@@ -161,7 +161,6 @@ def part_location(part: str | None, model: str | Path | None) -> str | None:
     return str(Path(model).parent / part)
 
 
-
 def resolve_model(source: Path | str | None, cache: Path | None = None,
                   text_encoder: Path | str | None = None, *,
                   video_vae: Path | str | None = None, audio_vae: Path | str | None = None,
@@ -173,17 +172,17 @@ def resolve_model(source: Path | str | None, cache: Path | None = None,
     with None, the tiny model (written into `cache`). `version` ("ltx-2.5"), where given,
     must be what the files are. Jobs never pass None: they refuse a training without a
     model before they get here."""
-    from .profile import read_profile
+    from .loader import FolderModel
 
     cache = cache or default_model_cache()
     if source is None:
         if text_encoder is not None or video_vae is not None or audio_vae is not None:
             raise InvalidInput("a text encoder or VAE was given without a model: it goes with "
                                "a checkpoint")
-        return tiny_model(cache)
+        return FolderModel(tiny_model(cache))
     model = _resolve(source, cache, text_encoder, video_vae, audio_vae, version)
     try:
-        profile = read_profile(model)
+        profile = model.profile
     except (ValueError, FileNotFoundError) as exc:
         raise InvalidInput(f"{source}: {exc}") from None
     if version is not None and version != profile.name:
@@ -195,6 +194,7 @@ def resolve_model(source: Path | str | None, cache: Path | None = None,
 def _resolve(source: Path | str, cache: Path, text_encoder: Path | str | None,
              video_vae: Path | str | None, audio_vae: Path | str | None,
              version: str | None) -> Model:
+    from .loader import FolderModel
     from .single_file import CheckpointError, describe_single_file
     from .split_pack import describe_split_pack, is_split_transformer
 
@@ -208,7 +208,7 @@ def _resolve(source: Path | str, cache: Path, text_encoder: Path | str | None,
             raise InvalidInput(
                 f"{source} is a diffusers model folder, which has its own text_encoder/ and "
                 "VAEs: a separate text encoder or VAE goes with a checkpoint only")
-        return folder
+        return FolderModel(folder)
     no_text_encoder = CheckpointError(f"{source} holds no text encoder: give its Gemma-3 folder "
                                       "(config.json, the weights and the tokenizer) as well")
     if url and text_encoder is None and version == "ltx-2.3":  # before tens of GB download

@@ -125,11 +125,8 @@ class SplitPackModel:
         """The transformer file's name: what a LoRA's config records as its base model."""
         return self.checkpoint.name
 
-    def __fspath__(self) -> str:
-        return str(self.checkpoint)
-
     def load(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-        """One component, in eval mode and frozen, on `device` (`loader.load_component`)."""
+        """One component, in eval mode and frozen, on `device` (`loader.Model.load`)."""
         from .device import compute_dtype
 
         dtype = dtype or compute_dtype(device)

@@ -17,11 +17,9 @@ from ltx_contract.suffix import SuffixWindow
 from ..codec.text import DEFAULT_TEXT_TOKENS, encode_texts, text_key
 from ..dataset.media import Undecodable, frames_in, probe
 from ..dataset.prepare import fit_closing_clip
-from ..model.decoders import load_video_decoder
 from ..model.lora import check_lora_version, load_lora, read_lora_config
-from ..model.profile import read_profile
 from .ending import FittedClip, write_extension
-from .sampler import Models, extend_backward
+from .sampler import extend_backward
 
 
 @dataclass
@@ -53,7 +51,7 @@ def extend_clip(request: ExtendRequest, device: torch.device,
     """Check the clip, then generate; the model (`resolve_model(model, text_encoder=…)`,
     `source.resolve_model`) is resolved only once the input is known to be good, and
     refused before anything is encoded when it cannot be used."""
-    from ..model.loader import load_component
+    from .run import load_preview_models
 
     config = read_lora_config(request.lora)
     cf = request.conditioning_frames or int(config.get("conditioningFrames", 8))
@@ -75,23 +73,17 @@ def extend_clip(request: ExtendRequest, device: torch.device,
                          frame_size(request.resolution, request.aspect), video_path,
                          wav if request.audio else None, normalize=True, preserve_pitch=True)
         fitted = FittedClip.read(video_path, wav if request.audio else None)
-    request.model = resolve_model(request.model, text_encoder=request.text_encoder,
-                                  video_vae=request.video_vae, audio_vae=request.audio_vae)
-    profile = read_profile(request.model)
+    model = resolve_model(request.model, text_encoder=request.text_encoder,
+                          video_vae=request.video_vae, audio_vae=request.audio_vae)
+    profile = model.profile
     if request.lora is not None:  # before anything is encoded
         check_lora_version(request.lora, profile.name)
-    texts = encode_texts(request.model, [request.prompt, request.negative_prompt], device, length)
-    transformer = load_component(request.model, "transformer", device)
+    texts = encode_texts(model, [request.prompt, request.negative_prompt], device, length)
+    transformer = model.load("transformer", device)
     if request.lora is not None:
         load_lora(transformer, request.lora, model_version=profile.name)
-    models = Models(
-        transformer=transformer, connectors=load_component(request.model, "connectors", device),
-        vae=load_component(request.model, "vae", device),
-        audio_vae=load_component(request.model, "audio_vae", device) if request.audio else None,
-        vocoder=load_component(request.model, "vocoder", device) if request.audio else None,
-        scheduler=load_component(request.model, "scheduler", device),
-        decoder=load_video_decoder(request.model, profile, device),
-    )
+    models = load_preview_models(model, transformer, model.load("connectors", device), device,
+                                 request.audio)
     result = extend_backward(
         models, profile, fitted.pixels(), fitted.waveform(), texts[text_key(request.prompt)],
         texts[text_key(request.negative_prompt)], suffix=suffix, with_audio=request.audio,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,24 +21,26 @@ from .ending import FittedClip, Spliced, splice
 from .reel import ReelPart, write_reel
 from .sampler import Models, extend_backward
 
+if TYPE_CHECKING:
+    from ..model.loader import Model
+
 log = logging.getLogger(__name__)
 
 
-def load_preview_models(model_dir: Path, transformer: Any, connectors: Any,
+def load_preview_models(model: Model, transformer: Any, connectors: Any,
                         device: torch.device, with_audio: bool) -> Models:
-    """The preview's components beside the live transformer and connectors; the video
-    decoder is the one `model.decoders.choose_decoder` picks for `device`."""
+    """The preview's components beside the transformer and connectors (the live trainer's,
+    or `extend`'s); the video decoder is the one `model.decoders.choose_decoder` picks for
+    `device`."""
     from ..model.decoders import load_video_decoder
-    from ..model.loader import load_component
-    from ..model.profile import read_profile
 
     return Models(
         transformer=transformer, connectors=connectors,
-        vae=load_component(model_dir, "vae", device),
-        audio_vae=load_component(model_dir, "audio_vae", device) if with_audio else None,
-        vocoder=load_component(model_dir, "vocoder", device) if with_audio else None,
-        scheduler=load_component(model_dir, "scheduler", device),
-        decoder=load_video_decoder(model_dir, read_profile(model_dir), device),
+        vae=model.load("vae", device),
+        audio_vae=model.load("audio_vae", device) if with_audio else None,
+        vocoder=model.load("vocoder", device) if with_audio else None,
+        scheduler=model.load("scheduler", device),
+        decoder=load_video_decoder(model, device),
     )
 
 
@@ -86,3 +90,38 @@ def render_reel(spec: TrainingSpec, dataset_dir: Path, cache_dir: Path, models: 
     path = write_reel(parts, dest, manifest.validation[0].frame_rate)
     log.info("validation reel %s", path)
     return path
+
+
+@dataclass
+class ValidationReels:
+    """A training's validation reels, each rendered with the LoRA as it is now on the
+    live transformer and connectors the trainer hands over: every `preview_every` steps
+    (`at_step`) and at the end. With no `folder`, this rank only takes part in the
+    sampling (a sharded base needs every rank in each forward) and writes nothing;
+    `rendered` is told of each reel a step wrote (the log book's strip of frames)."""
+
+    spec: TrainingSpec
+    model: Model
+    work: Path  # the train stage's folder: its dataset/ and cache/
+    device: torch.device
+    steps: int  # denoising steps of each preview
+    seed: int
+    max_sequence_length: int
+    folder: Path | None = None
+    rendered: Callable[[int, Path | None], None] | None = None
+
+    def render(self, transformer: Any, connectors: Any, dest: Path | None) -> Path | None:
+        """The reel written to `dest` (None: sampled only), or None without validation."""
+        if not self.spec.validation:
+            return None
+        models = load_preview_models(self.model, transformer, connectors, self.device,
+                                     self.spec.with_audio)
+        return render_reel(self.spec, self.work / "dataset", self.work / "cache", models,
+                           self.model.profile, dest, steps=self.steps, seed=self.seed,
+                           max_sequence_length=self.max_sequence_length)
+
+    def at_step(self, step: int, transformer: Any, connectors: Any) -> None:
+        dest = self.folder / f"step-{step:06d}.mp4" if self.folder is not None else None
+        reel = self.render(transformer, connectors, dest)
+        if self.rendered is not None:
+            self.rendered(step, reel)

@@ -48,7 +48,7 @@ def file_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in state.items()}
 
 
-def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
+def training_config(spec: TrainingSpec, model_name: str, *, version: str,
                     max_sequence_length: int, seed: int) -> dict[str, Any]:
     """What inference needs to match the training (`version`: the profile's, "2.5")."""
     width, height = spec.frame_size
@@ -69,7 +69,7 @@ def training_config(spec: TrainingSpec, model_dir: Path, *, version: str,
         "steps": spec.number_of_steps,
         "learningRate": spec.learning_rate,
         "loraKeyPrefix": LORA_PREFIX,
-        "baseModel": model_dir.name,
+        "baseModel": model_name,
         VERSION_KEY: version,  # "2.5" (as files have always recorded it); read by lora_version
         "maxSequenceLength": max_sequence_length,
         "seed": seed,

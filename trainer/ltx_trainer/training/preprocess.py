@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save
@@ -28,6 +28,9 @@ from ..codec.video import read_video
 from ..dataset.media import read_wav
 from . import distributed
 from .distributed import SINGLE, World
+
+if TYPE_CHECKING:
+    from ..model.loader import Model, ModelLike
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -46,7 +49,7 @@ def load_index(cache_dir: Path, dataset_dir: Path) -> dict[str, Any] | None:
     return index if index.get("manifest") == _manifest_hash(dataset_dir) else None
 
 
-def encode_dataset(dataset_dir: Path, cache_dir: Path, model_dir: Path, device: torch.device,
+def encode_dataset(dataset_dir: Path, cache_dir: Path, model: ModelLike, device: torch.device,
                    *, with_audio: bool, max_sequence_length: int,
                    negative_prompt: str = "", world: World = SINGLE) -> dict[str, Any]:
     """Encode every sample, caption, validation prompt and the negative prompt into
@@ -54,6 +57,8 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path, model_dir: Path, device: 
     rank-th sample and text), the shares are gathered, and each node's first rank writes
     the whole cache into its own `cache_dir` (no disk is shared between nodes). A sample
     one rank cannot encode fails every rank at once, with its message."""
+    from ..model.loader import as_model
+
     index = load_index(cache_dir, dataset_dir)
     if not distributed.any_rank(world, index is None):
         log.info("latent cache found: %d samples, not encoding again", len(index["samples"]))
@@ -62,7 +67,7 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path, model_dir: Path, device: 
     captions = sorted({s.caption for s in manifest.samples}
                       | {v.prompt for v in manifest.validation} | {negative_prompt})
     try:
-        share = _encode_share(manifest, dataset_dir, model_dir, device, with_audio,
+        share = _encode_share(manifest, dataset_dir, as_model(model), device, with_audio,
                               max_sequence_length, world, captions)
         failure = None
     except Outcome as exc:
@@ -76,17 +81,15 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path, model_dir: Path, device: 
     return load_index(cache_dir, dataset_dir)
 
 
-def _encode_share(manifest: Manifest, dataset_dir: Path, model_dir: Path, device: torch.device,
+def _encode_share(manifest: Manifest, dataset_dir: Path, model: Model, device: torch.device,
                   with_audio: bool, max_sequence_length: int, world: World,
                   captions: list[str]) -> dict[str, Any]:
     """This rank's samples (as safetensors bytes) and texts (Gemma features)."""
-    from ..model.loader import load_component
-
     latents: dict[str, bytes] = {}
     mine = manifest.samples[world.rank::world.size]
     if mine:
-        vae = load_component(model_dir, "vae", device)
-        audio_vae = load_component(model_dir, "audio_vae", device) if with_audio else None
+        vae = model.load("vae", device)
+        audio_vae = model.load("audio_vae", device) if with_audio else None
         for sample in mine:
             tensors = {"video": encode_video(vae, _read_prepared(dataset_dir, sample)).cpu()}
             if audio_vae is not None:
@@ -98,7 +101,7 @@ def _encode_share(manifest: Manifest, dataset_dir: Path, model_dir: Path, device
             log.info("encoded %s", sample.id)
         del vae, audio_vae
     texts = captions[world.rank::world.size]
-    features = encode_texts(model_dir, texts, device, max_sequence_length) if texts else {}
+    features = encode_texts(model, texts, device, max_sequence_length) if texts else {}
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

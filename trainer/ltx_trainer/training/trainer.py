@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -37,7 +37,7 @@ from ltx_contract.outcomes import Diverged, InvalidInput
 from ltx_contract.spec import TrainingSpec
 from ltx_contract.suffix import SuffixWindow
 
-from ..codec.text import DEFAULT_TEXT_TOKENS, pad_left
+from ..codec.text import pad_left
 from ..model.adapter import add_lora
 from ..model.forward import (
     ATTENTION_BACKENDS,
@@ -46,15 +46,16 @@ from ..model.forward import (
     connect_text,
     predict,
 )
+from ..model.loader import ModelLike, as_model
 from ..model.low_memory import quantize_frozen
 from . import distributed
 from .checkpoints import Checkpoints, TrainingState, restore_rng_state
 from .distributed import SINGLE, World
 from .lora import training_config, write_lora_file
-from .parts import ModelParts
 from .placement import placement
 from .preprocess import encode_dataset, load_sample
 from .schedule import make_scheduler
+from .settings import TrainSettings
 from .sharding import check_combination
 from .speed import checkpoint_blocks, compile_blocks, make_optimizer
 from .strategy import StepInputs, SuffixStrategy
@@ -65,37 +66,6 @@ log = logging.getLogger(__name__)
 #: the LoRA of the best validation step: `checkpoints/best/` while training, then this
 #: output beside `lora.safetensors` when that step is not the last
 BEST, BEST_STEP, BEST_LORA = "best", "step.json", "lora_best.safetensors"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    seed: int = 42
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_sequence_length: int = DEFAULT_TEXT_TOKENS
-    log_every: int = 25
-    preview_every: int = 0  # 0: previews only at the end
-    #: steps between validation losses (`validation.py`); 0: at every checkpoint. Always
-    #: at the last step too
-    validation_every: int = 0
-    preview_steps: int = 30
-    #: transformer blocks to checkpoint, the first ones; None: on a GPU the fewest whose
-    #: planned peak fits its memory, on a CPU none
-    checkpointed_blocks: int | None = None
-    attention_backend: str = "auto"  # model.forward.ATTENTION_BACKENDS
-    compile_backend: str | None = None  # torch.compile the blocks with it ("inductor")
-    #: int8 frozen block weights and the 8-bit AdamW (on CUDA): the 22B on a 48 GB card
-    low_memory: bool = False
-    #: samples each process trains per step (its gradients summed, then averaged with the
-    #: other ranks'): the global batch is ranks × accumulate
-    accumulate: int = 1
-    #: shard the frozen base over the node's ranks with FSDP2 (`placement.py`)
-    shard_base: bool = False
-    #: seconds a collective waits for a peer before the step fails
-    collective_timeout: float = distributed.DEFAULT_COLLECTIVE_TIMEOUT
 
 
 @dataclass
@@ -130,14 +100,24 @@ ProgressCallback = Callable[[StepReport], None]
 
 @dataclass
 class TrainerHooks:
-    """Called as the run goes, so a job can mirror its state to the artifact store and
-    render previews along the way."""
+    """Called as the run goes, so a job can mirror its state to the artifact store."""
 
     cache_ready: Callable[[Path], None] | None = None
     checkpoint_saved: Callable[[Path], None] | None = None
-    preview: Callable[[int], None] | None = None  # every `preview_every` steps, with the step
     #: each validation loss, with every one so far (the history, a resumed run's included)
     validated: Callable[[Evaluation, list[Evaluation]], None] | None = None
+
+
+class Previews(Protocol):
+    """The run's previews, rendered on the live transformer and connectors the trainer
+    hands over (`preview.run.ValidationReels`)."""
+
+    def at_step(self, step: int, transformer: Any, connectors: Any) -> None:
+        """Every `preview_every` steps, before the last."""
+
+    def render(self, transformer: Any, connectors: Any, dest: Path | None) -> Path | None:
+        """The reel written to `dest` (None: sampled, not written), or None without
+        validation clips."""
 
 
 class Interrupted(Exception):
@@ -164,25 +144,25 @@ def _sample_order(seed: int, epoch: int, count: int) -> list[int]:
 
 
 class Trainer:
-    def __init__(self, spec: TrainingSpec, model_dir: Path | None, work_dir: Path,
+    def __init__(self, spec: TrainingSpec, model: ModelLike, work_dir: Path,
                  device: torch.device, settings: TrainSettings | None = None,
                  progress: ProgressCallback | None = None, hooks: TrainerHooks | None = None,
-                 parts: ModelParts | None = None, world: World = SINGLE):
-        """`parts` gives the transformer and connectors another way than the folder
-        `model_dir` (a checkpoint, or random weights of a release's shapes); the folder is
-        still where the cache is encoded from. `world`: this rank's place among the ranks
-        (`distributed.init`); all of them construct a Trainer and call `train`."""
-        self.spec, self.model_dir, self.work_dir = spec, model_dir, work_dir
+                 world: World = SINGLE, previews: Previews | None = None):
+        """`model`: the base model (`model.loader.Model`: a folder, a checkpoint, or random
+        weights of a release's shapes), or a folder's path. `world`: this rank's place
+        among the ranks (`distributed.init`); all of them construct a Trainer and call
+        `train`. `previews`: rendered every `preview_every` steps and by `preview`."""
+        self.spec, self.model, self.work_dir = spec, as_model(model), work_dir
         self.device, self.settings = device, settings or TrainSettings()
         self.world = world
         self.progress = progress
         self.hooks = hooks or TrainerHooks()
+        self.previews = previews
         self.checkpoints = Checkpoints(work_dir / "checkpoints", self.settings.keep_checkpoints)
-        self.parts = parts or ModelParts.from_model(model_dir)
-        self.profile = self.parts.profile
+        self.profile = self.model.profile
         if not self.profile.dynamic_shifting:
             raise InvalidInput(
-                f"the model {self.parts.name} cannot be trained: its scheduler does not "
+                f"the model {self.model.name} cannot be trained: its scheduler does not "
                 "use dynamic shifting, the mark of a distilled checkpoint (a fixed few-step "
                 "schedule); train on the dev (non-distilled) model")
         _check_settings(self.settings, self.profile.num_layers, world)
@@ -206,8 +186,8 @@ class Trainer:
         from diffusers.training_utils import cast_training_params
 
         settings = self.settings
-        self.transformer = self.parts.load("transformer", self.device)
-        self.connectors = self.parts.load("connectors", self.device)
+        self.transformer = self.model.load("transformer", self.device)
+        self.connectors = self.model.load("connectors", self.device)
         self.strategy = SuffixStrategy.for_training(
             self.spec, self.profile, self.transformer.config.audio_in_channels)
         torch.manual_seed(settings.seed)  # LoRA A matrices start from the seed
@@ -218,7 +198,7 @@ class Trainer:
         blocks = settings.checkpointed_blocks
         if blocks is None:
             blocks = self.placement.checkpointed_blocks(
-                self.parts.shapes, self.spec, settings.max_sequence_length, self.device,
+                self.model.shapes, self.spec, settings.max_sequence_length, self.device,
                 settings.low_memory)
         self.checkpointed = checkpoint_blocks(self.transformer, blocks)
         self.placement.wrap(self.transformer, self.device)  # before the optimizer is made
@@ -296,7 +276,7 @@ class Trainer:
 
     def _encode(self, dataset_dir: Path) -> dict[str, Any]:
         """The latent cache's index, encoding first if the cache is not there yet."""
-        return encode_dataset(dataset_dir, self.work_dir / "cache", self.model_dir, self.device,
+        return encode_dataset(dataset_dir, self.work_dir / "cache", self.model, self.device,
                               with_audio=self.spec.with_audio,
                               max_sequence_length=self.settings.max_sequence_length,
                               negative_prompt=self.spec.validation_negative_prompt,
@@ -394,8 +374,8 @@ class Trainer:
                 self._gather_batches(start)
                 self._checkpoint(step + 1, losses)
             if settings.preview_every and (step + 1) % settings.preview_every == 0 \
-                    and step + 1 < total and self.hooks.preview is not None:
-                self.hooks.preview(step + 1)
+                    and step + 1 < total and self.previews is not None:
+                self.previews.at_step(step + 1, self.transformer, self.connectors)
             if stop_after is not None and step + 1 >= stop_after and step + 1 < total:
                 bar.close()
                 raise Interrupted(f"stopped after step {step + 1}")
@@ -464,6 +444,13 @@ class Trainer:
         self.batches[first:] = [[slot for rank in every for slot in rank[i]]
                                 for i in range(len(mine))]
 
+    def preview(self, dest: Path | None) -> Path | None:
+        """The previews with the LoRA as it is now, written to `dest` (None: sampled only,
+        by a rank the main rank's forwards need); None without previews."""
+        if self.previews is None:
+            return None
+        return self.previews.render(self.transformer, self.connectors, dest)
+
     def release(self) -> None:
         """Drop the model and optimizer, so their memory can be freed."""
         for name in ("transformer", "connectors", "params", "optimizer", "scheduler"):
@@ -499,7 +486,7 @@ class Trainer:
         return TrainResult(lora_file, config_file, steps, losses, history, best)
 
     def _config(self) -> dict[str, Any]:
-        config = training_config(self.spec, self.model_dir, version=self.profile.version,
+        config = training_config(self.spec, self.model.name, version=self.profile.version,
                                  max_sequence_length=self.settings.max_sequence_length,
                                  seed=self.settings.seed)
         # each step averages the gradients of `globalBatch` samples: one per rank (times
