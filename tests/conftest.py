@@ -13,7 +13,7 @@ import pytest
 from minio import Minio
 
 # the API server, the operator and the kubelet-playing harness, as fixtures
-pytest_plugins = ["operator_cluster"]
+pytest_plugins = ["harness.operator_cluster"]
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """1,000 LtxExtendTraining resources created at once: time until every one has its
 prepare Job, and the operator's peak memory.
 
-The Kubernetes API is the real control plane (`tests/control_plane.py`: etcd and
+The Kubernetes API is the real control plane (`tests/harness/control_plane.py`: etcd and
 kube-apiserver, built by `make cluster`; `--api emulator` serves kmock from this process
 instead); the operator is the real `ltx-operator` in its own process, pointed at it by
 a kubeconfig, so its memory is its own (read from its VmHWM while it runs).
@@ -31,8 +31,8 @@ import kmock
 from procstats import cpu_seconds, peak_rss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
-import kube_api
-from control_plane import ControlPlane, kubeconfig
+from harness import kube_api
+from harness.control_plane import ControlPlane, kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAININGS = "/apis/ltx-training.io/v1alpha1/namespaces/bench/ltxextendtrainings"

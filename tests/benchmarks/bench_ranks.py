@@ -70,7 +70,7 @@ def main() -> None:
     from ltx_trainer.training.launch import Ranks, launch
     from ltx_trainer.training.preprocess import encode_dataset
 
-    from media_factory import make_clip
+    from harness.media_factory import make_clip
 
     root = Path(tempfile.mkdtemp(prefix="bench-ranks-"))
     model = args.model or write_tiny_model(root / "tiny")

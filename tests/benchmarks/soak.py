@@ -3,9 +3,9 @@ misbehave, drawn from a seed; prints one JSON object.
 
     python tests/benchmarks/soak.py --trainings 50 --seed 1 [--pods 3]
 
-The end-to-end harness: the API server emulator (`tests/kube_api.py` on kmock) served
+The end-to-end harness: the API server emulator (`tests/harness/kube_api.py` on kmock) served
 from this process; the real `ltx-operator` in its own process (killed and restarted at
-random moments); the kubelet-playing Jobs (`tests/kubelet.py`) running the real trainer
+random moments); the kubelet-playing Jobs (`tests/harness/kubelet.py`) running the real trainer
 commands as local processes, at most `--pods` at once; S3 on loopback (moto server mode)
 behind a proxy that can make it unreachable; the tiny model; 100 steps per training.
 
@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
 from soak_faults import OUTAGE_AT, FaultPlan, S3Outage
 
-import kube_api
-from kubelet import Kubelet
+from harness import kube_api
+from harness.kubelet import Kubelet
 from procstats import peak_rss
 
 NAMESPACE = "team"
@@ -301,7 +301,7 @@ class Soak:
                 "LTX_OPERATOR_PROGRESS_INTERVAL": "1", "LTX_OPERATOR_TTL_INTERVAL": "2",
                 "LTX_OPERATOR_JOB_RETRY_DELAY": "1", "OMP_NUM_THREADS": "1"}
             async with aiohttp.ClientSession() as session:
-                from operator_cluster import Cluster
+                from harness.operator_cluster import Cluster
 
                 cluster = Cluster(url, session)
                 await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {

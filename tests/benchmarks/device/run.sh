@@ -8,7 +8,7 @@
 # the log go to --out DIR, else $OUT. What the machine's Python lacks (diffusers, pydantic,
 # PyAV, ...) comes from the wheels `make device-wheels` put in .whl/, with the prepared
 # dataset in .whl/kit (the GPU machine has no PySceneDetect). `--cpu --smoke` runs the same
-# path on the CPU at a size the test suite takes (tests/test_speed_kit.py).
+# path on the CPU at a size the test suite takes (tests/trainer/test_speed_kit.py).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 python=${PYTHON:-python3}

@@ -10,7 +10,7 @@ in the token count, extrapolated past its max_image_seq_len without a cap, as th
 trainer's sampler and our own preview sampler compute it: capping it at 4,096 tokens would
 train fewer high-noise steps (where the lead-in's layout and motion are decided) than
 inference samples. At the largest size the spec allows (14,400 video tokens, mu 5.74) the
-stretch's bounds are still 0.04 apart, so it stays finite (`tests/test_recipe.py`).
+stretch's bounds are still 0.04 apart, so it stays finite (`tests/trainer/test_recipe.py`).
 """
 
 from __future__ import annotations

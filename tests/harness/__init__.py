@@ -1,0 +1,1 @@
+"""The test harness: the control plane, the API emulator, the test node, media."""
