@@ -123,8 +123,8 @@ async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
             # the indexes are read here, on the operator's loop, and handed over
             jobs, pods = snapshot(training_jobs.get(key, ()), training_pods.get(key, ()))
             try:
-                again = await asyncio.to_thread(run_reconcile, copy.deepcopy(dict(body)),
-                                                jobs, pods, periodic, current())
+                again = await asyncio.to_thread(run_reconcile, _copy(body), jobs, pods,
+                                                periodic, current())
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(handler="reconcile").inc()
                 log.exception("reconcile of %s/%s failed", *key)
@@ -134,6 +134,13 @@ async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
     finally:
         if memo.wakeups.get(key) is wakeup:
             del memo.wakeups[key]
+
+
+def _copy(body: kopf.Body) -> dict[str, Any]:
+    """The training for a worker thread, without its managedFields: the reconcile
+    reads none of them, and a pass waiting for a thread holds its copy."""
+    meta = {k: v for k, v in body.metadata.items() if k != "managedFields"}
+    return copy.deepcopy({**body, "metadata": meta})
 
 
 async def _woken(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> bool:
