@@ -66,7 +66,8 @@ def test_kopf_keeps_a_bounded_number_of_connections(tmp_path, monkeypatch):
     from kubernetes.config import kube_config
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(config))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert login.connections(20, 0) == 24 and login.connections(20, 3) == 32
+    assert login.connections(20, []) == 24 and login.connections(20, ["a", "b", "c"]) == 32
+    assert login.connections(20, ["team-*"]) == 0  # a pattern's namespaces: not counted
 
     async def log_in() -> tuple[kopf.AiohttpSession, int, str]:
         handler = login.login(24)

@@ -7,6 +7,7 @@ its buffers, and a handshake on both sides), where a few, kept open, serve them 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -16,15 +17,18 @@ import kopf
 WATCHES = 4
 
 
-def connections(max_workers: int, namespaces: int) -> int:
+def connections(max_workers: int, namespaces: Sequence[str]) -> int:
     """The connections kept: one per watch, held for as long as it streams, and as many
-    again as the worker threads for the requests (finalizers, Events, patches)."""
-    return WATCHES * max(namespaces, 1) + max_workers
+    again as the worker threads for the requests (finalizers, Events, patches); 0 (no
+    bound) where a namespace is a pattern, whose watches are not counted beforehand."""
+    if any(char in name for name in namespaces for char in "*?[!"):
+        return 0
+    return WATCHES * max(len(namespaces), 1) + max_workers
 
 
 def login(connection_limit: int) -> Any:
     """A login handler (`kopf.on.login`) whose session keeps `connection_limit`
-    connections."""
+    connections (0: no bound)."""
     async def login_bounded(logger: Any, settings: kopf.OperatorSettings,
                       **kwargs: Any) -> kopf.AiohttpSession | None:
         info = kopf.login_via_client(logger=logger, settings=settings, **kwargs)

@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import handlers, login
     if args.namespace:
         settings = settings.model_copy(update={"namespaces": args.namespace})
-    kopf.on.login()(login.login(login.connections(settings.max_workers,
-                                                  len(settings.namespaces))))
+    kopf.on.login()(login.login(login.connections(settings.max_workers, settings.namespaces)))
     configure_logging(args.log_format, args.verbose)
     handlers.configure(settings)
     kopf.run(standalone=True, clusterwide=not settings.namespaces,
