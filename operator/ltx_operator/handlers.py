@@ -46,6 +46,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     own = current()
     settings.scanning.disabled = True
     settings.execution.max_workers = own.max_workers
+    kube.size_pool(own.max_workers)
     # the reconcile loops' API calls run in Kopf's pool: MAX_WORKERS bounds them too
     asyncio.get_running_loop().set_default_executor(settings.execution.executor)
     # Events are the transitions the reconcile posts, not every log line
@@ -59,14 +60,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics.serve(own.metrics_port)
 
 
+# The indexers are coroutines (pure computation, no I/O): a plain function would run in
+# the worker pool, queued behind the reconcile passes with the whole Job or pod body.
 @kopf.index("batch", "v1", "jobs", labels=MANAGED_BY)
-def training_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobView] | None:
+async def training_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobView] | None:
     key = training_key(body)
     return {key: JobView.of(dict(body))} if key else None
 
 
 @kopf.index("v1", "pods", labels=MANAGED_BY)
-def training_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView] | None:
+async def training_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView] | None:
     key = training_key(body)
     return {key: PodView.of(dict(body))} if key else None
 
@@ -120,8 +123,8 @@ async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
             # the indexes are read here, on the operator's loop, and handed over
             jobs, pods = snapshot(training_jobs.get(key, ()), training_pods.get(key, ()))
             try:
-                again = await asyncio.to_thread(run_reconcile, copy.deepcopy(dict(body)),
-                                                jobs, pods, periodic, current())
+                again = await asyncio.to_thread(run_reconcile, _copy(body), jobs, pods,
+                                                periodic, current())
             except Exception:
                 metrics.RECONCILE_ERRORS.labels(handler="reconcile").inc()
                 log.exception("reconcile of %s/%s failed", *key)
@@ -131,6 +134,13 @@ async def reconcile_loop(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kop
     finally:
         if memo.wakeups.get(key) is wakeup:
             del memo.wakeups[key]
+
+
+def _copy(body: kopf.Body) -> dict[str, Any]:
+    """The training for a worker thread, without its managedFields: the reconcile
+    reads none of them, and a pass waiting for a thread holds its copy."""
+    meta = {k: v for k, v in body.metadata.items() if k != "managedFields"}
+    return copy.deepcopy({**body, "metadata": meta})
 
 
 async def _woken(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> bool:

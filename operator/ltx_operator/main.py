@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = OperatorSettings.from_env()
     except ValueError as exc:  # pydantic's errors too: the variable and the rule, no trace
         parser.error(f"invalid settings: {exc}")
-    from . import handlers
+    from . import handlers, login
     if args.namespace:
         settings = settings.model_copy(update={"namespaces": args.namespace})
+    kopf.on.login()(login.login(login.connections(settings.max_workers, settings.namespaces)))
     configure_logging(args.log_format, args.verbose)
     handlers.configure(settings)
     kopf.run(standalone=True, clusterwide=not settings.namespaces,
