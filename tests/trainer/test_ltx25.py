@@ -39,7 +39,7 @@ def pack(tiny_model_v25: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     (diffusion_models/, text_encoders/, vae/), the same weights."""
     root = tmp_path_factory.mktemp("ltx25-layouts")
     return write_layouts({"diffusers": root / "diffusers", "split": root / "pack"},
-                         ModelShapes.from_model_dir(tiny_model_v25))
+                         ModelShapes.from_folder(tiny_model_v25))
 
 
 def _copy_pack(pack: dict[str, Path], dest: Path) -> Path:

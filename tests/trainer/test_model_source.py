@@ -30,7 +30,7 @@ def layouts(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     safetensors file but no LTX-2 checkpoint."""
     root = tmp_path_factory.mktemp("source-layouts")
     paths = write_layouts({"diffusers": root / "diffusers", "single-file": root / "single"},
-                          ModelShapes.from_model_dir(tiny_model))
+                          ModelShapes.from_folder(tiny_model))
     save_file({"weight": torch.zeros(2)}, root / "not-ltx.safetensors")
     return {**paths, "gemma": paths["single-file"].parent / GEMMA_DIR,
             "not-ltx": root / "not-ltx.safetensors"}

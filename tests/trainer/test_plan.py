@@ -145,7 +145,7 @@ def test_command_on_a_single_file(spec_file: Path, tiny_model: Path, tmp_path: P
     from ltx_trainer.model.writer import write_layouts
 
     checkpoint = write_layouts({"single-file": tmp_path / "single"},
-                               ModelShapes.from_model_dir(tiny_model))["single-file"]
+                               ModelShapes.from_folder(tiny_model))["single-file"]
     for model in (checkpoint, tiny_model):
         assert _run(str(spec_file), "--model", str(model), "--json") == 0
     from_file, from_folder = (json.loads(line) for line in capsys.readouterr().out.splitlines())

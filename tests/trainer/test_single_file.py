@@ -30,7 +30,7 @@ def _diffusers_component(folder: Path, name: str) -> torch.nn.Module:
     if name == "vocoder":  # load_component takes every vocoder for 2.0's class
         from ltx_trainer.model.shapes import component_class
 
-        cls = component_class(ModelShapes.from_model_dir(folder), name)
+        cls = component_class(ModelShapes.from_folder(folder), name)
         return cls.from_pretrained(folder / name, torch_dtype=torch.bfloat16).eval()
     return load_component(folder, name, CPU, torch.bfloat16)
 
@@ -174,7 +174,7 @@ def tiny_2_0(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """The tiny (LTX-2.0-style) model's shapes in both layouts, the same random weights."""
     root = tmp_path_factory.mktemp("tiny-layouts")
     return write_layouts({"diffusers": root / "diffusers", "single-file": root / "single"},
-                         ModelShapes.from_model_dir(tiny_model))
+                         ModelShapes.from_folder(tiny_model))
 
 
 def test_a_2_0_file_loads_with_its_configs(tiny_2_0: dict[str, Path]) -> None:
@@ -292,7 +292,7 @@ def test_single_files_carry_the_official_config_metadata(version, tiny_model, ti
     from safetensors import safe_open
 
     model = tiny_model if version == "2.0" else tiny_model_v23
-    path = write_layouts({"single-file": tmp_path}, ModelShapes.from_model_dir(model)
+    path = write_layouts({"single-file": tmp_path}, ModelShapes.from_folder(model)
                          )["single-file"]
     with safe_open(path, "pt") as f:
         meta, keys = f.metadata(), list(f.keys())
@@ -332,7 +332,7 @@ def test_the_config_metadata_builds_the_files_vaes_and_vocoder(version, tiny_mod
     from safetensors import safe_open
 
     model = tiny_model if version == "2.0" else tiny_model_v23
-    path = write_layouts({"single-file": tmp_path}, ModelShapes.from_model_dir(model)
+    path = write_layouts({"single-file": tmp_path}, ModelShapes.from_folder(model)
                          )["single-file"]
     with safe_open(path, "pt") as f:
         config = json.loads(f.metadata()["config"])

@@ -119,7 +119,7 @@ class FolderModel:
 
     @cached_property
     def shapes(self) -> ModelShapes:
-        return ModelShapes.from_model_dir(self.path)
+        return ModelShapes.from_folder(self.path)
 
     def load(self, component: str, device: torch.device, dtype: torch.dtype | None = None
              ) -> Any:

@@ -249,19 +249,19 @@ class ModelShapes:
         return cls(data["name"], data["configs"])
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path) -> ModelShapes:
+    def from_folder(cls, folder: Path) -> ModelShapes:
         """The shapes of a diffusers model folder, read from its config files."""
         configs: dict[str, Any] = {}
         for name in (*COMPONENTS, DIFFUSION_DECODER, "scheduler"):
-            path = model_dir / name / ("scheduler_config.json" if name == "scheduler"
+            path = folder / name / ("scheduler_config.json" if name == "scheduler"
                                        else "config.json")
             if path.is_file():
                 configs[name] = json.loads(path.read_text())
         missing = [n for n in ("transformer", "connectors") if n not in configs]
         if missing:
-            raise FileNotFoundError(f"{model_dir} has no {' or '.join(missing)} config: "
+            raise FileNotFoundError(f"{folder} has no {' or '.join(missing)} config: "
                                     "not an LTX-2 diffusers model folder")
-        return cls(model_dir.name, configs)
+        return cls(folder.name, configs)
 
 
 LTX_2_3 = ModelShapes("ltx-2.3", {

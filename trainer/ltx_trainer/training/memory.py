@@ -159,7 +159,7 @@ def model_shapes(model: Any = "ltx-2.3") -> Any:
         return SHAPES[model]
     path = Path(model)
     if path.is_dir():
-        return ModelShapes.from_model_dir(path)
+        return ModelShapes.from_folder(path)
     if path.is_file():
         from safetensors import SafetensorError, safe_open
 
