@@ -155,6 +155,31 @@ def test_a_job_on_a_stock_gemma_pack_exits_3_bills_nothing(pack: dict[str, Path]
     assert not (work / "train").exists()  # refused before the dataset was fetched
 
 
+def test_every_file_of_the_pack_carries_the_config_of_its_parts(pack: dict[str, Path]) -> None:
+    """The transformer file carries the whole release `config`; each VAE file the sections
+    of the parts it holds, equal to the transformer file's and fitting its own weights."""
+    root = pack["split"].parent.parent
+    with safe_open(pack["split"], framework="pt") as file:
+        whole = json.loads(file.metadata()["config"])
+    assert {"transformer", "vae", "audio_vae", "vocoder"} <= set(whole)
+    sections = {VIDEO_VAE_FILES["convolutional"]: {"vae"}, VIDEO_VAE_FILES["diffusion"]: {"vae"},
+                AUDIO_VAE_FILE: {"audio_vae", "vocoder"}}
+    assert (root / "vae" / VIDEO_VAE_FILES["convolutional"]).is_file()
+    for name, wanted in sections.items():
+        if not (root / "vae" / name).is_file():  # a pack without the diffusion decoder
+            continue
+        with safe_open(root / "vae" / name, framework="pt") as file:
+            config = json.loads(file.metadata()["config"])
+            shapes = {k: file.get_slice(k).get_shape() for k in file.keys()}
+        assert set(config) == wanted, name
+        assert config == {k: whole[k] for k in wanted}, name
+        if "vae" in wanted:  # the encoder's first convolution: the VAE's latent width
+            assert shapes["vae.encoder.conv_in.conv.weight"][0] == config["vae"][
+                "latent_channels"], name
+        else:  # every weight of the file belongs to a part its config describes
+            assert {k.split(".")[0] for k in shapes} == wanted
+
+
 def test_tiny_model_writes_ltx25_in_its_published_layouts(tmp_path: Path, capsys) -> None:
     assert main(["tiny-model", str(tmp_path / "x"), "--shapes", "ltx-2.5", "--layout",
                  "single-file"]) == ExitCode.INVALID_INPUT

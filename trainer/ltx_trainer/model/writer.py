@@ -165,10 +165,17 @@ def _write_split_pack(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
                 for k, v in _read_folder(folder, n).items()}
 
     release = {VERSION_METADATA: "2.5.0", SHAPES_METADATA: shapes.to_json()}
+    config = release_config(shapes)
+
+    def config_of(*sections: str) -> dict[str, str]:
+        """A VAE file's `config`: the sections ltx-core builds its parts from (without
+        them it builds its default VAE and vocoder, which the weights do not fit)."""
+        return {CONFIG_METADATA: json.dumps({name: config[name] for name in sections})}
+
     weights = part("transformer", "connectors")
     projection = {k: weights.pop(k) for k in list(weights) if k.startswith(PROJECTION_PREFIX)}
     files = {f"diffusion_models/{shapes.name}-transformer.safetensors": (
-        weights, {CONFIG_METADATA: json.dumps(release_config(shapes))})}
+        weights, {CONFIG_METADATA: json.dumps(config)})}
     text = {k: v for k, v in part("text_encoder").items()
             if k in pack_keys(shapes, "text_encoder")}  # the tied output head is not stored
     tokenizer = {p.name: p.read_text() for p in (folder / "tokenizer").iterdir() if p.is_file()}
@@ -177,10 +184,12 @@ def _write_split_pack(folder: Path, dest: Path, shapes: ModelShapes) -> Path:
         TOKENIZER_METADATA: json.dumps(tokenizer)})
     vae = part("vae")
     encoder = {k: v for k, v in vae.items() if not k.startswith("vae.decoder.")}
-    files[f"vae/{VIDEO_VAE_FILES['convolutional']}"] = (vae, {})
-    if DIFFUSION_DECODER in shapes.configs:
-        files[f"vae/{VIDEO_VAE_FILES['diffusion']}"] = ({**encoder, **part(DIFFUSION_DECODER)}, {})
-    files[f"vae/{AUDIO_VAE_FILE}"] = (part("audio_vae", "vocoder"), {})
+    files[f"vae/{VIDEO_VAE_FILES['convolutional']}"] = (vae, config_of("vae"))
+    if DIFFUSION_DECODER in shapes.configs:  # its encoder is the video VAE's
+        files[f"vae/{VIDEO_VAE_FILES['diffusion']}"] = ({**encoder, **part(DIFFUSION_DECODER)},
+                                                        config_of("vae"))
+    files[f"vae/{AUDIO_VAE_FILE}"] = (part("audio_vae", "vocoder"),
+                                      config_of("audio_vae", "vocoder"))
     for name, (tensors, metadata) in files.items():
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in tensors.items()}, dest / name,
