@@ -575,6 +575,11 @@ class NodeKubelet(Kubelet):
         if listed.get("kind") != "PodList":  # an error (the server starting): try again
             return
         present = {}
+        # the node's slots: its pods not yet ended, those bound but not started yet included
+        # (two pods bound in one pass would otherwise both see a free slot)
+        occupied = sum(1 for pod in listed.get("items", [])
+                       if pod["spec"].get("nodeName") == self.NODE
+                       and pod["status"].get("phase") not in ("Succeeded", "Failed"))
         for pod in listed.get("items", []):
             uid = pod["metadata"]["uid"]
             present[uid] = pod
@@ -586,8 +591,9 @@ class NodeKubelet(Kubelet):
                 await self._confirm_deletion(pod)
             elif not pod["spec"].get("nodeName"):
                 if pod["status"].get("phase") in (None, "Pending") and (
-                        self.max_pods is None or self.running() < self.max_pods):
+                        self.max_pods is None or occupied < self.max_pods):
                     await self._bind(pod)
+                    occupied += 1
             elif pod["spec"]["nodeName"] == self.NODE and uid not in self.by_uid \
                     and pod["status"].get("phase") not in ("Succeeded", "Failed"):
                 await self._run(pod)
